@@ -1,0 +1,62 @@
+# rltune — every target installs what it needs into .venv first.
+SHELL := /bin/bash
+PYTHON_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
+ARGS ?=
+HOST ?= 127.0.0.1
+PORT ?= 5000
+# The torch wheel that lies on these machines (CPU build); installed before anything can pull a CUDA build.
+TORCH_PIN := torch==2.13.0
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-full train bench bench-scores ui lint format clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
+install: $(STAMP) ## build .venv (torch CPU first, then rltune with its dev tools); re-run when pyproject changes
+
+test: install ## fast test suite (unit tests, small real learning runs)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-full: install ## every test, including the long learning runs
+	$(PY) -m pytest $(ARGS)
+
+train: install ## train one agent: make train ARGS="env=pendulum algo.learning_rate=1e-3"
+	$(PY) -m tuner.train $(ARGS)
+
+bench: $(BENCH_STAMP) ## throughput against Stable-Baselines3 (same hyperparameters), prints the ratios
+	$(PY) bench/throughput.py $(ARGS)
+
+bench-scores: install ## final eval return over 5 seeds for a preset: make bench-scores ARGS="experiment=ppo_cartpole"
+	$(PY) bench/scores.py $(ARGS)
+
+ui: install ## serve the MLflow UI for runs/mlflow.db on http://$(HOST):$(PORT)
+	mkdir -p runs
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host $(HOST) --port $(PORT)
+
+lint: install ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean: ## remove .venv and caches (runs/, which holds your MLflow and Optuna records, is kept)
+	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path './runs/*' -exec rm -rf {} +

@@ -1,0 +1,56 @@
+"""rltune's agents. Pure PyTorch + Gymnasium: nothing here imports the tuner, Hydra, Optuna or MLflow.
+
+``ALGORITHMS`` maps an algorithm name to its config dataclass and agent class; every agent has the same
+surface: ``Agent(env_id, config, seed, env_kwargs)``, ``learn``, ``evaluate``, ``predict``, ``save``,
+``Agent.load`` and ``close``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from algorithms.common.errors import ConfigError, NonFiniteLossError, UnsupportedSpaceError
+from algorithms.common.types import Callback, EvalResult, TrainState
+from algorithms.ppo import PPO, PPOConfig
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """An algorithm's name, config dataclass and agent class."""
+
+    name: str
+    config_cls: type
+    agent_cls: type
+
+
+ALGORITHMS: dict[str, AlgorithmSpec] = {"ppo": AlgorithmSpec("ppo", PPOConfig, PPO)}
+
+
+def get_algorithm(name: str) -> AlgorithmSpec:
+    """The spec registered as ``name``; ConfigError listing the valid names otherwise."""
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise ConfigError(f"unknown algorithm {name!r}; choose one of: {', '.join(sorted(ALGORITHMS))}") from None
+
+
+def build_config(name: str, values: dict[str, Any]) -> Any:
+    """The validated config of algorithm ``name`` from a plain mapping of hyperparameters."""
+    return get_algorithm(name).config_cls.from_dict(values)
+
+
+__all__ = [
+    "ALGORITHMS",
+    "PPO",
+    "AlgorithmSpec",
+    "Callback",
+    "ConfigError",
+    "EvalResult",
+    "NonFiniteLossError",
+    "PPOConfig",
+    "TrainState",
+    "UnsupportedSpaceError",
+    "build_config",
+    "get_algorithm",
+]

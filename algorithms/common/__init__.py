@@ -1,0 +1,1 @@
+"""Building blocks shared by every algorithm: errors, result types, envs, networks, normalizers."""

@@ -1,0 +1,55 @@
+"""Validation helpers for the frozen config dataclasses, and building a config from a plain mapping."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from algorithms.common.errors import ConfigError
+
+ConfigT = TypeVar("ConfigT")
+
+
+def require_positive(name: str, value: float) -> None:
+    """Raise ConfigError unless ``value > 0``."""
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+
+
+def require_non_negative(name: str, value: float) -> None:
+    """Raise ConfigError unless ``value >= 0``."""
+    if not value >= 0:
+        raise ConfigError(f"{name} must be >= 0, got {value!r}")
+
+
+def require_in_range(name: str, value: float, low: float, high: float) -> None:
+    """Raise ConfigError unless ``low <= value <= high``."""
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be in [{low}, {high}], got {value!r}")
+
+
+def require_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
+    """Raise ConfigError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def config_from_mapping(cls: type[ConfigT], values: Mapping[str, Any]) -> ConfigT:
+    """Build the dataclass ``cls`` from ``values``, naming any unknown key and its closest field.
+
+    Lists become tuples so the frozen config stays hashable.
+    """
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, sorted(fields), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown {cls.__name__} field {key!r}{hint} Valid fields: {', '.join(sorted(fields))}"
+        )
+    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**converted)

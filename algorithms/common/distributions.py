@@ -1,0 +1,88 @@
+"""Action distributions as plain functions: numpy samplers for acting, torch densities for learning.
+
+Acting happens one small batch at a time, where numpy's per-call cost is a fraction of torch's, and
+sampling with one ``numpy.random.Generator`` keeps a run reproducible from its seed. The update needs
+gradients, so log-densities and entropies there are torch functions. No torch.distributions objects:
+their argument checks and object creation dominate the cost for small batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+# --- categorical (Discrete actions) -----------------------------------------------------------------
+def categorical_sample(logits: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One action per row from softmax(logits) by inverse CDF; returns (actions, log-probabilities)."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    cdf = np.cumsum(np.exp(log_p), axis=-1)
+    u = rng.random((logits.shape[0], 1)) * cdf[:, -1:]
+    actions = np.minimum((cdf < u).sum(axis=-1), logits.shape[-1] - 1)
+    return actions, np.take_along_axis(log_p, actions[:, None], axis=-1)[:, 0]
+
+
+def categorical_log_prob_entropy(logits: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of integer ``actions`` and the entropy of each row's distribution."""
+    log_p = F.log_softmax(logits, dim=-1)
+    log_prob = log_p.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    return log_prob, entropy
+
+
+# --- diagonal Gaussian with state-independent log-std (Box actions) ---------------------------------
+def gaussian_sample(
+    mean: np.ndarray, log_std: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw from N(mean, exp(log_std)²) per dimension; returns (actions, log-densities summed over dims)."""
+    noise = rng.standard_normal(mean.shape)
+    actions = mean + noise * np.exp(log_std)
+    log_prob = (-0.5 * noise**2 - log_std - LOG_SQRT_2PI).sum(-1)
+    return actions.astype(np.float32), log_prob
+
+
+def gaussian_log_prob_entropy(
+    mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-density of ``actions`` (summed over dimensions) and the entropy, per row."""
+    z = (actions - mean) * torch.exp(-log_std)
+    log_prob = (-0.5 * z.pow(2) - log_std - LOG_SQRT_2PI).sum(-1)
+    entropy = (0.5 + LOG_SQRT_2PI + log_std).sum(-1).expand(mean.shape[0])
+    return log_prob, entropy
+
+
+# --- Beta scaled to the action bounds (Box actions; Chou et al. 2017) -------------------------------
+def beta_params(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split the head's output into concentrations α, β > 1, so every Beta is unimodal."""
+    alpha_raw, beta_raw = raw.chunk(2, dim=-1)
+    return F.softplus(alpha_raw) + 1.0, F.softplus(beta_raw) + 1.0
+
+
+def beta_sample(raw: torch.Tensor, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw x ∈ (0, 1) from Beta(α, β); returns (x, log-densities summed over dims)."""
+    alpha, beta = beta_params(raw)
+    x = rng.beta(alpha.numpy().astype(np.float64), beta.numpy().astype(np.float64))
+    x = np.clip(x, 1e-6, 1.0 - 1e-6).astype(np.float32)
+    log_prob, _ = beta_log_prob_entropy(raw, torch.from_numpy(x))
+    return x, log_prob.numpy()
+
+
+def beta_log_prob_entropy(raw: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-density of ``x`` ∈ (0, 1) under Beta(α, β), summed over dimensions, and the entropy."""
+    alpha, beta = beta_params(raw)
+    log_norm = torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(alpha + beta)
+    log_prob = ((alpha - 1) * torch.log(x) + (beta - 1) * torch.log1p(-x) - log_norm).sum(-1)
+    total = alpha + beta
+    entropy = (
+        log_norm
+        - (alpha - 1) * torch.digamma(alpha)
+        - (beta - 1) * torch.digamma(beta)
+        + (total - 2) * torch.digamma(total)
+    ).sum(-1)
+    return log_prob, entropy

@@ -1,0 +1,98 @@
+"""Parameters in one flat buffer, and Adam on that buffer.
+
+For networks of a few thousand weights, per-tensor and per-call overhead costs more than arithmetic.
+After :func:`flatten_parameters`, each parameter (and its ``.grad``) is a view into one contiguous
+tensor, so clipping and the optimizer touch one tensor instead of many. :class:`FlatAdam` is Adam
+(Kingma & Ba 2015, with PyTorch's ε placement) on such a buffer; torch.optim.Adam computes the same
+update but its bookkeeping measured ~80 µs a step here, several times the arithmetic of a small PPO.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+def flatten_parameters(params: Iterable[nn.Parameter]) -> nn.Parameter:
+    """Re-home ``params`` and their gradients into one flat parameter and return it.
+
+    Gradients accumulate in place into the flat ``.grad``; reset them with ``flat.grad.zero_()``, never
+    with ``zero_grad(set_to_none=True)`` on the module (that would detach the views).
+    """
+    params = [p for p in params if p.requires_grad]
+    total = sum(p.numel() for p in params)
+    flat = nn.Parameter(torch.zeros(total))
+    flat.grad = torch.zeros(total)
+    offset = 0
+    with torch.no_grad():
+        for p in params:
+            n = p.numel()
+            flat[offset : offset + n].copy_(p.reshape(-1))
+            p.data = flat.data[offset : offset + n].view_as(p)
+            p.grad = flat.grad[offset : offset + n].view_as(p)
+            offset += n
+    return flat
+
+
+class FlatAdam:
+    """Adam on one flat parameter tensor, with global-norm gradient clipping folded into the step.
+
+    Args:
+        param: the flat parameter from :func:`flatten_parameters` (its ``.grad`` is read and zeroed).
+        lr: step size; may be changed between steps through :attr:`lr`.
+        betas: decay rates of the first and second moment estimates.
+        eps: added to the denominator, after the bias-corrected square root (as torch.optim.Adam).
+        max_grad_norm: clip the gradient's L2 norm to this before the step (None: no clipping).
+    """
+
+    def __init__(
+        self,
+        param: nn.Parameter,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        max_grad_norm: float | None = None,
+    ) -> None:
+        self.param = param
+        self.lr = lr
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.max_grad_norm = max_grad_norm
+        self.step_count = 0
+        self.exp_avg = torch.zeros_like(param.data)
+        self.exp_avg_sq = torch.zeros_like(param.data)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Clip, apply one Adam update from ``param.grad``, then zero the gradient."""
+        grad = self.param.grad
+        if self.max_grad_norm is not None:
+            norm = torch.linalg.vector_norm(grad)
+            grad.mul_(torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0))
+        self.step_count += 1
+        self.exp_avg.lerp_(grad, 1 - self.beta1)
+        self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+        bias_correction1 = 1 - self.beta1**self.step_count
+        bias_correction2_sqrt = math.sqrt(1 - self.beta2**self.step_count)
+        denom = self.exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(self.eps)
+        self.param.data.addcdiv_(self.exp_avg, denom, value=-self.lr / bias_correction1)
+        grad.zero_()
+
+    def state_dict(self) -> dict[str, torch.Tensor | float | int]:
+        """Moments, step count and learning rate, for saving (tensors and numbers only)."""
+        return {
+            "exp_avg": self.exp_avg.clone(),
+            "exp_avg_sq": self.exp_avg_sq.clone(),
+            "step": self.step_count,
+            "lr": self.lr,
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor | float | int]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.exp_avg.copy_(state["exp_avg"])  # type: ignore[arg-type]
+        self.exp_avg_sq.copy_(state["exp_avg_sq"])  # type: ignore[arg-type]
+        self.step_count = int(state["step"])  # type: ignore[arg-type]
+        self.lr = float(state["lr"])  # type: ignore[arg-type]

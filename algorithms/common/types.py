@@ -1,0 +1,66 @@
+"""Plain result and state objects passed between an agent, its callbacks and the tuner."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class TrainState:
+    """What a callback sees after each training iteration; it is the only channel to the training loop.
+
+    Attributes:
+        step: environment steps taken so far, counted over all vectorised envs.
+        iteration: training iterations (rollout + update) completed so far.
+        total_steps: the step budget of the current ``learn`` call.
+        episode_returns: undiscounted returns of the episodes that finished during the last iteration
+            (raw environment reward, before any normalisation).
+        episode_lengths: lengths of those episodes, in env steps.
+        losses: the last update's diagnostics, keyed like ``policy_loss``, ``value_loss``, ``entropy``,
+            ``approx_kl``, ``clipfrac``, ``explained_variance``, ``learning_rate``.
+        sps: env steps per second since ``learn`` began.
+        stop_requested: set through :meth:`request_stop` to end ``learn`` after this iteration.
+    """
+
+    step: int = 0
+    iteration: int = 0
+    total_steps: int = 0
+    episode_returns: list[float] = field(default_factory=list)
+    episode_lengths: list[int] = field(default_factory=list)
+    losses: dict[str, float] = field(default_factory=dict)
+    sps: float = 0.0
+    stop_requested: bool = False
+
+    def request_stop(self) -> None:
+        """Ask the agent to stop training at the end of the current iteration."""
+        self.stop_requested = True
+
+
+Callback = Callable[[TrainState], None]
+"""A function called once per training iteration with the live :class:`TrainState`."""
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Returns of complete evaluation episodes on dedicated evaluation envs.
+
+    Attributes:
+        returns: undiscounted return of each episode (raw reward).
+        lengths: length of each episode in env steps.
+    """
+
+    returns: np.ndarray
+    lengths: np.ndarray
+
+    @property
+    def mean_return(self) -> float:
+        """Mean episode return."""
+        return float(np.mean(self.returns))
+
+    @property
+    def std_return(self) -> float:
+        """Population standard deviation of the episode returns."""
+        return float(np.std(self.returns))

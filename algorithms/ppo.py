@@ -1,0 +1,579 @@
+"""Proximal Policy Optimization (Schulman et al. 2017) with GAE, for discrete and continuous actions.
+
+Reads top to bottom like the paper: the config, the actor-critic, generalised advantage estimation,
+then the agent — collect a rollout with the current policy, compute advantages, and take several
+epochs of clipped-surrogate minibatch steps on it. Names follow CleanRL (``b_advantages``,
+``clipfrac``, ``approx_kl``); default hyperparameters follow Stable-Baselines3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from algorithms.common import distributions as D
+from algorithms.common.config import (
+    config_from_mapping,
+    require_choice,
+    require_in_range,
+    require_non_negative,
+    require_positive,
+)
+from algorithms.common.envs import EpisodeTracker, check_spaces, make_vec_env
+from algorithms.common.errors import ConfigError, NonFiniteLossError
+from algorithms.common.networks import StackedMLP, activation_fn
+from algorithms.common.optim import FlatAdam, flatten_parameters
+from algorithms.common.normalize import ObsNormalizer, RewardNormalizer
+from algorithms.common.types import Callback, EvalResult, TrainState
+
+POLICY_DISTS = ("auto", "categorical", "gaussian", "beta")
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Hyperparameters
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyperparameters. Defaults are Stable-Baselines3's; invalid values raise ConfigError at once."""
+
+    learning_rate: float = 3e-4
+    """Adam step size. Typical 1e-5 … 2e-3 (log scale)."""
+    n_envs: int = 1
+    """Parallel environments stepped per rollout step. Typical 1 … 64."""
+    n_steps: int = 2048
+    """Steps collected from each env per rollout; the rollout holds ``n_envs * n_steps`` samples.
+    Typical 32 … 4096."""
+    batch_size: int = 64
+    """Minibatch size for the gradient steps; at most ``n_envs * n_steps``. Typical 32 … 1024."""
+    n_epochs: int = 10
+    """Passes over each rollout. Typical 1 … 20."""
+    gamma: float = 0.99
+    """Discount factor in [0, 1]. Typical 0.9 … 0.9999."""
+    gae_lambda: float = 0.95
+    """GAE λ in [0, 1]: 0 is one-step TD, 1 is Monte Carlo. Typical 0.8 … 0.99."""
+    clip_range: float = 0.2
+    """Clipping ε of the probability ratio, > 0. Typical 0.1 … 0.4."""
+    clip_range_vf: float | None = None
+    """Clip the value update to ±this around the old value (None: no clipping). Note that it is in
+    the units of the (possibly normalised) return."""
+    ent_coef: float = 0.0
+    """Weight of the entropy bonus, ≥ 0. Typical 0 … 0.1 (log scale from 1e-8)."""
+    vf_coef: float = 0.5
+    """Weight of the value loss, > 0. Typical 0.2 … 1."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip, > 0. Typical 0.3 … 5."""
+    target_kl: float | None = None
+    """Stop the epochs of an update early once the approximate KL exceeds 1.5 × this (None: never).
+    Typical 0.01 … 0.05."""
+    anneal_lr: bool = False
+    """Decay the learning rate linearly to 0 over the ``learn`` budget."""
+    anneal_clip_range: bool = False
+    """Decay the clip range linearly to 0 over the ``learn`` budget (rl-zoo3's ``lin_`` schedules)."""
+    normalize_advantage: bool = True
+    """Standardise advantages within each minibatch."""
+    normalize_obs: bool = False
+    """Standardise observations with running statistics, clipped to ±``obs_clip``."""
+    normalize_reward: bool = False
+    """Scale rewards by the running std of the discounted return, clipped to ±``reward_clip``."""
+    obs_clip: float = 10.0
+    """Clip for normalised observations, > 0."""
+    reward_clip: float = 10.0
+    """Clip for normalised rewards, > 0."""
+    policy_dist: str = "auto"
+    """Action distribution: ``auto`` (categorical for Discrete, gaussian for Box), ``categorical``,
+    ``gaussian`` (diagonal, state-independent log-std, actions clipped to the bounds) or ``beta``
+    (Beta scaled to the bounds)."""
+    log_std_init: float = 0.0
+    """Initial log standard deviation of the Gaussian policy. Typical −2 … 1."""
+    net_arch: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes of the actor and of the critic (two separate networks)."""
+    activation: str = "tanh"
+    """Hidden activation: tanh, relu, elu or gelu."""
+    ortho_init: bool = True
+    """Orthogonal initialisation (gain √2 hidden, 0.01 policy head, 1 value head)."""
+    adam_eps: float = 1e-5
+    """Adam's ε (SB3 and CleanRL use 1e-5 for PPO)."""
+    vectorization: str = "sync"
+    """How the training envs run: ``sync`` (one process) or ``async`` (one subprocess per env)."""
+
+    def __post_init__(self) -> None:
+        require_positive("learning_rate", self.learning_rate)
+        for name in ("n_envs", "n_steps", "batch_size", "n_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        rollout = self.n_envs * self.n_steps
+        if self.batch_size > rollout:
+            raise ConfigError(
+                f"batch_size ({self.batch_size}) is larger than a rollout "
+                f"(n_envs * n_steps = {self.n_envs} * {self.n_steps} = {rollout})"
+            )
+        require_in_range("gamma", self.gamma, 0.0, 1.0)
+        require_in_range("gae_lambda", self.gae_lambda, 0.0, 1.0)
+        require_positive("clip_range", self.clip_range)
+        if self.clip_range_vf is not None:
+            require_positive("clip_range_vf", self.clip_range_vf)
+        require_non_negative("ent_coef", self.ent_coef)
+        require_positive("vf_coef", self.vf_coef)
+        require_positive("max_grad_norm", self.max_grad_norm)
+        if self.target_kl is not None:
+            require_positive("target_kl", self.target_kl)
+        require_positive("obs_clip", self.obs_clip)
+        require_positive("reward_clip", self.reward_clip)
+        require_positive("adam_eps", self.adam_eps)
+        require_choice("policy_dist", self.policy_dist, POLICY_DISTS)
+        require_choice("vectorization", self.vectorization, ("sync", "async"))
+        activation_fn(self.activation)
+        if not self.net_arch or any(not isinstance(h, int) or h < 1 for h in self.net_arch):
+            raise ConfigError(f"net_arch must be a non-empty list of positive integers, got {self.net_arch!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PPOConfig:
+        """Build from a mapping (e.g. a Hydra node), naming any unknown key."""
+        return config_from_mapping(cls, values)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. Actor-critic
+# ----------------------------------------------------------------------------------------------------
+class ActorCritic(nn.Module):
+    """Separate actor and critic MLPs, evaluated together as one two-member :class:`StackedMLP`.
+
+    The actor's head parametrises a categorical, diagonal-Gaussian or Beta distribution; the critic's
+    head is V(s). Stacking changes how the two networks are computed, not what they compute.
+    """
+
+    def __init__(self, obs_dim: int, action_space: gym.Space, config: PPOConfig) -> None:
+        super().__init__()
+        self.dist = resolve_policy_dist(config.policy_dist, action_space)
+        if self.dist == "categorical":
+            self.head_dim = int(action_space.n)
+        elif self.dist == "gaussian":
+            self.head_dim = int(action_space.shape[0])
+        else:  # beta: α and β per action dimension
+            self.head_dim = 2 * int(action_space.shape[0])
+        self.net = StackedMLP(
+            n_members=2,
+            in_dim=obs_dim,
+            hidden=config.net_arch,
+            out_dims=(self.head_dim, 1),
+            activation=config.activation,
+            ortho_init=config.ortho_init,
+            out_gains=(0.01, 1.0),
+        )
+        self.log_std = nn.Parameter(
+            torch.full((self.head_dim,), float(config.log_std_init)), requires_grad=self.dist == "gaussian"
+        )
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(actor head output, V(s)) for a batch of observations."""
+        out = self.net(obs)
+        return out[0, :, : self.head_dim], out[1, :, 0]
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """V(s) for a batch of observations, shape (batch,)."""
+        return self.forward(obs)[1]
+
+    def log_prob_entropy(self, head: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log π(a|s) and the policy entropy at s from the actor head's output, both shape (batch,)."""
+        if self.dist == "categorical":
+            return D.categorical_log_prob_entropy(head, actions)
+        if self.dist == "gaussian":
+            return D.gaussian_log_prob_entropy(head, self.log_std, actions)
+        return D.beta_log_prob_entropy(head, actions)
+
+    def sample(self, head: torch.Tensor, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Sample actions from the actor head's output; returns (actions, log π(a|s)) as numpy arrays."""
+        if self.dist == "categorical":
+            return D.categorical_sample(head.numpy(), rng)
+        if self.dist == "gaussian":
+            return D.gaussian_sample(head.numpy(), self.log_std.detach().numpy(), rng)
+        return D.beta_sample(head, rng)
+
+    def deterministic(self, head: torch.Tensor) -> np.ndarray:
+        """The most likely action (categorical), the mean (Gaussian) or the mean in (0, 1) (Beta)."""
+        if self.dist == "categorical":
+            return head.argmax(-1).numpy()
+        if self.dist == "gaussian":
+            return head.numpy()
+        alpha, beta = D.beta_params(head)
+        return (alpha / (alpha + beta)).numpy()
+
+
+def resolve_policy_dist(policy_dist: str, action_space: gym.Space) -> str:
+    """Map ``auto`` to the natural distribution and check the choice fits the action space."""
+    discrete = isinstance(action_space, gym.spaces.Discrete)
+    if policy_dist == "auto":
+        return "categorical" if discrete else "gaussian"
+    if discrete != (policy_dist == "categorical"):
+        kind = "Discrete" if discrete else "Box"
+        valid = "categorical" if discrete else "gaussian or beta"
+        raise ConfigError(f"policy_dist={policy_dist!r} does not fit a {kind} action space; use auto or {valid}")
+    return policy_dist
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. Generalised advantage estimation
+# ----------------------------------------------------------------------------------------------------
+def compute_gae(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    dones: np.ndarray,
+    last_values: np.ndarray,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Advantages and returns (targets for V) of a rollout, arrays of shape (n_steps, n_envs).
+
+    ``dones[t]`` marks an episode that ended at step t (terminated or truncated): nothing after it is
+    propagated back. A truncated step must already carry its bootstrap ``gamma * V(final_obs)`` in
+    ``rewards[t]``, so a time limit is not mistaken for a terminal state. ``last_values`` is V of the
+    observation after the final step.
+
+        δ_t = r_t + γ (1 − d_t) V(s_{t+1}) − V(s_t),     A_t = δ_t + γ λ (1 − d_t) A_{t+1}
+    """
+    n_steps = rewards.shape[0]
+    advantages = np.zeros_like(rewards)
+    last_gae = np.zeros_like(last_values)
+    next_values = last_values
+    for t in reversed(range(n_steps)):
+        not_done = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_values * not_done - values[t]
+        last_gae = delta + gamma * gae_lambda * not_done * last_gae
+        advantages[t] = last_gae
+        next_values = values[t]
+    return advantages, advantages + values
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. The agent
+# ----------------------------------------------------------------------------------------------------
+class PPO:
+    """A PPO agent bound to one environment id, one config and one seed.
+
+    Training envs are created here; evaluation runs on separate envs seeded per call. Same config and
+    seed on CPU give a bit-identical learning curve.
+    """
+
+    algorithm = "ppo"
+    action_spaces: tuple[type[gym.Space], ...] = (gym.spaces.Discrete, gym.spaces.Box)
+
+    def __init__(
+        self,
+        env_id: str,
+        config: PPOConfig,
+        seed: int = 0,
+        env_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.env_id = env_id
+        self.config = config
+        self.seed = seed
+        self.env_kwargs = dict(env_kwargs or {})
+        self.envs = make_vec_env(env_id, config.n_envs, seed, config.vectorization, self.env_kwargs)
+        try:
+            check_spaces("PPO", self.envs.single_observation_space, self.envs.single_action_space, self.action_spaces)
+            self.action_space = self.envs.single_action_space
+            obs_dim = int(self.envs.single_observation_space.shape[0])
+            torch.manual_seed(seed)  # network initialisation
+            self.policy = ActorCritic(obs_dim, self.action_space, config)
+        except Exception:
+            self.envs.close()
+            raise
+        # One flat tensor for all weights: clipping and Adam become single-tensor operations.
+        self.flat_params = flatten_parameters(self.policy.parameters())
+        self.optimizer = FlatAdam(
+            self.flat_params, lr=config.learning_rate, eps=config.adam_eps, max_grad_norm=config.max_grad_norm
+        )
+        self.rng = np.random.default_rng(seed)  # action sampling and minibatch order
+        self.obs_normalizer = ObsNormalizer((obs_dim,), config.obs_clip) if config.normalize_obs else None
+        self.reward_normalizer = (
+            RewardNormalizer(config.n_envs, config.gamma, config.reward_clip) if config.normalize_reward else None
+        )
+        self.num_steps = 0
+        self._obs: np.ndarray | None = None  # raw observation the next rollout starts from
+        self._eval_envs: gym.vector.VectorEnv | None = None
+
+    # --- acting ---------------------------------------------------------------------------------
+    def _normalize_obs(self, obs: np.ndarray, update: bool) -> np.ndarray:
+        if self.obs_normalizer is None:
+            return obs.astype(np.float32, copy=False)
+        return self.obs_normalizer(obs, update)
+
+    def _to_env_action(self, actions: np.ndarray) -> np.ndarray:
+        """Map policy outputs to what the env accepts: integers, clipped Box values, or scaled Beta draws."""
+        if self.policy.dist == "categorical":
+            return actions
+        low, high = self.action_space.low, self.action_space.high
+        if self.policy.dist == "beta":
+            return (low + actions * (high - low)).astype(self.action_space.dtype)
+        return np.clip(actions, low, high).astype(self.action_space.dtype)
+
+    def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """Env actions for a batch of raw observations (normaliser statistics are not updated)."""
+        obs_t = torch.from_numpy(self._normalize_obs(np.asarray(obs), update=False))
+        with torch.no_grad():
+            head, _ = self.policy(obs_t)
+        if deterministic:
+            return self._to_env_action(self.policy.deterministic(head))
+        return self._to_env_action(self.policy.sample(head, self.rng)[0])
+
+    # --- training -------------------------------------------------------------------------------
+    def learn(self, total_steps: int, callback: Callback | None = None) -> TrainState:
+        """Train for ``total_steps`` env steps (rounded up to whole rollouts).
+
+        ``callback`` is called after every iteration with the live :class:`TrainState`; it may call
+        ``state.request_stop()``. Raises NonFiniteLossError when a loss becomes NaN or infinite.
+        """
+        cfg = self.config
+        if total_steps < 1:
+            raise ConfigError(f"total_steps must be >= 1, got {total_steps}")
+        n_envs, n_steps = cfg.n_envs, cfg.n_steps
+        obs_dim = int(self.envs.single_observation_space.shape[0])
+        act_shape = () if self.policy.dist == "categorical" else self.action_space.shape
+        act_dtype = torch.int64 if self.policy.dist == "categorical" else torch.float32
+
+        # Rollout storage, allocated once.
+        obs_buf = torch.zeros((n_steps, n_envs, obs_dim))
+        actions_buf = torch.zeros((n_steps, n_envs, *act_shape), dtype=act_dtype)
+        logprobs_buf = torch.zeros((n_steps, n_envs))
+        rewards_buf = np.zeros((n_steps, n_envs), dtype=np.float32)
+        dones_buf = np.zeros((n_steps, n_envs), dtype=np.float32)
+        values_buf = np.zeros((n_steps, n_envs), dtype=np.float32)
+
+        if self._obs is None:
+            self._obs, _ = self.envs.reset(seed=self.seed)
+        tracker = EpisodeTracker(n_envs)
+        state = TrainState(step=self.num_steps, total_steps=total_steps)
+        start_steps, start_time = self.num_steps, time.perf_counter()
+        end_steps = self.num_steps + total_steps
+
+        while self.num_steps < end_steps and not state.stop_requested:
+            # --- collect a rollout with the current policy ---
+            obs = self._normalize_obs(self._obs, update=True)
+            for t in range(n_steps):
+                obs_t = torch.from_numpy(obs)
+                with torch.no_grad():
+                    head, value = self.policy(obs_t)
+                action, logprob = self.policy.sample(head, self.rng)
+                next_obs, reward, terminated, truncated, infos = self.envs.step(self._to_env_action(action))
+                done = np.logical_or(terminated, truncated)
+                tracker.update(reward, done)
+                if self.reward_normalizer is not None:
+                    reward = self.reward_normalizer(reward, done)
+                reward = reward.astype(np.float32)
+                # Time-limit truncation is not termination: bootstrap with the value of the last state.
+                bootstrap = truncated & ~terminated
+                if bootstrap.any():
+                    final_obs = np.stack([infos["final_obs"][i] for i in np.flatnonzero(bootstrap)])
+                    with torch.no_grad():
+                        final_v = self.policy.value(torch.from_numpy(self._normalize_obs(final_obs, update=False)))
+                    reward[bootstrap] += cfg.gamma * final_v.numpy()
+                obs_buf[t] = obs_t
+                actions_buf[t] = torch.from_numpy(action)
+                logprobs_buf[t] = torch.from_numpy(logprob)
+                rewards_buf[t] = reward
+                dones_buf[t] = done
+                values_buf[t] = value.numpy()
+                self._obs = next_obs
+                obs = self._normalize_obs(next_obs, update=True)
+            self.num_steps += n_envs * n_steps
+
+            with torch.no_grad():
+                last_values = self.policy.value(torch.from_numpy(obs)).numpy()
+            advantages, returns = compute_gae(
+                rewards_buf, values_buf, dones_buf, last_values, cfg.gamma, cfg.gae_lambda
+            )
+
+            # --- optimise the clipped surrogate on the rollout ---
+            progress_remaining = max(0.0, 1.0 - (self.num_steps - start_steps) / total_steps)
+            lr = cfg.learning_rate * (progress_remaining if cfg.anneal_lr else 1.0)
+            clip = cfg.clip_range * (progress_remaining if cfg.anneal_clip_range else 1.0)
+            self.optimizer.lr = lr
+            losses = self._update(
+                obs_buf.reshape(-1, obs_dim),
+                actions_buf.reshape(-1, *act_shape),
+                logprobs_buf.reshape(-1),
+                torch.from_numpy(advantages.reshape(-1)),
+                torch.from_numpy(returns.reshape(-1)),
+                torch.from_numpy(values_buf.reshape(-1)),
+                clip,
+            )
+            losses["learning_rate"] = lr
+            losses["clip_range"] = clip
+
+            state.step = self.num_steps
+            state.iteration += 1
+            state.episode_returns, state.episode_lengths = tracker.pop()
+            state.losses = losses
+            state.sps = (self.num_steps - start_steps) / max(time.perf_counter() - start_time, 1e-9)
+            if callback is not None:
+                callback(state)
+        return state
+
+    def _update(
+        self,
+        b_obs: torch.Tensor,
+        b_actions: torch.Tensor,
+        b_logprobs: torch.Tensor,
+        b_advantages: torch.Tensor,
+        b_returns: torch.Tensor,
+        b_values: torch.Tensor,
+        clip: float,
+    ) -> dict[str, float]:
+        """``n_epochs`` passes of minibatch steps on one flattened rollout; returns the diagnostics."""
+        cfg = self.config
+        batch = b_obs.shape[0]
+        stats: list[torch.Tensor] = []  # per minibatch: policy loss, value loss, entropy, approx_kl, clipfrac
+        stop = False
+        for _epoch in range(cfg.n_epochs):
+            # Shuffle once per epoch; each minibatch is then a contiguous slice (a view, no copy).
+            perm = torch.from_numpy(self.rng.permutation(batch))
+            e_obs, e_actions, e_logprobs = b_obs[perm], b_actions[perm], b_logprobs[perm]
+            e_advantages, e_returns, e_values = b_advantages[perm], b_returns[perm], b_values[perm]
+            for start in range(0, batch, cfg.batch_size):
+                mb = slice(start, start + cfg.batch_size)
+                head, newvalue = self.policy(e_obs[mb])
+                newlogprob, entropy = self.policy.log_prob_entropy(head, e_actions[mb])
+                logratio = newlogprob - e_logprobs[mb]
+                ratio = logratio.exp()
+
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - logratio).mean()  # k3 estimator (Schulman 2020)
+                    clipfrac = ((ratio - 1.0).abs() > clip).float().mean()
+                if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl:
+                    stop = True  # as SB3: skip this step and end the update
+                    break
+
+                mb_advantages = e_advantages[mb]
+                if cfg.normalize_advantage and mb_advantages.numel() > 1:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+                # Policy loss: the pessimistic (max of negatives) of the unclipped and clipped surrogates.
+                pg_loss1 = -mb_advantages * ratio
+                pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - clip, 1 + clip)
+                pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+                # Value loss, optionally clipped around the rollout's value estimate.
+                if cfg.clip_range_vf is not None:
+                    old_v = e_values[mb]
+                    newvalue = old_v + torch.clamp(newvalue - old_v, -cfg.clip_range_vf, cfg.clip_range_vf)
+                v_loss = 0.5 * (newvalue - e_returns[mb]).pow(2).mean()
+
+                entropy_loss = entropy.mean()
+                loss = pg_loss + cfg.vf_coef * v_loss
+                if cfg.ent_coef > 0:  # with a zero coefficient, keep the entropy out of the backward pass
+                    loss = loss - cfg.ent_coef * entropy_loss
+                if not torch.isfinite(loss):
+                    named = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy_loss}
+                    bad = next((k for k, v in named.items() if not torch.isfinite(v)), "loss")
+                    raise NonFiniteLossError(bad, self.num_steps)
+
+                loss.backward()
+                self.optimizer.step()  # clips the global gradient norm to max_grad_norm first
+                stats.append(torch.stack([pg_loss, v_loss, entropy_loss, approx_kl, clipfrac]).detach())
+            if stop:
+                break
+
+        y_pred, y_true = b_values.numpy(), b_returns.numpy()
+        var_y = np.var(y_true)
+        explained_var = float("nan") if var_y == 0 else float(1 - np.var(y_true - y_pred) / var_y)
+        means = torch.stack(stats).mean(0).tolist() if stats else [float("nan")] * 5
+        keys = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
+        return {"explained_variance": explained_var, **dict(zip(keys, means, strict=True))}
+
+    # --- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, n_episodes: int, seed: int, deterministic: bool = True, n_envs: int = 4) -> EvalResult:
+        """Run ``n_episodes`` complete episodes on separate evaluation envs seeded with ``seed``.
+
+        Episodes are split evenly across ``min(n_envs, n_episodes)`` envs, so the result depends only
+        on the policy, ``seed`` and these counts. Normaliser statistics are used but not updated.
+        """
+        if n_episodes < 1:
+            raise ConfigError(f"n_episodes must be >= 1, got {n_episodes}")
+        n_envs = min(n_envs, n_episodes)
+        if self._eval_envs is None or self._eval_envs.num_envs != n_envs:
+            if self._eval_envs is not None:
+                self._eval_envs.close()
+            self._eval_envs = make_vec_env(self.env_id, n_envs, seed, "sync", self.env_kwargs)
+        envs = self._eval_envs
+        quota = np.array([(n_episodes + i) // n_envs for i in range(n_envs)])  # sums to n_episodes
+        returns: list[float] = []
+        lengths: list[int] = []
+        ep_return = np.zeros(n_envs)
+        ep_length = np.zeros(n_envs, dtype=np.int64)
+        done_count = np.zeros(n_envs, dtype=np.int64)
+        obs, _ = envs.reset(seed=seed)
+        while (done_count < quota).any():
+            obs, reward, terminated, truncated, _ = envs.step(self.predict(obs, deterministic))
+            ep_return += reward
+            ep_length += 1
+            for i in np.flatnonzero(terminated | truncated):
+                if done_count[i] < quota[i]:
+                    returns.append(float(ep_return[i]))
+                    lengths.append(int(ep_length[i]))
+                    done_count[i] += 1
+                ep_return[i], ep_length[i] = 0.0, 0
+        return EvalResult(returns=np.asarray(returns), lengths=np.asarray(lengths))
+
+    # --- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write weights, optimizer state, normaliser statistics and the config to ``path``."""
+        payload: dict[str, Any] = {
+            "algorithm": self.algorithm,
+            "env_id": self.env_id,
+            "env_kwargs": self.env_kwargs,
+            "config": dataclasses.asdict(self.config),
+            "seed": self.seed,
+            "num_steps": self.num_steps,
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        if self.obs_normalizer is not None:
+            payload["obs_rms"] = _rms_to_tensors(self.obs_normalizer.rms.state())
+        if self.reward_normalizer is not None:
+            payload["reward_rms"] = _rms_to_tensors(self.reward_normalizer.rms.state())
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, path)
+
+    @classmethod
+    def load(cls, path: str | Path, seed: int | None = None) -> PPO:
+        """Rebuild an agent saved by :meth:`save` (safe loading: tensors and plain data only)."""
+        payload = torch.load(path, weights_only=True)
+        config = PPOConfig.from_dict(payload["config"])
+        agent = cls(payload["env_id"], config, payload["seed"] if seed is None else seed, payload["env_kwargs"])
+        agent.policy.load_state_dict(payload["policy"])
+        agent.optimizer.load_state_dict(payload["optimizer"])
+        agent.num_steps = int(payload["num_steps"])
+        if agent.obs_normalizer is not None:
+            agent.obs_normalizer.rms.load_state(_rms_from_tensors(payload["obs_rms"]))
+        if agent.reward_normalizer is not None:
+            agent.reward_normalizer.rms.load_state(_rms_from_tensors(payload["reward_rms"]))
+        return agent
+
+    def close(self) -> None:
+        """Close the training and evaluation envs."""
+        self.envs.close()
+        if self._eval_envs is not None:
+            self._eval_envs.close()
+
+    def __enter__(self) -> PPO:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _rms_to_tensors(state: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(v, dtype=torch.float64) for k, v in state.items()}
+
+
+def _rms_from_tensors(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in state.items()}

@@ -1,0 +1,132 @@
+"""Training throughput of rltune PPO against Stable-Baselines3 PPO with identical hyperparameters.
+
+Both agents train on the same env for the same number of env steps with one torch thread; the time of
+``learn`` alone is measured (model and env construction excluded for both). Prints env-steps/s of each
+and the ratio rltune / SB3. Needs the ``bench`` extra (``make bench`` installs it).
+
+    python bench/throughput.py [--steps-scale 1.0] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from algorithms import PPO, PPOConfig  # noqa: E402
+from algorithms.common.networks import set_torch_threads  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Case:
+    """One comparison: an env, a step budget and the hyperparameters both libraries get."""
+
+    name: str
+    env_id: str
+    steps: int
+    ours: PPOConfig
+    sb3_kwargs: dict[str, Any]
+    sb3_n_envs: int
+
+
+def _linear(start: float) -> Callable[[float], float]:
+    """SB3 schedule: ``start`` × progress_remaining (rl-zoo3's ``lin_<start>``)."""
+    return lambda progress_remaining: progress_remaining * start
+
+
+def cases() -> list[Case]:
+    """SB3's PPO defaults and rl-zoo3's tuned CartPole-v1 set (hyperparams/ppo.yml)."""
+    zoo = PPOConfig(
+        n_envs=8,
+        n_steps=32,
+        batch_size=256,
+        gae_lambda=0.8,
+        gamma=0.98,
+        n_epochs=20,
+        ent_coef=0.0,
+        learning_rate=1e-3,
+        anneal_lr=True,
+        clip_range=0.2,
+        anneal_clip_range=True,
+    )
+    zoo_sb3 = dict(
+        n_steps=32,
+        batch_size=256,
+        gae_lambda=0.8,
+        gamma=0.98,
+        n_epochs=20,
+        ent_coef=0.0,
+        learning_rate=_linear(1e-3),
+        clip_range=_linear(0.2),
+    )
+    return [
+        Case("CartPole-v1, SB3 defaults", "CartPole-v1", 40_960, PPOConfig(), {}, 1),
+        Case("CartPole-v1, rl-zoo3 set", "CartPole-v1", 100_000, zoo, zoo_sb3, 8),
+    ]
+
+
+def run_ours(case: Case, steps: int, seed: int) -> float:
+    """rltune's env-steps/s for ``case``."""
+    with PPO(case.env_id, case.ours, seed=seed) as agent:
+        start = time.perf_counter()
+        agent.learn(steps)
+        return steps_taken(agent.num_steps, time.perf_counter() - start)
+
+
+def run_sb3(case: Case, steps: int, seed: int) -> float:
+    """Stable-Baselines3's env-steps/s for ``case``."""
+    from stable_baselines3 import PPO as SB3PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    env = make_vec_env(case.env_id, n_envs=case.sb3_n_envs, seed=seed)
+    model = SB3PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **case.sb3_kwargs)
+    start = time.perf_counter()
+    model.learn(steps)
+    elapsed = time.perf_counter() - start
+    env.close()
+    return steps_taken(model.num_timesteps, elapsed)
+
+
+def steps_taken(steps: int, seconds: float) -> float:
+    """Env steps per second."""
+    return steps / seconds
+
+
+def main() -> None:
+    """Run every case and print a table of env-steps/s and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply each case's step budget")
+    parser.add_argument("--repeats", type=int, default=1, help="alternating repeats; the median is reported")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    set_torch_threads(1)
+    try:
+        import stable_baselines3
+    except ImportError:
+        sys.exit("error: Stable-Baselines3 is not installed; run `make bench` (installs the bench extra)")
+
+    print(f"torch {torch.__version__}, SB3 {stable_baselines3.__version__}, 1 torch thread, median of {args.repeats}")
+    header = f"{'case':<28} {'steps':>8} {'rltune sps':>11} {'SB3 sps':>9} {'ratio':>6}"
+    print(header)
+    print("-" * len(header))
+    for case in cases():
+        steps = max(1, int(case.steps * args.steps_scale))
+        ours, theirs = [], []
+        for rep in range(args.repeats):
+            ours.append(run_ours(case, steps, args.seed + rep))
+            theirs.append(run_sb3(case, steps, args.seed + rep))
+        o, t = statistics.median(ours), statistics.median(theirs)
+        print(f"{case.name:<28} {steps:>8} {o:>11,.0f} {t:>9,.0f} {o / t:>6.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

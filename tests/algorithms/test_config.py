@@ -1,0 +1,72 @@
+"""PPOConfig rejects invalid values with a message naming the field, before any env exists."""
+
+import pytest
+
+from algorithms import ConfigError, PPOConfig, build_config, get_algorithm
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"clip_range": 0.0}, "clip_range"),
+        ({"gae_lambda": 1.5}, "gae_lambda"),
+        ({"gamma": -0.1}, "gamma"),
+        ({"batch_size": 4096, "n_steps": 128, "n_envs": 4}, "batch_size"),
+        ({"n_epochs": 0}, "n_epochs"),
+        ({"n_envs": 2.5}, "n_envs"),
+        ({"ent_coef": -0.01}, "ent_coef"),
+        ({"max_grad_norm": 0.0}, "max_grad_norm"),
+        ({"target_kl": 0.0}, "target_kl"),
+        ({"activation": "swish"}, "activation"),
+        ({"policy_dist": "poisson"}, "policy_dist"),
+        ({"net_arch": ()}, "net_arch"),
+        ({"vectorization": "threads"}, "vectorization"),
+    ],
+)
+def test_invalid_values_raise_config_error_naming_the_field(kwargs: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        PPOConfig(**kwargs)
+
+
+def test_batch_larger_than_rollout_message_shows_the_arithmetic() -> None:
+    with pytest.raises(ConfigError, match=r"n_envs \* n_steps = 2 \* 16 = 32"):
+        PPOConfig(n_envs=2, n_steps=16, batch_size=64)
+
+
+def test_unknown_key_is_named_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"'learning_rat'.*did you mean 'learning_rate'"):
+        build_config("ppo", {"learning_rat": 1e-3})
+
+
+def test_unknown_algorithm_lists_valid_choices() -> None:
+    with pytest.raises(ConfigError, match=r"unknown algorithm 'ppp'.*ppo"):
+        get_algorithm("ppp")
+
+
+def test_lists_become_tuples_so_the_config_stays_hashable() -> None:
+    cfg = build_config("ppo", {"net_arch": [32, 32]})
+    assert cfg.net_arch == (32, 32)
+    hash(cfg)
+
+
+def test_every_field_is_documented() -> None:
+    import ast
+    import inspect
+
+    from algorithms import ppo
+
+    tree = ast.parse(inspect.getsource(ppo.PPOConfig))
+    body = tree.body[0].body
+    documented = {
+        stmt.target.id
+        for stmt, nxt in zip(body, body[1:], strict=False)
+        if isinstance(stmt, ast.AnnAssign)
+        and isinstance(nxt, ast.Expr)
+        and isinstance(nxt.value, ast.Constant)
+        and isinstance(nxt.value.value, str)
+        and len(nxt.value.value) > 15
+    }
+    fields = {f for f in PPOConfig.__dataclass_fields__}
+    assert fields == documented

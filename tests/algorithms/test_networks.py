@@ -1,0 +1,68 @@
+"""The speed devices in common/ compute exactly what the plain PyTorch versions compute."""
+
+import copy
+
+import torch
+from torch import nn
+
+from algorithms.common.networks import StackedMLP, fast_tanh, mlp
+from algorithms.common.optim import FlatAdam, flatten_parameters
+
+
+def test_fast_tanh_matches_torch_tanh_values_and_gradients() -> None:
+    for shape in [(3, 5), (64, 128)]:  # below and above the size where the sigmoid route is used
+        x = (torch.randn(*shape) * 3).requires_grad_()
+        y = fast_tanh(x)
+        torch.testing.assert_close(y, torch.tanh(x), atol=2e-6, rtol=0)
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        x2 = x.detach().requires_grad_()
+        (ref_grad,) = torch.autograd.grad(torch.tanh(x2).sum(), x2)
+        torch.testing.assert_close(grad, ref_grad, atol=5e-6, rtol=0)
+
+
+def test_stacked_mlp_member_equals_an_ordinary_mlp() -> None:
+    torch.manual_seed(0)
+    net = StackedMLP(2, 4, (8, 8), (3, 1), "tanh", ortho_init=True, out_gains=(0.01, 1.0))
+    x = torch.randn(10, 4)
+    out = net(x)
+    assert out.shape == (2, 10, 3)
+    for g, out_dim in enumerate((3, 1)):
+        h = x
+        for i, (w, b) in enumerate(zip(net.weights, net.biases, strict=True)):
+            h = h @ w[g] + b[g, 0]
+            if i < 2:
+                h = torch.tanh(h)
+        torch.testing.assert_close(out[g, :, :out_dim], h[:, :out_dim], atol=1e-5, rtol=1e-5)
+    # padding columns of the narrower head stay zero
+    assert torch.all(out[1, :, 1:] == 0)
+
+
+def test_stacked_mlp_init_is_orthogonal_with_the_requested_gains() -> None:
+    torch.manual_seed(0)
+    net = StackedMLP(2, 6, (16,), (4, 1), "tanh", ortho_init=True, out_gains=(0.01, 1.0))
+    w_hidden = net.weights[0][0]  # (6, 16): rows orthogonal with gain √2
+    torch.testing.assert_close(w_hidden @ w_hidden.T, 2 * torch.eye(6), atol=1e-5, rtol=0)
+    head = net.weights[1][0][:, :4]  # (16, 4) columns orthonormal × 0.01
+    torch.testing.assert_close(head.T @ head, 1e-4 * torch.eye(4), atol=1e-8, rtol=0)
+
+
+def test_flat_adam_gives_the_same_update_as_torch_adam_with_clipping() -> None:
+    torch.manual_seed(0)
+    reference = mlp(4, (16, 16), 2, "tanh", ortho_init=True, out_gain=0.01)
+    flat_model = copy.deepcopy(reference)
+    flat = flatten_parameters(flat_model.parameters())
+    opt_ref = torch.optim.Adam(reference.parameters(), lr=1e-2, eps=1e-5)
+    opt_flat = FlatAdam(flat, lr=1e-2, eps=1e-5, max_grad_norm=1e-3)  # small: clipping always active, and with ε it changes the step
+    for _ in range(5):
+        x = torch.randn(32, 4)
+        loss_ref = reference(x).pow(2).sum()
+        opt_ref.zero_grad()
+        loss_ref.backward()
+        nn.utils.clip_grad_norm_(reference.parameters(), 1e-3)
+        opt_ref.step()
+        flat_model(x).pow(2).sum().backward()
+        opt_flat.step()
+    for p_ref, p_flat in zip(reference.parameters(), flat_model.parameters(), strict=True):
+        torch.testing.assert_close(p_flat, p_ref, atol=1e-6, rtol=1e-5)
+        assert p_flat.grad.untyped_storage().data_ptr() == flat.grad.untyped_storage().data_ptr()
+    assert torch.all(flat.grad == 0)

@@ -1,0 +1,157 @@
+"""PPO's public surface: determinism, persistence, evaluation, error paths, and that it learns."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from algorithms import PPO, ConfigError, NonFiniteLossError, PPOConfig, TrainState, UnsupportedSpaceError
+from tests.algorithms.toy_envs import register_toy_envs
+
+FAST_CARTPOLE = PPOConfig(
+    n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, learning_rate=1e-3,
+    anneal_lr=True, anneal_clip_range=True,
+)  # rl-zoo3's CartPole-v1 set
+
+
+def record_curve(agent: PPO, steps: int) -> list[tuple]:
+    curve: list[tuple] = []
+
+    def callback(state: TrainState) -> None:
+        curve.append((state.step, tuple(state.episode_returns), tuple(sorted(state.losses.items()))))
+
+    agent.learn(steps, callback)
+    return curve
+
+
+@pytest.mark.parametrize(
+    ("env_id", "config"),
+    [
+        ("CartPole-v1", PPOConfig(n_envs=2, n_steps=64, batch_size=32, n_epochs=2)),
+        ("Pendulum-v1", PPOConfig(n_envs=2, n_steps=64, batch_size=32, n_epochs=2, normalize_obs=True,
+                                  normalize_reward=True)),
+        ("Pendulum-v1", PPOConfig(n_envs=2, n_steps=64, batch_size=32, n_epochs=2, policy_dist="beta")),
+    ],
+    ids=["categorical", "gaussian-normalized", "beta"],
+)
+def test_same_config_and_seed_give_a_bit_identical_learning_curve(env_id: str, config: PPOConfig) -> None:
+    with PPO(env_id, config, seed=7) as a, PPO(env_id, config, seed=7) as b:
+        curve_a, curve_b = record_curve(a, 1024), record_curve(b, 1024)
+        assert curve_a == curve_b
+        for pa, pb in zip(a.policy.parameters(), b.policy.parameters(), strict=True):
+            assert torch.equal(pa, pb)
+    with PPO(env_id, config, seed=8) as c:
+        assert record_curve(c, 1024) != curve_a, "a different seed must give a different curve"
+
+
+def test_save_load_gives_identical_actions_and_eval_return(tmp_path: Path) -> None:
+    config = PPOConfig(n_envs=2, n_steps=64, batch_size=64, n_epochs=2, normalize_obs=True, normalize_reward=True)
+    with PPO("Pendulum-v1", config, seed=3) as agent:
+        agent.learn(512)
+        path = tmp_path / "model.pt"
+        agent.save(path)
+        obs = np.random.default_rng(0).uniform(-1, 1, size=(16, 3)).astype(np.float32)
+        with PPO.load(path) as loaded:
+            np.testing.assert_array_equal(agent.predict(obs), loaded.predict(obs))
+            assert agent.evaluate(3, seed=100).returns.tolist() == loaded.evaluate(3, seed=100).returns.tolist()
+            assert loaded.num_steps == agent.num_steps
+            np.testing.assert_array_equal(loaded.obs_normalizer.rms.mean, agent.obs_normalizer.rms.mean)
+            assert loaded.config == agent.config
+
+
+def test_evaluate_runs_exactly_the_requested_episodes_reproducibly() -> None:
+    with PPO("CartPole-v1", PPOConfig(n_steps=64, batch_size=64), seed=0) as agent:
+        first = agent.evaluate(7, seed=123)
+        again = agent.evaluate(7, seed=123)
+        assert len(first.returns) == 7 and len(first.lengths) == 7
+        assert first.returns.tolist() == again.returns.tolist()
+        np.testing.assert_array_equal(first.returns, first.lengths)  # CartPole: +1 per step
+
+
+def test_callback_can_stop_training_early() -> None:
+    with PPO("CartPole-v1", PPOConfig(n_steps=64, batch_size=64, n_epochs=1), seed=0) as agent:
+
+        def stop_after_two(state: TrainState) -> None:
+            if state.iteration == 2:
+                state.request_stop()
+
+        state = agent.learn(64 * 100, stop_after_two)
+        assert state.iteration == 2 and state.step == 128
+
+
+@pytest.mark.parametrize(
+    ("env_id", "fragment"),
+    [
+        ("rltune_test/MultiDiscreteAction-v0", "MultiDiscrete"),
+        ("rltune_test/DictObs-v0", "Dict"),
+        ("rltune_test/UnboundedBox-v0", "bounded Box"),
+    ],
+)
+def test_unsupported_spaces_are_rejected_naming_the_space(env_id: str, fragment: str) -> None:
+    register_toy_envs()
+    with pytest.raises(UnsupportedSpaceError, match=fragment):
+        PPO(env_id, PPOConfig(), seed=0)
+
+
+def test_policy_dist_must_fit_the_action_space() -> None:
+    with pytest.raises(ConfigError, match="beta"):
+        PPO("CartPole-v1", PPOConfig(policy_dist="beta"), seed=0)
+
+
+def test_unknown_env_id_is_a_config_error_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match="CartPol.*CartPole"):
+        PPO("CartPol-v1", PPOConfig(), seed=0)
+
+
+def test_non_finite_loss_raises_the_dedicated_error() -> None:
+    register_toy_envs()
+    with PPO("rltune_test/NaNReward-v0", PPOConfig(n_steps=32, batch_size=32), seed=0) as agent:
+        with pytest.raises(NonFiniteLossError, match=r"non-finite (policy_loss|value_loss)") as info:
+            agent.learn(64)
+        assert info.value.step == 32
+
+
+def test_actions_are_clipped_to_the_bounds() -> None:
+    config = PPOConfig(n_steps=32, batch_size=32, log_std_init=3.0)  # σ ≈ 20 on a ±2 action space
+    with PPO("Pendulum-v1", config, seed=0) as agent:
+        actions = agent.predict(np.zeros((256, 3), dtype=np.float32), deterministic=False)
+        assert actions.min() >= -2.0 and actions.max() <= 2.0
+        assert (np.abs(actions) == 2.0).mean() > 0.5
+
+
+# --- learning smoke runs: short, but they must clearly beat a random policy ---------------------------
+def random_policy_return(env_id: str, episodes: int = 20) -> float:
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    env.action_space.seed(0)
+    total = 0.0
+    for ep in range(episodes):
+        env.reset(seed=ep)
+        done = False
+        while not done:
+            _, r, term, trunc, _ = env.step(env.action_space.sample())
+            total += float(r)
+            done = term or trunc
+    return total / episodes
+
+
+def test_discrete_ppo_learns_cartpole() -> None:
+    random_score = random_policy_return("CartPole-v1")  # ≈ 22
+    with PPO("CartPole-v1", FAST_CARTPOLE, seed=1) as agent:
+        agent.learn(25_000)
+        score = agent.evaluate(10, seed=10_000).mean_return
+    assert score >= 100 > 4 * random_score, f"eval {score:.1f} vs random {random_score:.1f}"
+
+
+def test_continuous_ppo_learns_pendulum() -> None:
+    random_score = random_policy_return("Pendulum-v1", episodes=10)  # ≈ −1200
+    config = PPOConfig(
+        n_envs=4, n_steps=256, batch_size=256, n_epochs=10, gamma=0.9, gae_lambda=0.95,
+        learning_rate=1e-3, normalize_obs=False,
+    )
+    with PPO("Pendulum-v1", config, seed=1) as agent:
+        agent.learn(60_000)
+        score = agent.evaluate(10, seed=10_000).mean_return
+    assert score > random_score + 400, f"eval {score:.1f} vs random {random_score:.1f}"
