@@ -32,7 +32,9 @@ def get_algorithm(name: str) -> AlgorithmSpec:
     try:
         return ALGORITHMS[name]
     except KeyError:
-        raise ConfigError(f"unknown algorithm {name!r}; choose one of: {', '.join(sorted(ALGORITHMS))}") from None
+        raise ConfigError(
+            f"unknown algorithm {name!r}; choose one of: {', '.join(sorted(ALGORITHMS))}"
+        ) from None
 
 
 def build_config(name: str, values: dict[str, Any]) -> Any:

@@ -30,8 +30,8 @@ from algorithms.common.config import (
 from algorithms.common.envs import EpisodeTracker, check_spaces, make_vec_env
 from algorithms.common.errors import ConfigError, NonFiniteLossError
 from algorithms.common.networks import StackedMLP, activation_fn
-from algorithms.common.optim import FlatAdam, flatten_parameters
 from algorithms.common.normalize import ObsNormalizer, RewardNormalizer
+from algorithms.common.optim import FlatAdam, flatten_parameters
 from algorithms.common.types import Callback, EvalResult, TrainState
 
 POLICY_DISTS = ("auto", "categorical", "gaussian", "beta")
@@ -133,7 +133,9 @@ class PPOConfig:
         require_choice("vectorization", self.vectorization, ("sync", "async"))
         activation_fn(self.activation)
         if not self.net_arch or any(not isinstance(h, int) or h < 1 for h in self.net_arch):
-            raise ConfigError(f"net_arch must be a non-empty list of positive integers, got {self.net_arch!r}")
+            raise ConfigError(
+                f"net_arch must be a non-empty list of positive integers, got {self.net_arch!r}"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PPOConfig:
@@ -178,11 +180,14 @@ class ActorCritic(nn.Module):
         out = self.net(obs)
         return out[0, :, : self.head_dim], out[1, :, 0]
 
-    def value(self, obs: torch.Tensor) -> torch.Tensor:
-        """V(s) for a batch of observations, shape (batch,)."""
-        return self.forward(obs)[1]
+    def act_numpy(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(actor head output, V(s)) in numpy, for acting: no autograd, tiny batches."""
+        out = self.net.forward_numpy(obs)
+        return out[0, :, : self.head_dim], out[1, :, 0]
 
-    def log_prob_entropy(self, head: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def log_prob_entropy(
+        self, head: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """log π(a|s) and the policy entropy at s from the actor head's output, both shape (batch,)."""
         if self.dist == "categorical":
             return D.categorical_log_prob_entropy(head, actions)
@@ -190,21 +195,21 @@ class ActorCritic(nn.Module):
             return D.gaussian_log_prob_entropy(head, self.log_std, actions)
         return D.beta_log_prob_entropy(head, actions)
 
-    def sample(self, head: torch.Tensor, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Sample actions from the actor head's output; returns (actions, log π(a|s)) as numpy arrays."""
+    def sample(self, head: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Sample actions from the actor head's output; returns (actions, log π(a|s))."""
         if self.dist == "categorical":
-            return D.categorical_sample(head.numpy(), rng)
+            return D.categorical_sample(head, rng)
         if self.dist == "gaussian":
-            return D.gaussian_sample(head.numpy(), self.log_std.detach().numpy(), rng)
-        return D.beta_sample(head, rng)
+            return D.gaussian_sample(head, self.log_std.detach().numpy(), rng)
+        return D.beta_sample(torch.from_numpy(np.ascontiguousarray(head)), rng)
 
-    def deterministic(self, head: torch.Tensor) -> np.ndarray:
+    def deterministic(self, head: np.ndarray) -> np.ndarray:
         """The most likely action (categorical), the mean (Gaussian) or the mean in (0, 1) (Beta)."""
         if self.dist == "categorical":
-            return head.argmax(-1).numpy()
+            return head.argmax(-1)
         if self.dist == "gaussian":
-            return head.numpy()
-        alpha, beta = D.beta_params(head)
+            return head
+        alpha, beta = D.beta_params(torch.from_numpy(np.ascontiguousarray(head)))
         return (alpha / (alpha + beta)).numpy()
 
 
@@ -216,7 +221,9 @@ def resolve_policy_dist(policy_dist: str, action_space: gym.Space) -> str:
     if discrete != (policy_dist == "categorical"):
         kind = "Discrete" if discrete else "Box"
         valid = "categorical" if discrete else "gaussian or beta"
-        raise ConfigError(f"policy_dist={policy_dist!r} does not fit a {kind} action space; use auto or {valid}")
+        raise ConfigError(
+            f"policy_dist={policy_dist!r} does not fit a {kind} action space; use auto or {valid}"
+        )
     return policy_dist
 
 
@@ -279,7 +286,9 @@ class PPO:
         self.env_kwargs = dict(env_kwargs or {})
         self.envs = make_vec_env(env_id, config.n_envs, seed, config.vectorization, self.env_kwargs)
         try:
-            check_spaces("PPO", self.envs.single_observation_space, self.envs.single_action_space, self.action_spaces)
+            check_spaces(
+                "PPO", self.envs.single_observation_space, self.envs.single_action_space, self.action_spaces
+            )
             self.action_space = self.envs.single_action_space
             obs_dim = int(self.envs.single_observation_space.shape[0])
             torch.manual_seed(seed)  # network initialisation
@@ -295,7 +304,9 @@ class PPO:
         self.rng = np.random.default_rng(seed)  # action sampling and minibatch order
         self.obs_normalizer = ObsNormalizer((obs_dim,), config.obs_clip) if config.normalize_obs else None
         self.reward_normalizer = (
-            RewardNormalizer(config.n_envs, config.gamma, config.reward_clip) if config.normalize_reward else None
+            RewardNormalizer(config.n_envs, config.gamma, config.reward_clip)
+            if config.normalize_reward
+            else None
         )
         self.num_steps = 0
         self._obs: np.ndarray | None = None  # raw observation the next rollout starts from
@@ -318,9 +329,7 @@ class PPO:
 
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """Env actions for a batch of raw observations (normaliser statistics are not updated)."""
-        obs_t = torch.from_numpy(self._normalize_obs(np.asarray(obs), update=False))
-        with torch.no_grad():
-            head, _ = self.policy(obs_t)
+        head, _ = self.policy.act_numpy(self._normalize_obs(np.asarray(obs), update=False))
         if deterministic:
             return self._to_env_action(self.policy.deterministic(head))
         return self._to_env_action(self.policy.sample(head, self.rng)[0])
@@ -338,12 +347,12 @@ class PPO:
         n_envs, n_steps = cfg.n_envs, cfg.n_steps
         obs_dim = int(self.envs.single_observation_space.shape[0])
         act_shape = () if self.policy.dist == "categorical" else self.action_space.shape
-        act_dtype = torch.int64 if self.policy.dist == "categorical" else torch.float32
+        act_dtype = np.int64 if self.policy.dist == "categorical" else np.float32
 
-        # Rollout storage, allocated once.
-        obs_buf = torch.zeros((n_steps, n_envs, obs_dim))
-        actions_buf = torch.zeros((n_steps, n_envs, *act_shape), dtype=act_dtype)
-        logprobs_buf = torch.zeros((n_steps, n_envs))
+        # Rollout storage, allocated once (numpy while acting; shared with torch for the update).
+        obs_buf = np.zeros((n_steps, n_envs, obs_dim), dtype=np.float32)
+        actions_buf = np.zeros((n_steps, n_envs, *act_shape), dtype=act_dtype)
+        logprobs_buf = np.zeros((n_steps, n_envs), dtype=np.float32)
         rewards_buf = np.zeros((n_steps, n_envs), dtype=np.float32)
         dones_buf = np.zeros((n_steps, n_envs), dtype=np.float32)
         values_buf = np.zeros((n_steps, n_envs), dtype=np.float32)
@@ -359,9 +368,7 @@ class PPO:
             # --- collect a rollout with the current policy ---
             obs = self._normalize_obs(self._obs, update=True)
             for t in range(n_steps):
-                obs_t = torch.from_numpy(obs)
-                with torch.no_grad():
-                    head, value = self.policy(obs_t)
+                head, value = self.policy.act_numpy(obs)
                 action, logprob = self.policy.sample(head, self.rng)
                 next_obs, reward, terminated, truncated, infos = self.envs.step(self._to_env_action(action))
                 done = np.logical_or(terminated, truncated)
@@ -373,21 +380,19 @@ class PPO:
                 bootstrap = truncated & ~terminated
                 if bootstrap.any():
                     final_obs = np.stack([infos["final_obs"][i] for i in np.flatnonzero(bootstrap)])
-                    with torch.no_grad():
-                        final_v = self.policy.value(torch.from_numpy(self._normalize_obs(final_obs, update=False)))
-                    reward[bootstrap] += cfg.gamma * final_v.numpy()
-                obs_buf[t] = obs_t
-                actions_buf[t] = torch.from_numpy(action)
-                logprobs_buf[t] = torch.from_numpy(logprob)
+                    _, final_v = self.policy.act_numpy(self._normalize_obs(final_obs, update=False))
+                    reward[bootstrap] += cfg.gamma * final_v
+                obs_buf[t] = obs
+                actions_buf[t] = action
+                logprobs_buf[t] = logprob
                 rewards_buf[t] = reward
                 dones_buf[t] = done
-                values_buf[t] = value.numpy()
+                values_buf[t] = value
                 self._obs = next_obs
                 obs = self._normalize_obs(next_obs, update=True)
             self.num_steps += n_envs * n_steps
 
-            with torch.no_grad():
-                last_values = self.policy.value(torch.from_numpy(obs)).numpy()
+            _, last_values = self.policy.act_numpy(obs)
             advantages, returns = compute_gae(
                 rewards_buf, values_buf, dones_buf, last_values, cfg.gamma, cfg.gae_lambda
             )
@@ -398,9 +403,9 @@ class PPO:
             clip = cfg.clip_range * (progress_remaining if cfg.anneal_clip_range else 1.0)
             self.optimizer.lr = lr
             losses = self._update(
-                obs_buf.reshape(-1, obs_dim),
-                actions_buf.reshape(-1, *act_shape),
-                logprobs_buf.reshape(-1),
+                torch.from_numpy(obs_buf.reshape(-1, obs_dim)),
+                torch.from_numpy(actions_buf.reshape(-1, *act_shape)),
+                torch.from_numpy(logprobs_buf.reshape(-1)),
                 torch.from_numpy(advantages.reshape(-1)),
                 torch.from_numpy(returns.reshape(-1)),
                 torch.from_numpy(values_buf.reshape(-1)),
@@ -548,7 +553,9 @@ class PPO:
         """Rebuild an agent saved by :meth:`save` (safe loading: tensors and plain data only)."""
         payload = torch.load(path, weights_only=True)
         config = PPOConfig.from_dict(payload["config"])
-        agent = cls(payload["env_id"], config, payload["seed"] if seed is None else seed, payload["env_kwargs"])
+        agent = cls(
+            payload["env_id"], config, payload["seed"] if seed is None else seed, payload["env_kwargs"]
+        )
         agent.policy.load_state_dict(payload["policy"])
         agent.optimizer.load_state_dict(payload["optimizer"])
         agent.num_steps = int(payload["num_steps"])

@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from algorithms import PPO, PPOConfig  # noqa: E402
-from algorithms.common.networks import set_torch_threads  # noqa: E402
+from algorithms import PPO, PPOConfig
+from algorithms.common.networks import set_torch_threads
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,9 @@ def steps_taken(steps: int, seconds: float) -> float:
 
 def main() -> None:
     """Run every case and print a table of env-steps/s and ratios."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply each case's step budget")
     parser.add_argument("--repeats", type=int, default=1, help="alternating repeats; the median is reported")
     parser.add_argument("--seed", type=int, default=0)
@@ -114,7 +116,10 @@ def main() -> None:
     except ImportError:
         sys.exit("error: Stable-Baselines3 is not installed; run `make bench` (installs the bench extra)")
 
-    print(f"torch {torch.__version__}, SB3 {stable_baselines3.__version__}, 1 torch thread, median of {args.repeats}")
+    print(
+        f"torch {torch.__version__}, SB3 {stable_baselines3.__version__}, 1 torch thread, "
+        f"median of {args.repeats}"
+    )
     header = f"{'case':<28} {'steps':>8} {'rltune sps':>11} {'SB3 sps':>9} {'ratio':>6}"
     print(header)
     print("-" * len(header))

@@ -21,14 +21,17 @@ LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 def categorical_sample(logits: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One action per row from softmax(logits) by inverse CDF; returns (actions, log-probabilities)."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_p = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    cdf = np.cumsum(np.exp(log_p), axis=-1)
-    u = rng.random((logits.shape[0], 1)) * cdf[:, -1:]
-    actions = np.minimum((cdf < u).sum(axis=-1), logits.shape[-1] - 1)
-    return actions, np.take_along_axis(log_p, actions[:, None], axis=-1)[:, 0]
+    cdf = np.cumsum(np.exp(shifted), axis=-1)  # unnormalised; its last column is the normaliser
+    total = cdf[:, -1]
+    u = rng.random(logits.shape[0]) * total
+    actions = np.minimum((cdf < u[:, None]).sum(axis=-1), logits.shape[-1] - 1)
+    log_probs = shifted[np.arange(logits.shape[0]), actions] - np.log(total)
+    return actions, log_probs
 
 
-def categorical_log_prob_entropy(logits: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def categorical_log_prob_entropy(
+    logits: torch.Tensor, actions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of integer ``actions`` and the entropy of each row's distribution."""
     log_p = F.log_softmax(logits, dim=-1)
     log_prob = log_p.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,12 +25,21 @@ def make_vec_env(
 ) -> gym.vector.VectorEnv:
     """Create ``n_envs`` copies of ``env_id`` that reset in the same step an episode ends.
 
+    ``env_id`` is a registered id, or ``"package.module:EnvName-v0"`` to import the module that
+    registers it first (as ``gymnasium.make`` accepts).
+
     Same-step autoreset puts the last observation of a finished episode in ``info["final_obs"]``,
     which is what bootstrapping through a time-limit truncation needs. Env ``i`` is seeded with
     ``seed + i``; its action space too, so random actions are reproducible.
     """
     if vectorization not in VECTORIZATION_MODES:
         raise ConfigError(f"vectorization must be one of {VECTORIZATION_MODES}, got {vectorization!r}")
+    if ":" in env_id:  # "package.module:EnvName-v0", as gymnasium.make accepts: import to register
+        module, env_id = env_id.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import {module!r} to register environment {env_id!r}: {exc}") from exc
     try:
         # The passive API checker and order-enforcing wrappers cost a third of CartPole's step time and
         # check nothing a registered env needs; the time limit (TimeLimit) stays.
@@ -62,9 +72,12 @@ def check_spaces(
         )
     if not isinstance(action_space, action_types):
         names = " or ".join(t.__name__ for t in action_types)
-        raise UnsupportedSpaceError(f"{algo} supports {names} action spaces; this environment has {action_space}")
+        raise UnsupportedSpaceError(
+            f"{algo} supports {names} action spaces; this environment has {action_space}"
+        )
     if isinstance(action_space, gym.spaces.Box) and (
-        len(action_space.shape) != 1 or not np.all(np.isfinite(action_space.low))
+        len(action_space.shape) != 1
+        or not np.all(np.isfinite(action_space.low))
         or not np.all(np.isfinite(action_space.high))
     ):
         raise UnsupportedSpaceError(

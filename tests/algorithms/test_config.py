@@ -1,5 +1,7 @@
 """PPOConfig rejects invalid values with a message naming the field, before any env exists."""
 
+import itertools
+
 import pytest
 
 from algorithms import ConfigError, PPOConfig, build_config, get_algorithm
@@ -61,7 +63,7 @@ def test_every_field_is_documented() -> None:
     body = tree.body[0].body
     documented = {
         stmt.target.id
-        for stmt, nxt in zip(body, body[1:], strict=False)
+        for stmt, nxt in itertools.pairwise(body)
         if isinstance(stmt, ast.AnnAssign)
         and isinstance(nxt, ast.Expr)
         and isinstance(nxt.value, ast.Constant)

@@ -40,7 +40,9 @@ def test_gaussian_sampler_moments_and_log_probs() -> None:
     actions, log_probs = D.gaussian_sample(mean, log_std, np.random.default_rng(0))
     np.testing.assert_allclose(actions.mean(0), [1.0, -2.0], atol=0.03)
     np.testing.assert_allclose(actions.std(0), [0.5, 2.0], rtol=0.02)
-    ref = Normal(torch.from_numpy(mean), torch.from_numpy(np.exp(log_std))).log_prob(torch.from_numpy(actions).double())
+    ref = Normal(torch.from_numpy(mean), torch.from_numpy(np.exp(log_std))).log_prob(
+        torch.from_numpy(actions).double()
+    )
     np.testing.assert_allclose(log_probs, ref.sum(-1).numpy(), atol=1e-4)
 
 

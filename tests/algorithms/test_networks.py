@@ -52,7 +52,9 @@ def test_flat_adam_gives_the_same_update_as_torch_adam_with_clipping() -> None:
     flat_model = copy.deepcopy(reference)
     flat = flatten_parameters(flat_model.parameters())
     opt_ref = torch.optim.Adam(reference.parameters(), lr=1e-2, eps=1e-5)
-    opt_flat = FlatAdam(flat, lr=1e-2, eps=1e-5, max_grad_norm=1e-3)  # small: clipping always active, and with ε it changes the step
+    opt_flat = FlatAdam(
+        flat, lr=1e-2, eps=1e-5, max_grad_norm=1e-3
+    )  # small: clipping always active, and with ε it changes the step
     for _ in range(5):
         x = torch.randn(32, 4)
         loss_ref = reference(x).pow(2).sum()
@@ -66,3 +68,18 @@ def test_flat_adam_gives_the_same_update_as_torch_adam_with_clipping() -> None:
         torch.testing.assert_close(p_flat, p_ref, atol=1e-6, rtol=1e-5)
         assert p_flat.grad.untyped_storage().data_ptr() == flat.grad.untyped_storage().data_ptr()
     assert torch.all(flat.grad == 0)
+
+
+def test_numpy_forward_matches_torch_forward_and_follows_optimizer_steps() -> None:
+    import numpy as np
+
+    for activation in ("tanh", "relu", "elu", "gelu"):
+        torch.manual_seed(0)
+        net = StackedMLP(2, 5, (32, 32), (3, 1), activation, ortho_init=False, out_gains=(0.01, 1.0))
+        flat = flatten_parameters(net.parameters())
+        opt = FlatAdam(flat, lr=0.1)
+        x = torch.randn(7, 5)
+        np.testing.assert_allclose(net.forward_numpy(x.numpy()), net(x).detach().numpy(), atol=1e-5)
+        net(x).pow(2).sum().backward()
+        opt.step()
+        np.testing.assert_allclose(net.forward_numpy(x.numpy()), net(x).detach().numpy(), atol=1e-5)

@@ -10,8 +10,15 @@ from algorithms import PPO, ConfigError, NonFiniteLossError, PPOConfig, TrainSta
 from tests.algorithms.toy_envs import register_toy_envs
 
 FAST_CARTPOLE = PPOConfig(
-    n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, learning_rate=1e-3,
-    anneal_lr=True, anneal_clip_range=True,
+    n_envs=8,
+    n_steps=32,
+    batch_size=256,
+    gae_lambda=0.8,
+    gamma=0.98,
+    n_epochs=20,
+    learning_rate=1e-3,
+    anneal_lr=True,
+    anneal_clip_range=True,
 )  # rl-zoo3's CartPole-v1 set
 
 
@@ -29,8 +36,12 @@ def record_curve(agent: PPO, steps: int) -> list[tuple]:
     ("env_id", "config"),
     [
         ("CartPole-v1", PPOConfig(n_envs=2, n_steps=64, batch_size=32, n_epochs=2)),
-        ("Pendulum-v1", PPOConfig(n_envs=2, n_steps=64, batch_size=32, n_epochs=2, normalize_obs=True,
-                                  normalize_reward=True)),
+        (
+            "Pendulum-v1",
+            PPOConfig(
+                n_envs=2, n_steps=64, batch_size=32, n_epochs=2, normalize_obs=True, normalize_reward=True
+            ),
+        ),
         ("Pendulum-v1", PPOConfig(n_envs=2, n_steps=64, batch_size=32, n_epochs=2, policy_dist="beta")),
     ],
     ids=["categorical", "gaussian-normalized", "beta"],
@@ -46,7 +57,9 @@ def test_same_config_and_seed_give_a_bit_identical_learning_curve(env_id: str, c
 
 
 def test_save_load_gives_identical_actions_and_eval_return(tmp_path: Path) -> None:
-    config = PPOConfig(n_envs=2, n_steps=64, batch_size=64, n_epochs=2, normalize_obs=True, normalize_reward=True)
+    config = PPOConfig(
+        n_envs=2, n_steps=64, batch_size=64, n_epochs=2, normalize_obs=True, normalize_reward=True
+    )
     with PPO("Pendulum-v1", config, seed=3) as agent:
         agent.learn(512)
         path = tmp_path / "model.pt"
@@ -54,7 +67,9 @@ def test_save_load_gives_identical_actions_and_eval_return(tmp_path: Path) -> No
         obs = np.random.default_rng(0).uniform(-1, 1, size=(16, 3)).astype(np.float32)
         with PPO.load(path) as loaded:
             np.testing.assert_array_equal(agent.predict(obs), loaded.predict(obs))
-            assert agent.evaluate(3, seed=100).returns.tolist() == loaded.evaluate(3, seed=100).returns.tolist()
+            assert (
+                agent.evaluate(3, seed=100).returns.tolist() == loaded.evaluate(3, seed=100).returns.tolist()
+            )
             assert loaded.num_steps == agent.num_steps
             np.testing.assert_array_equal(loaded.obs_normalizer.rms.mean, agent.obs_normalizer.rms.mean)
             assert loaded.config == agent.config
@@ -100,7 +115,7 @@ def test_policy_dist_must_fit_the_action_space() -> None:
 
 
 def test_unknown_env_id_is_a_config_error_with_a_suggestion() -> None:
-    with pytest.raises(ConfigError, match="CartPol.*CartPole"):
+    with pytest.raises(ConfigError, match=r"CartPol.*CartPole"):
         PPO("CartPol-v1", PPOConfig(), seed=0)
 
 
@@ -148,10 +163,32 @@ def test_discrete_ppo_learns_cartpole() -> None:
 def test_continuous_ppo_learns_pendulum() -> None:
     random_score = random_policy_return("Pendulum-v1", episodes=10)  # ≈ −1200
     config = PPOConfig(
-        n_envs=4, n_steps=256, batch_size=256, n_epochs=10, gamma=0.9, gae_lambda=0.95,
-        learning_rate=1e-3, normalize_obs=False,
+        n_envs=4,
+        n_steps=256,
+        batch_size=256,
+        n_epochs=10,
+        gamma=0.9,
+        gae_lambda=0.95,
+        learning_rate=1e-3,
+        normalize_obs=False,
     )
     with PPO("Pendulum-v1", config, seed=1) as agent:
         agent.learn(60_000)
         score = agent.evaluate(10, seed=10_000).mean_return
     assert score > random_score + 400, f"eval {score:.1f} vs random {random_score:.1f}"
+
+
+def test_async_vectorization_gives_the_same_curve_as_sync() -> None:
+    base = dict(n_envs=2, n_steps=64, batch_size=64, n_epochs=2)
+    with (
+        PPO("CartPole-v1", PPOConfig(**base), seed=5) as sync_agent,
+        PPO("CartPole-v1", PPOConfig(**base, vectorization="async"), seed=5) as async_agent,
+    ):
+        assert record_curve(sync_agent, 512) == record_curve(async_agent, 512)
+
+
+def test_module_prefixed_env_id_imports_the_registering_module() -> None:
+    with pytest.raises(UnsupportedSpaceError, match="Dict"):
+        PPO("tests.algorithms.toy_envs:rltune_test/DictObs-v0", PPOConfig(), seed=0)
+    with pytest.raises(ConfigError, match="no_such_module"):
+        PPO("no_such_module:Foo-v0", PPOConfig(), seed=0)

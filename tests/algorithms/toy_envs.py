@@ -50,3 +50,6 @@ def register_toy_envs() -> None:
     for env_id, kwargs in specs.items():
         if env_id not in gym.registry:
             gym.register(env_id, entry_point=ToyEnv, kwargs=kwargs)
+
+
+register_toy_envs()  # so "tests.algorithms.toy_envs:rltune_test/…" ids work from a fresh process

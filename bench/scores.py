@@ -1,0 +1,109 @@
+"""Final evaluation return of a training preset over several seeds, with the interquartile mean.
+
+Composes the same Hydra config as ``python -m tuner.train`` (so any preset or override works), trains
+one agent per seed in parallel worker processes and evaluates each on separate evaluation envs
+(seed + env.eval.seed_offset). Prints one row per seed and the IQM (mean of the middle 50 %,
+scipy.stats.trim_mean with 0.25 cut on each side). No MLflow run is created.
+
+    python bench/scores.py experiment=ppo_cartpole
+    python bench/scores.py experiment=ppo_pendulum --seeds 5 --workers 2 total_steps=200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import trim_mean
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """Outcome of one seed's training run."""
+
+    seed: int
+    mean_return: float
+    std_return: float
+    steps: int
+    seconds: float
+    sps: float
+
+
+def compose(overrides: list[str]):
+    """The train config with ``overrides``, resolved as ``tuner.train`` would resolve it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides, return_hydra_config=False)
+
+
+def train_one(overrides: list[str], seed: int) -> SeedResult:
+    """Train and evaluate one seed (runs in a worker process)."""
+    from omegaconf import OmegaConf
+
+    from algorithms import build_config, get_algorithm
+    from algorithms.common.networks import set_torch_threads
+
+    cfg = compose([*overrides, f"seed={seed}", "paths.root_dir=" + str(ROOT)])
+    set_torch_threads(int(cfg.torch_threads))
+    algo = OmegaConf.to_container(cfg.algo, resolve=True)
+    name = algo.pop("name")
+    config = build_config(name, algo)
+    start = time.perf_counter()
+    with get_algorithm(name).agent_cls(cfg.env.id, config, seed, dict(cfg.env.kwargs)) as agent:
+        state = agent.learn(int(cfg.total_steps))
+        elapsed = time.perf_counter() - start
+        result = agent.evaluate(int(cfg.env.eval.n_episodes), seed=seed + int(cfg.env.eval.seed_offset))
+    return SeedResult(seed, result.mean_return, result.std_return, state.step, elapsed, state.sps)
+
+
+def iqm(values: list[float]) -> float:
+    """Interquartile mean: the mean of the middle half (25 % trimmed from each end)."""
+    return float(trim_mean(np.asarray(values), 0.25))
+
+
+def main() -> None:
+    """Parse arguments, run the seeds, print the table."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, default=5, help="number of seeds (1, 2, …)")
+    parser.add_argument("--first-seed", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=ppo_cartpole")
+    args = parser.parse_args()
+
+    cfg = compose([*args.overrides, "paths.root_dir=" + str(ROOT)])
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    print(
+        f"{cfg.algo.name} on {cfg.env.id}, {int(cfg.total_steps):,} env steps, seeds {seeds}, "
+        f"eval {cfg.env.eval.n_episodes} episodes on separate envs; "
+        f"overrides: {' '.join(args.overrides) or '-'}"
+    )
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        results = list(pool.map(train_one, [args.overrides] * len(seeds), seeds))
+    print(f"{'seed':>4} {'final eval return':>18} {'± std':>8} {'env steps':>10} {'sps':>7} {'seconds':>8}")
+    for r in results:
+        print(
+            f"{r.seed:>4} {r.mean_return:>18.1f} {r.std_return:>8.1f} {r.steps:>10,} "
+            f"{r.sps:>7,.0f} {r.seconds:>8.1f}"
+        )
+    returns = [r.mean_return for r in results]
+    print(
+        f"IQM {iqm(returns):.1f}   mean {np.mean(returns):.1f} ± {np.std(returns):.1f}   "
+        f"min {min(returns):.1f}   wall {time.perf_counter() - start:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
