@@ -10,6 +10,8 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 # The torch wheel that lies on these machines (CPU build); installed before anything can pull a CUDA build.
 TORCH_PIN := torch==2.13.0
+# MLflow 3 starts a usage-telemetry client on import; these machines have no route for it.
+export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-full train bench bench-scores ui lint format clean

@@ -1,0 +1,247 @@
+"""The only module that talks to MLflow: experiments, the run lifecycle, params, metrics and artifacts.
+
+A run is opened with :func:`start_run`, a context manager that always ends it: FINISHED when the block
+completes, KILLED on KeyboardInterrupt or SIGTERM, FAILED on any other exception (which is re-raised with
+its reason in the ``failure_reason`` tag). Runs nest through ``parent_run_id`` (sweep → trial → seed).
+Metrics are buffered and written with ``log_batch`` every couple of seconds, since one SQLite
+transaction per value would dominate a fast training loop. Every string that leaves through here —
+params, tags, text artifacts — has URL passwords masked first (:func:`tuner.secrets.mask_secrets`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from algorithms import ConfigError
+from tuner.secrets import mask_secrets
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
+
+PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer param values
+TAG_VALUE_LIMIT = 8000  # and longer tag values
+PARAMS_PER_BATCH = 100  # log_batch limits
+METRICS_PER_BATCH = 1000
+FLUSH_INTERVAL_S = 2.0
+FAILURE_TAG = "failure_reason"
+
+T = TypeVar("T")
+
+
+def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten a nested mapping into ``{"group.key": str(value)}``; a list stays one value (``[64, 64]``)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+class RunTerminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM during a run; the run ends KILLED."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"received {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+class RunRecorder:
+    """Writes into one open MLflow run: params, tags, buffered metrics and artifacts."""
+
+    def __init__(self, client: MlflowClient, run_id: str, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
+        self.client = client
+        self.run_id = run_id
+        self._flush_interval_s = flush_interval_s
+        self._pending: list[Metric] = []
+        self._last_flush = time.monotonic()
+
+    def log_params(self, config: Mapping[str, Any]) -> None:
+        """Log a nested config as flat params (``algo.learning_rate``), masked and cut to MLflow's limit."""
+        params = [
+            Param(key, mask_secrets(value)[:PARAM_VALUE_LIMIT])
+            for key, value in flatten_params(config).items()
+        ]
+        for chunk in _chunks(params, PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=chunk)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set tags; values become masked strings cut to MLflow's limit."""
+        self.client.log_batch(
+            self.run_id, tags=[RunTag(key, value) for key, value in _tag_dict(tags).items()]
+        )
+
+    def log_metric(self, key: str, value: float, step: int) -> None:
+        """Queue one value at ``step`` (env steps); non-finite values are skipped."""
+        if math.isfinite(value):
+            self._pending.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
+        if time.monotonic() - self._last_flush >= self._flush_interval_s:
+            self.flush()
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Queue several metrics at the same ``step``; non-finite values are skipped."""
+        for key, value in metrics.items():
+            self.log_metric(key, value, step)
+
+    def flush(self) -> None:
+        """Write the queued metrics now."""
+        pending, self._pending = self._pending, []
+        self._last_flush = time.monotonic()
+        for chunk in _chunks(pending, METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Copy the local file ``path`` into the run's artifacts (under ``artifact_path`` if given)."""
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Store ``text``, secrets masked, as the artifact ``artifact_file``."""
+        self.client.log_text(self.run_id, mask_secrets(text), artifact_file)
+
+    def log_figure(self, figure: Figure, artifact_file: str) -> None:
+        """Store a matplotlib figure as the image artifact ``artifact_file`` (e.g. ``curve.png``)."""
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+
+@contextmanager
+def start_run(
+    uri: str,
+    experiment: str,
+    artifact_dir: str | Path,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[RunRecorder]:
+    """Open an MLflow run in ``experiment`` (created if needed) and always end it on leaving the block.
+
+    Args:
+        uri: tracking URI, e.g. ``sqlite:////abs/runs/mlflow.db`` (the file's folder is created).
+        experiment: experiment name; a new experiment stores artifacts under ``artifact_dir/<name>``.
+        artifact_dir: local folder for artifacts of newly created experiments.
+        run_name: display name of the run.
+        tags: initial tags (masked).
+        parent_run_id: makes this run a child of that run (same experiment, for the UI to nest it).
+
+    The run ends FINISHED, KILLED (KeyboardInterrupt, or SIGTERM, which raises :class:`RunTerminated`
+    while the run is open) or FAILED (any other exception, re-raised). Raises ConfigError when the
+    tracking store or the experiment cannot be used; no run exists then.
+    """
+    client, experiment_id = _open_experiment(uri, experiment, Path(artifact_dir))
+    all_tags = dict(tags or {})
+    if parent_run_id is not None:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=_tag_dict(all_tags)).info.run_id
+    recorder = RunRecorder(client, run_id)
+    status = RunStatus.FAILED
+    with _RunSignals() as signals:
+        try:
+            yield recorder
+            status = RunStatus.FINISHED
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                status = RunStatus.KILLED
+            reason = _describe(exc)
+            log.warning("MLflow run %s ends %s: %s", run_id, RunStatus.to_string(status), reason)
+            recorder.set_tags({FAILURE_TAG: reason})
+            raise
+        finally:
+            signals.closing = True
+            try:
+                recorder.flush()
+            finally:
+                client.set_terminated(run_id, RunStatus.to_string(status))
+
+
+def _open_experiment(uri: str, name: str, artifact_dir: Path) -> tuple[MlflowClient, str]:
+    """A client on ``uri`` and the id of the active experiment ``name``, created if missing."""
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            safe_name = re.sub(r"[^\w.-]", "_", name)
+            location = (artifact_dir.resolve() / safe_name).as_uri()
+            try:
+                return client, client.create_experiment(name, artifact_location=location)
+            except MlflowException:  # created meanwhile by another process
+                experiment = client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+    except MlflowException as exc:
+        raise ConfigError(f"cannot use MLflow tracking store {mask_secrets(uri)}: {exc.message}") from exc
+    if experiment.lifecycle_stage != "active":
+        raise ConfigError(
+            f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) "
+            "or choose another name with tracking.experiment=..."
+        )
+    return client, experiment.experiment_id
+
+
+class _RunSignals:
+    """Signal handling for an open run (a context manager), so that the run never stays RUNNING.
+
+    Inside the block SIGTERM raises :class:`RunTerminated` and SIGINT raises KeyboardInterrupt. Once
+    ``closing`` is set (the run is being ended), both are held instead; on leaving the block the previous
+    handlers are put back and any held signal is delivered to them. Signals that were ignored stay
+    ignored; outside the main thread nothing is installed.
+    """
+
+    def __init__(self) -> None:
+        self.closing = False
+        self._held: list[int] = []
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _RunSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(self._held):
+            signal.raise_signal(signum)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.closing:
+            self._held.append(signum)
+            return
+        if signum == signal.SIGTERM:
+            raise RunTerminated(signum)
+        raise KeyboardInterrupt
+
+
+def _describe(exc: BaseException) -> str:
+    text = mask_secrets(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _tag_dict(tags: Mapping[str, Any]) -> dict[str, str]:
+    return {key: mask_secrets(str(value))[:TAG_VALUE_LIMIT] for key, value in tags.items()}
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,370 @@
+"""Train one agent on one environment and record it in MLflow: ``python -m tuner.train [overrides]``.
+
+    python -m tuner.train env=pendulum algo.learning_rate=1e-3 seed=3
+    python -m tuner.train experiment=ppo_cartpole
+    python -m tuner.train --cfg job            # print the composed config and exit
+
+compose (Hydra) → validate the config, and the environment by building the agent → only then open the
+MLflow run → learn, logging metrics against env steps and evaluating every ``env.eval.freq_steps`` on
+separate envs → final evaluation → model, config and learning curve as artifacts → end the run.
+:func:`run_training` is that job without Hydra's entry point, for tests and for the Optuna objective.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from algorithms import (
+    Callback,
+    ConfigError,
+    EvalResult,
+    NonFiniteLossError,
+    TrainState,
+    UnsupportedSpaceError,
+    build_config,
+    get_algorithm,
+)
+from algorithms.common.networks import set_torch_threads
+from tuner.progress import TrainProgress
+from tuner.secrets import mask_secrets
+
+if TYPE_CHECKING:
+    from tuner.tracking import RunRecorder
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+EXIT_TRAINING_FAILED = 1
+EXIT_CONFIG_ERROR = 2
+CONFIG_ARTIFACT = "config.yaml"
+MODEL_ARTIFACT = "model.pt"
+CURVE_ARTIFACT = "learning_curve.png"
+RECENT_EPISODES = 10  # the progress display shows the mean return of this many recent episodes
+# Diagnostics that are schedules rather than losses; everything else in TrainState.losses is losses/<name>.
+CHART_DIAGNOSTICS = {"learning_rate": "charts/learning_rate", "clip_range": "charts/clip_range"}
+
+
+class Agent(Protocol):
+    """What training needs of an agent (every class in ``algorithms.ALGORITHMS`` provides it)."""
+
+    def learn(self, total_steps: int, callback: Callback | None = None) -> TrainState: ...
+
+    def evaluate(self, n_episodes: int, seed: int, deterministic: bool = True) -> EvalResult: ...
+
+    def save(self, path: str | Path) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one training run produced.
+
+    Attributes:
+        run_id: the MLflow run with the metrics, params and artifacts.
+        steps: env steps trained (the budget rounded up to whole iterations).
+        mean_return: mean return of the final evaluation.
+        std_return: standard deviation of the final evaluation's returns.
+        wall_time_s: seconds from the start of learning to the end of the final evaluation.
+    """
+
+    run_id: str
+    steps: int
+    mean_return: float
+    std_return: float
+    wall_time_s: float
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The validated run-level settings of a training config: all but the algorithm's hyperparameters."""
+
+    algo: str
+    env_name: str
+    env_id: str
+    env_kwargs: dict[str, Any]
+    seed: int
+    total_steps: int
+    torch_threads: int
+    eval_episodes: int
+    eval_freq_steps: int
+    """Env steps between evaluations during training; 0 for the final evaluation only."""
+    eval_seed_offset: int
+    progress: bool
+    tracking_uri: str
+    experiment: str
+    artifact_dir: str
+
+    @property
+    def eval_seed(self) -> int:
+        """Seed of the evaluation envs."""
+        return self.seed + self.eval_seed_offset
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> RunSettings:
+        """Read the settings from a resolved config; ConfigError naming the key if one is missing or bad."""
+        env_kwargs = _lookup(config, "env.kwargs")
+        if not isinstance(env_kwargs, Mapping):
+            raise ConfigError(f"env.kwargs must be a mapping, got {env_kwargs!r}")
+        freq = _lookup(config, "env.eval.freq_steps")
+        return cls(
+            algo=_string(config, "algo.name"),
+            env_name=_string(config, "env.name"),
+            env_id=_string(config, "env.id"),
+            env_kwargs=dict(env_kwargs),
+            seed=_integer(config, "seed", 0),
+            total_steps=_integer(config, "total_steps", 1),
+            torch_threads=_integer(config, "torch_threads", 1),
+            eval_episodes=_integer(config, "env.eval.n_episodes", 1),
+            eval_freq_steps=0 if freq is None else _integer(config, "env.eval.freq_steps", 0),
+            eval_seed_offset=_integer(config, "env.eval.seed_offset", 1),
+            progress=bool(_lookup(config, "progress")),
+            tracking_uri=_string(config, "tracking.uri"),
+            experiment=_string(config, "tracking.experiment"),
+            artifact_dir=_string(config, "tracking.artifact_dir"),
+        )
+
+
+def resolve_config(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` as plain data with every interpolation resolved; ConfigError naming the key otherwise."""
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(f"cannot resolve config key {exc.full_key!r}: {reason}") from exc
+    assert isinstance(resolved, dict)
+    return resolved
+
+
+def build_agent(config: Mapping[str, Any], settings: RunSettings) -> Agent:
+    """Validate the hyperparameters in ``config["algo"]`` and create the agent with its training envs.
+
+    Raises ConfigError for a bad hyperparameter, an unknown env id or a missing optional extra, and
+    UnsupportedSpaceError when the algorithm cannot handle the env's spaces.
+    """
+    hyperparameters = {key: value for key, value in config["algo"].items() if key != "name"}
+    try:
+        algo_config = build_config(settings.algo, hyperparameters)
+    except ConfigError as exc:
+        raise ConfigError(f"algo: {exc}") from exc
+    n_envs = getattr(algo_config, "n_envs", 1)
+    if settings.eval_seed_offset < n_envs:
+        raise ConfigError(
+            f"env.eval.seed_offset ({settings.eval_seed_offset}) must be >= algo.n_envs ({n_envs}), "
+            "so evaluation seeds differ from training seeds"
+        )
+    agent_cls = get_algorithm(settings.algo).agent_cls
+    return agent_cls(settings.env_id, algo_config, settings.seed, settings.env_kwargs)
+
+
+class TrainingMonitor:
+    """The ``learn`` callback: logs each iteration's metrics, evaluates on schedule, updates the progress.
+
+    Attributes:
+        episodes: ``(env step, return)`` of every finished training episode.
+        evaluations: ``(env step, mean return, std return)`` of every evaluation, the final one included.
+    """
+
+    def __init__(
+        self, agent: Agent, settings: RunSettings, run: RunRecorder, progress: TrainProgress
+    ) -> None:
+        self.agent = agent
+        self.settings = settings
+        self.run = run
+        self.progress = progress
+        self.episodes: list[tuple[int, float]] = []
+        self.evaluations: list[tuple[int, float, float]] = []
+        self._recent: deque[float] = deque(maxlen=RECENT_EPISODES)
+        self._next_eval = settings.eval_freq_steps
+
+    def __call__(self, state: TrainState) -> None:
+        """Record one iteration; evaluate when an evaluation point was passed (the last one is left to
+        the final evaluation)."""
+        step = state.step
+        for ret, length in zip(state.episode_returns, state.episode_lengths, strict=True):
+            self.run.log_metric("charts/episodic_return", ret, step)
+            self.run.log_metric("charts/episodic_length", length, step)
+            self.episodes.append((step, ret))
+            self._recent.append(ret)
+        diagnostics = {
+            CHART_DIAGNOSTICS.get(key, f"losses/{key}"): value for key, value in state.losses.items()
+        }
+        self.run.log_metrics({**diagnostics, "time/sps": state.sps}, step)
+        self.progress.update(step, state.sps, float(np.mean(self._recent)) if self._recent else None)
+        freq = self.settings.eval_freq_steps
+        if freq and self._next_eval <= step < self.settings.total_steps:
+            self.evaluate(step)
+            self._next_eval = (step // freq + 1) * freq
+
+    def evaluate(self, step: int) -> EvalResult:
+        """Evaluate the current policy on the evaluation envs and record it at ``step``."""
+        result = self.agent.evaluate(self.settings.eval_episodes, seed=self.settings.eval_seed)
+        self.run.log_metrics(
+            {"eval/mean_return": result.mean_return, "eval/std_return": result.std_return}, step
+        )
+        self.evaluations.append((step, result.mean_return, result.std_return))
+        self.progress.note(
+            f"eval at {step} steps: return {result.mean_return:.1f} ± {result.std_return:.1f} "
+            f"over {len(result.returns)} episodes"
+        )
+        return result
+
+
+def run_training(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
+    """Validate ``cfg`` (composed from conf/train.yaml), then train, evaluate and record one MLflow run.
+
+    Args:
+        cfg: the composed config.
+        parent_run_id: nest the run under this MLflow run (e.g. a tuning trial).
+
+    Raises:
+        ConfigError, UnsupportedSpaceError: before any MLflow run exists.
+        NonFiniteLossError: training diverged; the run is ended FAILED.
+        KeyboardInterrupt: interrupted (SIGINT, or SIGTERM as RunTerminated); the run is ended KILLED.
+    """
+    config = resolve_config(cfg)
+    settings = RunSettings.from_config(config)
+    set_torch_threads(settings.torch_threads)
+    agent = build_agent(config, settings)
+    try:
+        return _train_and_record(agent, config, settings, parent_run_id)
+    finally:
+        agent.close()
+
+
+def _train_and_record(
+    agent: Agent, config: Mapping[str, Any], settings: RunSettings, parent_run_id: str | None
+) -> TrainResult:
+    """Open the MLflow run, learn with the monitor, evaluate, store config, model and learning curve."""
+    # Imported only once the config is valid: MLflow and matplotlib take ~2 s to import, which a bad
+    # config or `--cfg job` need not wait for.
+    from tuner.plots import learning_curve
+    from tuner.tracking import start_run
+
+    tags = {"algo": settings.algo, "env_id": settings.env_id, "seed": settings.seed}
+    if HydraConfig.initialized():
+        tags["overrides"] = " ".join(HydraConfig.get().overrides.task)
+    run_name = f"{settings.algo}-{settings.env_name}-seed{settings.seed}"
+    with start_run(
+        settings.tracking_uri, settings.experiment, settings.artifact_dir, run_name, tags, parent_run_id
+    ) as run:
+        log.info(
+            "training %s on %s (seed %d) for %d env steps; MLflow run %s in experiment %r at %s",
+            settings.algo,
+            settings.env_id,
+            settings.seed,
+            settings.total_steps,
+            run.run_id,
+            settings.experiment,
+            mask_secrets(settings.tracking_uri),
+        )
+        run.log_params(config)
+        run.log_text(OmegaConf.to_yaml(config), CONFIG_ARTIFACT)
+
+        progress = TrainProgress(
+            settings.total_steps, f"{settings.algo} {settings.env_id}", settings.progress
+        )
+        monitor = TrainingMonitor(agent, settings, run, progress)
+        start = time.perf_counter()
+        with progress:
+            state = agent.learn(settings.total_steps, monitor)
+        final = monitor.evaluate(state.step)
+        wall_time_s = time.perf_counter() - start
+        run.log_metric("time/wall_time_s", wall_time_s, state.step)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            model_path = Path(tmp) / MODEL_ARTIFACT
+            agent.save(model_path)
+            run.log_artifact(model_path)
+        title = f"{settings.algo} on {settings.env_id}, seed {settings.seed}"
+        lines = _reference_lines(config, settings.algo)
+        run.log_figure(learning_curve(monitor.episodes, monitor.evaluations, title, lines), CURVE_ARTIFACT)
+
+        log.info(
+            "final evaluation over %d episodes: %.2f ± %.2f after %d env steps in %.1f s",
+            len(final.returns),
+            final.mean_return,
+            final.std_return,
+            state.step,
+            wall_time_s,
+        )
+        return TrainResult(run.run_id, state.step, final.mean_return, final.std_return, wall_time_s)
+
+
+def _reference_lines(config: Mapping[str, Any], algo: str) -> list[tuple[str, float]]:
+    """Horizontal lines for the learning curve: solved threshold, random policy, published score."""
+    env = config["env"]
+    lines = []
+    if env.get("threshold") is not None:
+        lines.append(("solved threshold", float(env["threshold"])))
+    if env.get("random_score") is not None:
+        lines.append(("random policy", float(env["random_score"])))
+    reference = (env.get("reference") or {}).get(algo)
+    if reference:
+        lines.append((f"rl-zoo3 {algo} at {reference['budget']} steps", float(reference["score"])))
+    return lines
+
+
+def _lookup(config: Mapping[str, Any], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ConfigError(f"missing config key {key!r}")
+        node = node[part]
+    return node
+
+
+def _integer(config: Mapping[str, Any], key: str, minimum: int) -> int:
+    value = _lookup(config, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _string(config: Mapping[str, Any], key: str) -> str:
+    value = _lookup(config, key)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point: :func:`run_training`, with expected failures as one line on stderr and an exit code.
+
+    Exit codes: 2 for a bad config (no MLflow run is created), 1 when training diverged (run FAILED),
+    128 + signal number when interrupted (run KILLED).
+    """
+    try:
+        return run_training(cfg).mean_return
+    except (ConfigError, UnsupportedSpaceError) as exc:
+        _exit(EXIT_CONFIG_ERROR, f"error: {exc}")
+    except NonFiniteLossError as exc:
+        _exit(EXIT_TRAINING_FAILED, f"error: training diverged: {exc}; the MLflow run is marked FAILED")
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)  # tracking.RunTerminated carries SIGTERM's number
+        _exit(128 + signum, f"interrupted by {signal.Signals(signum).name}")
+
+
+def _exit(code: int, message: str) -> NoReturn:
+    print(mask_secrets(message), file=sys.stderr)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
