@@ -49,7 +49,7 @@ bench-scores: install ## final eval return over 5 seeds for a preset: make bench
 
 ui: install ## serve the MLflow UI for runs/mlflow.db on http://$(HOST):$(PORT)
 	mkdir -p runs
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host $(HOST) --port $(PORT)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host $(HOST) --port $(PORT) --workers 1
 
 lint: install ## ruff check and format check
 	$(VENV)/bin/ruff check .

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from algorithms.common.errors import ConfigError, NonFiniteLossError, UnsupportedSpaceError
-from algorithms.common.types import Callback, EvalResult, TrainState
+from algorithms.common.types import Agent, Callback, EvalResult, TrainState
 from algorithms.ppo import PPO, PPOConfig
 
 
@@ -45,6 +45,7 @@ def build_config(name: str, values: dict[str, Any]) -> Any:
 __all__ = [
     "ALGORITHMS",
     "PPO",
+    "Agent",
     "AlgorithmSpec",
     "Callback",
     "ConfigError",

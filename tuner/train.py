@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import hydra
 import numpy as np
@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from algorithms import (
-    Callback,
+    Agent,
     ConfigError,
     EvalResult,
     NonFiniteLossError,
@@ -57,18 +57,6 @@ CURVE_ARTIFACT = "learning_curve.png"
 RECENT_EPISODES = 10  # the progress display shows the mean return of this many recent episodes
 # Diagnostics that are schedules rather than losses; everything else in TrainState.losses is losses/<name>.
 CHART_DIAGNOSTICS = {"learning_rate": "charts/learning_rate", "clip_range": "charts/clip_range"}
-
-
-class Agent(Protocol):
-    """What training needs of an agent (every class in ``algorithms.ALGORITHMS`` provides it)."""
-
-    def learn(self, total_steps: int, callback: Callback | None = None) -> TrainState: ...
-
-    def evaluate(self, n_episodes: int, seed: int, deterministic: bool = True) -> EvalResult: ...
-
-    def save(self, path: str | Path) -> None: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -64,3 +66,27 @@ class EvalResult:
     def std_return(self) -> float:
         """Population standard deviation of the episode returns."""
         return float(np.std(self.returns))
+
+
+class Agent(Protocol):
+    """The surface every agent in ``algorithms.ALGORITHMS`` offers to the tuner and the benchmarks."""
+
+    def learn(self, total_steps: int, callback: Callback | None = None) -> TrainState:
+        """Train for ``total_steps`` env steps, calling ``callback`` after each iteration."""
+        ...
+
+    def evaluate(self, n_episodes: int, seed: int, deterministic: bool = True) -> EvalResult:
+        """Run ``n_episodes`` complete episodes on separate evaluation envs seeded with ``seed``."""
+        ...
+
+    def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """Env actions for a batch of raw observations."""
+        ...
+
+    def save(self, path: str | Path) -> None:
+        """Write everything needed to rebuild the agent to ``path``."""
+        ...
+
+    def close(self) -> None:
+        """Release the environments."""
+        ...
