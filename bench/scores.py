@@ -12,7 +12,6 @@ scipy.stats.trim_mean with 0.25 cut on each side). No MLflow run is created.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -21,8 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import trim_mean
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]  # the repo: presets resolve paths against it
 
 
 @dataclass(frozen=True)
@@ -37,27 +35,17 @@ class SeedResult:
     sps: float
 
 
-def compose(overrides: list[str]):
-    """The train config with ``overrides``, resolved as ``tuner.train`` would resolve it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides, return_hydra_config=False)
-
-
 def train_one(overrides: list[str], seed: int) -> SeedResult:
     """Train and evaluate one seed (runs in a worker process)."""
     from omegaconf import OmegaConf
 
-    from algorithms import build_config, get_algorithm
+    from algorithms import get_algorithm
     from algorithms.common.networks import set_torch_threads
+    from tuner.compose import algorithm_config, compose_config
 
-    cfg = compose([*overrides, f"seed={seed}", "paths.root_dir=" + str(ROOT)])
+    cfg = compose_config([*overrides, f"seed={seed}", f"paths.root_dir={ROOT}"])
     set_torch_threads(int(cfg.torch_threads))
-    algo = OmegaConf.to_container(cfg.algo, resolve=True)
-    name = algo.pop("name")
-    config = build_config(name, algo)
+    name, config = algorithm_config(OmegaConf.to_container(cfg.algo, resolve=True))
     start = time.perf_counter()
     with get_algorithm(name).agent_cls(cfg.env.id, config, seed, dict(cfg.env.kwargs)) as agent:
         state = agent.learn(int(cfg.total_steps))
@@ -82,7 +70,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=ppo_cartpole")
     args = parser.parse_args()
 
-    cfg = compose([*args.overrides, "paths.root_dir=" + str(ROOT)])
+    from tuner.compose import compose_config
+
+    cfg = compose_config([*args.overrides, f"paths.root_dir={ROOT}"])
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     print(
         f"{cfg.algo.name} on {cfg.env.id}, {int(cfg.total_steps):,} env steps, seeds {seeds}, "

@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from algorithms import PPO, PPOConfig
 from algorithms.common.networks import set_torch_threads
+
+ROOT = Path(__file__).resolve().parents[1]  # the repo: presets resolve paths against it
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,7 @@ class Case:
     name: str
     env_id: str
     steps: int
-    ours: PPOConfig
-    sb3_kwargs: dict[str, Any]
-    sb3_n_envs: int
+    config: PPOConfig
 
 
 def _linear(start: float) -> Callable[[float], float]:
@@ -43,40 +41,60 @@ def _linear(start: float) -> Callable[[float], float]:
     return lambda progress_remaining: progress_remaining * start
 
 
+def sb3_kwargs(config: PPOConfig) -> dict[str, Any]:
+    """The Stable-Baselines3 PPO arguments equal to ``config`` (refuses settings SB3 cannot mirror)."""
+    unsupported = {
+        "normalize_obs": config.normalize_obs,
+        "normalize_reward": config.normalize_reward,
+        "policy_dist": config.policy_dist != "auto",
+    }
+    if any(unsupported.values()):
+        raise ValueError(
+            f"no SB3 equivalent without wrappers for: {[k for k, v in unsupported.items() if v]}"
+        )
+    activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "elu": torch.nn.ELU, "gelu": torch.nn.GELU}
+    arch = list(config.net_arch)
+    return dict(
+        learning_rate=_linear(config.learning_rate) if config.anneal_lr else config.learning_rate,
+        n_steps=config.n_steps,
+        batch_size=config.batch_size,
+        n_epochs=config.n_epochs,
+        gamma=config.gamma,
+        gae_lambda=config.gae_lambda,
+        clip_range=_linear(config.clip_range) if config.anneal_clip_range else config.clip_range,
+        clip_range_vf=config.clip_range_vf,
+        normalize_advantage=config.normalize_advantage,
+        ent_coef=config.ent_coef,
+        vf_coef=config.vf_coef,
+        max_grad_norm=config.max_grad_norm,
+        target_kl=config.target_kl,
+        policy_kwargs=dict(
+            net_arch=dict(pi=arch, vf=arch),
+            activation_fn=activation[config.activation],
+            ortho_init=config.ortho_init,
+            log_std_init=config.log_std_init,
+            optimizer_kwargs=dict(eps=config.adam_eps),
+        ),
+    )
+
+
 def cases() -> list[Case]:
-    """SB3's PPO defaults and rl-zoo3's tuned CartPole-v1 set (hyperparams/ppo.yml)."""
-    zoo = PPOConfig(
-        n_envs=8,
-        n_steps=32,
-        batch_size=256,
-        gae_lambda=0.8,
-        gamma=0.98,
-        n_epochs=20,
-        ent_coef=0.0,
-        learning_rate=1e-3,
-        anneal_lr=True,
-        clip_range=0.2,
-        anneal_clip_range=True,
-    )
-    zoo_sb3 = dict(
-        n_steps=32,
-        batch_size=256,
-        gae_lambda=0.8,
-        gamma=0.98,
-        n_epochs=20,
-        ent_coef=0.0,
-        learning_rate=_linear(1e-3),
-        clip_range=_linear(0.2),
-    )
+    """SB3's PPO defaults, and rl-zoo3's tuned CartPole-v1 set as rltune's preset carries it."""
+    from omegaconf import OmegaConf
+
+    from tuner.compose import algorithm_config, compose_config
+
+    preset = compose_config(["experiment=ppo_cartpole", f"paths.root_dir={ROOT}"])
+    _, zoo = algorithm_config(OmegaConf.to_container(preset.algo, resolve=True))
     return [
-        Case("CartPole-v1, SB3 defaults", "CartPole-v1", 40_960, PPOConfig(), {}, 1),
-        Case("CartPole-v1, rl-zoo3 set", "CartPole-v1", 100_000, zoo, zoo_sb3, 8),
+        Case("CartPole-v1, SB3 defaults", "CartPole-v1", 40_960, PPOConfig()),
+        Case("CartPole-v1, rl-zoo3 set", preset.env.id, int(preset.total_steps), zoo),
     ]
 
 
 def run_ours(case: Case, steps: int, seed: int) -> float:
     """rltune's env-steps/s for ``case``."""
-    with PPO(case.env_id, case.ours, seed=seed) as agent:
+    with PPO(case.env_id, case.config, seed=seed) as agent:
         start = time.perf_counter()
         agent.learn(steps)
         return steps_taken(agent.num_steps, time.perf_counter() - start)
@@ -87,8 +105,8 @@ def run_sb3(case: Case, steps: int, seed: int) -> float:
     from stable_baselines3 import PPO as SB3PPO
     from stable_baselines3.common.env_util import make_vec_env
 
-    env = make_vec_env(case.env_id, n_envs=case.sb3_n_envs, seed=seed)
-    model = SB3PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **case.sb3_kwargs)
+    env = make_vec_env(case.env_id, n_envs=case.config.n_envs, seed=seed)
+    model = SB3PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **sb3_kwargs(case.config))
     start = time.perf_counter()
     model.learn(steps)
     elapsed = time.perf_counter() - start

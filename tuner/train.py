@@ -36,10 +36,10 @@ from algorithms import (
     NonFiniteLossError,
     TrainState,
     UnsupportedSpaceError,
-    build_config,
     get_algorithm,
 )
 from algorithms.common.networks import set_torch_threads
+from tuner.compose import CONF_DIR, algorithm_config
 from tuner.progress import TrainProgress
 from tuner.secrets import mask_secrets
 
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_TRAINING_FAILED = 1
 EXIT_CONFIG_ERROR = 2
 CONFIG_ARTIFACT = "config.yaml"
@@ -145,11 +144,7 @@ def build_agent(config: Mapping[str, Any], settings: RunSettings) -> Agent:
     Raises ConfigError for a bad hyperparameter, an unknown env id or a missing optional extra, and
     UnsupportedSpaceError when the algorithm cannot handle the env's spaces.
     """
-    hyperparameters = {key: value for key, value in config["algo"].items() if key != "name"}
-    try:
-        algo_config = build_config(settings.algo, hyperparameters)
-    except ConfigError as exc:
-        raise ConfigError(f"algo: {exc}") from exc
+    _, algo_config = algorithm_config(config["algo"])
     n_envs = getattr(algo_config, "n_envs", 1)
     if settings.eval_seed_offset < n_envs:
         raise ConfigError(

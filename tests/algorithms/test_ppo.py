@@ -9,17 +9,16 @@ import torch
 from algorithms import PPO, ConfigError, NonFiniteLossError, PPOConfig, TrainState, UnsupportedSpaceError
 from tests.algorithms.toy_envs import register_toy_envs
 
-FAST_CARTPOLE = PPOConfig(
-    n_envs=8,
-    n_steps=32,
-    batch_size=256,
-    gae_lambda=0.8,
-    gamma=0.98,
-    n_epochs=20,
-    learning_rate=1e-3,
-    anneal_lr=True,
-    anneal_clip_range=True,
-)  # rl-zoo3's CartPole-v1 set
+
+def preset_config(name: str) -> PPOConfig:
+    """The PPO hyperparameters of ``conf/experiment/<name>.yaml``."""
+    from omegaconf import OmegaConf
+
+    from tuner.compose import algorithm_config, compose_config
+
+    return algorithm_config(
+        OmegaConf.to_container(compose_config([f"experiment={name}"]).algo, resolve=True)
+    )[1]
 
 
 def record_curve(agent: PPO, steps: int) -> list[tuple]:
@@ -154,7 +153,7 @@ def random_policy_return(env_id: str, episodes: int = 20) -> float:
 
 def test_discrete_ppo_learns_cartpole() -> None:
     random_score = random_policy_return("CartPole-v1")  # ≈ 22
-    with PPO("CartPole-v1", FAST_CARTPOLE, seed=1) as agent:
+    with PPO("CartPole-v1", preset_config("ppo_cartpole"), seed=1) as agent:  # rl-zoo3's values
         agent.learn(25_000)
         score = agent.evaluate(10, seed=10_000).mean_return
     assert score >= 100 > 4 * random_score, f"eval {score:.1f} vs random {random_score:.1f}"
