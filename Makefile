@@ -14,7 +14,7 @@ TORCH_PIN := torch==2.13.0
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full train bench bench-scores ui lint format clean
+.PHONY: help install test test-full sweep worker train replay bench bench-scores ui lint format clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}'
@@ -37,6 +37,18 @@ test: install ## fast test suite (unit tests, small real learning runs)
 
 test-full: install ## every test, including the long learning runs
 	$(PY) -m pytest $(ARGS)
+
+# `make sweep` with no ARGS: a small real study that finishes in under 10 minutes on 2 cores.
+SWEEP_DEFAULTS ?= experiment=ppo_cartpole tune.n_trials=20 tune.n_seeds=3 tune.budget_steps=30000 tune.n_workers=2
+
+sweep: install ## tune with Optuna (small real study by default): make sweep ARGS="tune.n_trials=50 …"
+	$(PY) -m tuner.tune $(SWEEP_DEFAULTS) $(ARGS)
+
+worker: install ## join a running study (same ARGS as its sweep) and work until its trial budget is used
+	$(PY) -m tuner.worker $(SWEEP_DEFAULTS) $(ARGS)
+
+replay: install ## re-train one trial from its stored overrides: make replay ARGS="study=ppo_cartpole trial=3"
+	$(PY) -m tuner.replay $(ARGS)
 
 train: install ## train one agent: make train ARGS="env=pendulum algo.learning_rate=1e-3"
 	$(PY) -m tuner.train $(ARGS)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from algorithms import ConfigError, build_config
@@ -24,6 +25,8 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train") ->
     ``paths.root_dir`` (the app's launch directory) defaults to the current directory.
     """
     root = [] if any(o.startswith("paths.root_dir=") for o in overrides) else [f"paths.root_dir={Path.cwd()}"]
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app, whose search path is conf/ too
+        return compose(config_name=config_name, overrides=[*root, *overrides])
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=config_name, overrides=[*root, *overrides])
 

@@ -130,6 +130,7 @@ def start_run(
     run_name: str | None = None,
     tags: Mapping[str, Any] | None = None,
     parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator[RunRecorder]:
     """Open an MLflow run in ``experiment`` (created if needed) and always end it on leaving the block.
 
@@ -140,6 +141,8 @@ def start_run(
         run_name: display name of the run.
         tags: initial tags (masked).
         parent_run_id: makes this run a child of that run (same experiment, for the UI to nest it).
+        resume_run_id: reopen this existing run (e.g. a resumed study's sweep run) instead of creating
+            one; a new run is created if it no longer exists.
 
     The run ends FINISHED, KILLED (KeyboardInterrupt, or SIGTERM, which raises :class:`RunTerminated`
     while the run is open) or FAILED (any other exception, re-raised). Raises ConfigError when the
@@ -149,7 +152,9 @@ def start_run(
     all_tags = dict(tags or {})
     if parent_run_id is not None:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    run_id = client.create_run(experiment_id, run_name=run_name, tags=_tag_dict(all_tags)).info.run_id
+    run_id = _reopen(client, resume_run_id) if resume_run_id else None
+    if run_id is None:
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=_tag_dict(all_tags)).info.run_id
     recorder = RunRecorder(client, run_id)
     status = RunStatus.FAILED
     with _RunSignals() as signals:
@@ -169,6 +174,44 @@ def start_run(
                 recorder.flush()
             finally:
                 client.set_terminated(run_id, RunStatus.to_string(status))
+
+
+def _reopen(client: MlflowClient, run_id: str) -> str | None:
+    """Set an existing, not deleted run back to RUNNING; None if there is no such run."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None
+    if run.info.lifecycle_stage != "active":
+        return None
+    client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    return run_id
+
+
+def end_runs(uri: str, run_ids: Sequence[str], status: str, reason: str) -> list[str]:
+    """End those of ``run_ids`` (and their RUNNING descendants) that are still RUNNING, with ``status``.
+
+    For runs whose process died (a worker killed with SIGKILL): nothing else would ever end them.
+    Returns the ids that were ended.
+    """
+    client = MlflowClient(tracking_uri=uri)
+    ended: list[str] = []
+    pending = list(run_ids)
+    while pending:
+        run_id = pending.pop()
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            continue
+        children = client.search_runs(
+            [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
+        )
+        pending.extend(child.info.run_id for child in children)
+        if run.info.status == "RUNNING":
+            client.set_tag(run_id, FAILURE_TAG, mask_secrets(reason)[:TAG_VALUE_LIMIT])
+            client.set_terminated(run_id, status)
+            ended.append(run_id)
+    return ended
 
 
 def _open_experiment(uri: str, name: str, artifact_dir: Path) -> tuple[MlflowClient, str]:

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -58,6 +58,11 @@ RECENT_EPISODES = 10  # the progress display shows the mean return of this many 
 CHART_DIAGNOSTICS = {"learning_rate": "charts/learning_rate", "clip_range": "charts/clip_range"}
 
 
+EvalHook = Callable[[int, float], bool]
+"""Called with (env step, mean eval return) after every evaluation; returning True stops training
+there (the tuner's pruning), and the run then ends with that evaluation as its final one."""
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What one training run produced.
@@ -68,6 +73,7 @@ class TrainResult:
         mean_return: mean return of the final evaluation.
         std_return: standard deviation of the final evaluation's returns.
         wall_time_s: seconds from the start of learning to the end of the final evaluation.
+        stopped_early: an :data:`EvalHook` ended training before the budget.
     """
 
     run_id: str
@@ -75,6 +81,7 @@ class TrainResult:
     mean_return: float
     std_return: float
     wall_time_s: float
+    stopped_early: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,7 +171,12 @@ class TrainingMonitor:
     """
 
     def __init__(
-        self, agent: Agent, settings: RunSettings, run: RunRecorder, progress: TrainProgress
+        self,
+        agent: Agent,
+        settings: RunSettings,
+        run: RunRecorder,
+        progress: TrainProgress,
+        on_eval: EvalHook | None = None,
     ) -> None:
         self.agent = agent
         self.settings = settings
@@ -174,6 +186,9 @@ class TrainingMonitor:
         self.evaluations: list[tuple[int, float, float]] = []
         self._recent: deque[float] = deque(maxlen=RECENT_EPISODES)
         self._next_eval = settings.eval_freq_steps
+        self.on_eval = on_eval
+        self.stopped_early = False
+        self.last_result: EvalResult | None = None
 
     def __call__(self, state: TrainState) -> None:
         """Record one iteration; evaluate when an evaluation point was passed (the last one is left to
@@ -191,8 +206,11 @@ class TrainingMonitor:
         self.progress.update(step, state.sps, float(np.mean(self._recent)) if self._recent else None)
         freq = self.settings.eval_freq_steps
         if freq and self._next_eval <= step < self.settings.total_steps:
-            self.evaluate(step)
+            result = self.evaluate(step)
             self._next_eval = (step // freq + 1) * freq
+            if self.on_eval is not None and self.on_eval(step, result.mean_return):
+                self.stopped_early = True
+                state.request_stop()
 
     def evaluate(self, step: int) -> EvalResult:
         """Evaluate the current policy on the evaluation envs and record it at ``step``."""
@@ -201,6 +219,7 @@ class TrainingMonitor:
             {"eval/mean_return": result.mean_return, "eval/std_return": result.std_return}, step
         )
         self.evaluations.append((step, result.mean_return, result.std_return))
+        self.last_result = result
         self.progress.note(
             f"eval at {step} steps: return {result.mean_return:.1f} ± {result.std_return:.1f} "
             f"over {len(result.returns)} episodes"
@@ -208,12 +227,20 @@ class TrainingMonitor:
         return result
 
 
-def run_training(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResult:
+def run_training(
+    cfg: DictConfig,
+    parent_run_id: str | None = None,
+    on_eval: EvalHook | None = None,
+    run_name: str | None = None,
+) -> TrainResult:
     """Validate ``cfg`` (composed from conf/train.yaml), then train, evaluate and record one MLflow run.
 
     Args:
         cfg: the composed config.
         parent_run_id: nest the run under this MLflow run (e.g. a tuning trial).
+        on_eval: called after each evaluation during training and after the final one; returning True
+            during training stops it there (that evaluation is then the final one).
+        run_name: MLflow run name (default ``<algo>-<env>-seed<seed>``).
 
     Raises:
         ConfigError, UnsupportedSpaceError: before any MLflow run exists.
@@ -225,13 +252,18 @@ def run_training(cfg: DictConfig, parent_run_id: str | None = None) -> TrainResu
     set_torch_threads(settings.torch_threads)
     agent = build_agent(config, settings)
     try:
-        return _train_and_record(agent, config, settings, parent_run_id)
+        return _train_and_record(agent, config, settings, parent_run_id, on_eval, run_name)
     finally:
         agent.close()
 
 
 def _train_and_record(
-    agent: Agent, config: Mapping[str, Any], settings: RunSettings, parent_run_id: str | None
+    agent: Agent,
+    config: Mapping[str, Any],
+    settings: RunSettings,
+    parent_run_id: str | None,
+    on_eval: EvalHook | None,
+    run_name: str | None,
 ) -> TrainResult:
     """Open the MLflow run, learn with the monitor, evaluate, store config, model and learning curve."""
     # Imported only once the config is valid: MLflow and matplotlib take ~2 s to import, which a bad
@@ -242,7 +274,7 @@ def _train_and_record(
     tags = {"algo": settings.algo, "env_id": settings.env_id, "seed": settings.seed}
     if HydraConfig.initialized():
         tags["overrides"] = " ".join(HydraConfig.get().overrides.task)
-    run_name = f"{settings.algo}-{settings.env_name}-seed{settings.seed}"
+    run_name = run_name or f"{settings.algo}-{settings.env_name}-seed{settings.seed}"
     with start_run(
         settings.tracking_uri, settings.experiment, settings.artifact_dir, run_name, tags, parent_run_id
     ) as run:
@@ -262,11 +294,17 @@ def _train_and_record(
         progress = TrainProgress(
             settings.total_steps, f"{settings.algo} {settings.env_id}", settings.progress
         )
-        monitor = TrainingMonitor(agent, settings, run, progress)
+        monitor = TrainingMonitor(agent, settings, run, progress, on_eval)
         start = time.perf_counter()
         with progress:
             state = agent.learn(settings.total_steps, monitor)
-        final = monitor.evaluate(state.step)
+        if monitor.stopped_early and monitor.last_result is not None:
+            final = monitor.last_result  # the hook stopped training right after this evaluation
+            run.set_tags({"stopped_early": f"by the tuner after evaluation at {state.step} env steps"})
+        else:
+            final = monitor.evaluate(state.step)
+            if on_eval is not None:
+                on_eval(state.step, final.mean_return)
         wall_time_s = time.perf_counter() - start
         run.log_metric("time/wall_time_s", wall_time_s, state.step)
 
@@ -286,7 +324,9 @@ def _train_and_record(
             state.step,
             wall_time_s,
         )
-        return TrainResult(run.run_id, state.step, final.mean_return, final.std_return, wall_time_s)
+        return TrainResult(
+            run.run_id, state.step, final.mean_return, final.std_return, wall_time_s, monitor.stopped_early
+        )
 
 
 def _reference_lines(config: Mapping[str, Any], algo: str) -> list[tuple[str, float]]:

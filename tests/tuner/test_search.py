@@ -1,0 +1,300 @@
+"""tuner.search: the YAML search spaces, their validation, sampling through real Optuna, and overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+from algorithms import ConfigError, PPOConfig
+from tuner.compose import CONF_DIR, compose_config
+from tuner.search import ParamSpec, SearchSpace, format_override_value, load_search_space, to_overrides
+
+PPO_SPACE_FILE = Path(CONF_DIR) / "search" / "ppo.yaml"
+N_TRIALS = 50
+REQUIRED = (
+    "learning_rate",
+    "clip_range",
+    "gae_lambda",
+    "ent_coef",
+    "gamma",
+    "n_steps",
+    "batch_size",
+    "n_epochs",
+    "max_grad_norm",
+    "vf_coef",
+)
+# The documented ranges of conf/search/ppo.yaml, as config values (after reparam).
+FLOAT_RANGES = {
+    "learning_rate": (1e-5, 2e-3),
+    "ent_coef": (1e-8, 0.1),
+    "max_grad_norm": (0.3, 2.0),
+    "vf_coef": (0.2, 1.0),
+    "gamma": (1 - 0.03, 1 - 1e-4),
+    "gae_lambda": (1 - 0.1, 1 - 1e-4),
+}
+POW2_RANGES = {"n_steps": (2**5, 2**12), "batch_size": (2**5, 2**10)}
+CHOICES = {"clip_range": {0.1, 0.2, 0.3, 0.4}, "n_epochs": {1, 5, 10, 20}}
+
+
+def _random_study() -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+
+
+@pytest.fixture(scope="module")
+def ppo_space() -> SearchSpace:
+    cfg = compose_config(["+search=ppo"])
+    return load_search_space(cfg.search, cfg.algo)
+
+
+@pytest.fixture(scope="module")
+def sampled(ppo_space: SearchSpace) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(config values, Optuna params) of 50 random trials."""
+    study = _random_study()
+    out = []
+    for _ in range(N_TRIALS):
+        trial = study.ask()
+        values = ppo_space.suggest(trial)
+        study.tell(trial, 0.0)
+        out.append((values, dict(trial.params)))
+    return out
+
+
+# --- the real PPO space ---------------------------------------------------------------------------------
+def test_yaml_file_and_composed_node_agree(ppo_space: SearchSpace) -> None:
+    direct = SearchSpace.from_config(OmegaConf.load(PPO_SPACE_FILE), "ppo")
+    assert direct == ppo_space
+    assert ppo_space.algo == "ppo"
+    assert set(REQUIRED) <= set(ppo_space.names)
+    assert "n_envs" not in ppo_space.names  # structural: kept from the algo config / preset
+
+
+def test_optuna_names_say_what_is_sampled(ppo_space: SearchSpace) -> None:
+    names = {p.name: p.optuna_name for p in ppo_space.params}
+    assert names["gamma"] == "one_minus_gamma"
+    assert names["gae_lambda"] == "one_minus_gae_lambda"
+    assert names["n_steps"] == "log2_n_steps"
+    assert names["batch_size"] == "log2_batch_size"
+    assert names["learning_rate"] == "learning_rate"
+    assert set(ppo_space.distributions()) == set(names.values())
+
+
+def test_sampled_values_lie_in_the_documented_ranges(sampled: list[tuple[dict, dict]]) -> None:
+    for values, _ in sampled:
+        assert set(values) == set(FLOAT_RANGES) | set(POW2_RANGES) | set(CHOICES)
+        for name, (low, high) in FLOAT_RANGES.items():
+            assert type(values[name]) is float
+            assert low <= values[name] <= high, (name, values[name])
+        for name, (low, high) in POW2_RANGES.items():
+            value = values[name]
+            assert type(value) is int and value & (value - 1) == 0, (name, value)
+            assert low <= value <= high
+        for name, choices in CHOICES.items():
+            assert values[name] in choices
+        assert 0.9 < values["gae_lambda"] < 1 and 0.97 <= values["gamma"] < 1
+
+
+def test_sampled_values_cover_the_ranges(sampled: list[tuple[dict, dict]]) -> None:
+    """50 random trials spread over the space (log-uniform: both decades of the lr range get hits)."""
+    lrs = [v["learning_rate"] for v, _ in sampled]
+    assert min(lrs) < 1e-4 < max(lrs)
+    assert len({v["n_steps"] for v, _ in sampled}) >= 5
+    assert {v["clip_range"] for v, _ in sampled} == CHOICES["clip_range"]
+
+
+def test_sampled_sets_build_valid_configs(sampled: list[tuple[dict, dict]]) -> None:
+    n_ok = 0
+    for values, _ in sampled:
+        if values["batch_size"] > values["n_steps"]:  # n_envs=1: the one interaction the space allows
+            with pytest.raises(ConfigError, match="batch_size"):
+                PPOConfig.from_dict(values)
+        else:
+            config = PPOConfig.from_dict(values)
+            assert {k: getattr(config, k) for k in values} == values
+            n_ok += 1
+        # With n_envs large enough every sample is a valid config.
+        PPOConfig.from_dict({**values, "n_envs": 32})
+    assert n_ok > N_TRIALS // 2
+
+
+def test_params_round_trip(ppo_space: SearchSpace, sampled: list[tuple[dict, dict]]) -> None:
+    for values, params in sampled:
+        assert ppo_space.values_from_params(params) == values
+        assert ppo_space.values_from_params(ppo_space.params_from_values(values)) == values
+
+
+def test_default_config_enqueues_exactly(ppo_space: SearchSpace) -> None:
+    """The PPOConfig defaults, except ent_coef = 0 (outside the log range), replay through a real study."""
+    defaults = dataclasses.asdict(PPOConfig())
+    assert ppo_space.out_of_range(defaults) == ["ent_coef"]
+    wanted = {**{k: defaults[k] for k in ppo_space.names}, "ent_coef": 1e-8}
+    assert ppo_space.out_of_range(wanted) == []
+    study = _random_study()
+    study.enqueue_trial(ppo_space.params_from_values(wanted))
+    trial = study.ask()
+    assert ppo_space.suggest(trial) == wanted
+    assert ppo_space.values_from_params(trial.params) == wanted
+
+
+def test_values_outside_the_space_are_reported(ppo_space: SearchSpace) -> None:
+    by_name = {p.name: p for p in ppo_space.params}
+    assert not by_name["n_steps"].contains(1000)  # not a power of two
+    assert not by_name["n_steps"].contains(2**13)
+    assert not by_name["clip_range"].contains(0.25)
+    assert not by_name["gamma"].contains(0.5)
+    assert by_name["gamma"].contains(1 - 1e-4) and by_name["gamma"].contains(0.97)
+    with pytest.raises(ConfigError, match=r"n_steps.*not a power of two"):
+        ppo_space.params_from_values({**dataclasses.asdict(PPOConfig()), "n_steps": 1000})
+    with pytest.raises(ConfigError, match="clip_range"):
+        by_name["clip_range"].to_sampled(0.25)
+    with pytest.raises(ConfigError, match="log2_n_steps"):
+        ppo_space.values_from_params({"learning_rate": 1e-3})
+
+
+def test_overrides_compose_back_exactly(sampled: list[tuple[dict, dict]]) -> None:
+    for values, _ in sampled[:5]:
+        overrides = to_overrides(values)
+        assert overrides[0].startswith("algo.learning_rate=")
+        algo = compose_config(overrides).algo
+        for name, value in values.items():
+            assert algo[name] == value and type(algo[name]) is type(value), (name, algo[name], value)
+
+
+def test_override_values_of_every_kind_compose_back() -> None:
+    values = {
+        "learning_rate": 0.1 + 0.2,
+        "log_std_init": -1e-300,
+        "adam_eps": 5e-324,
+        "n_steps": 123,
+        "anneal_lr": True,
+        "ortho_init": False,
+        "target_kl": None,
+        "net_arch": (32, 16),
+        "activation": "it's a \\ ${x} \\",
+    }
+    assert format_override_value(True) == "true" and format_override_value(None) == "null"
+    assert to_overrides({"learning_rate": 0.000123}) == ["algo.learning_rate=0.000123"]
+    assert to_overrides({"seed": 3}, prefix="") == ["seed=3"]
+    algo = compose_config(to_overrides(values)).algo
+    for name, value in values.items():
+        got = algo[name]
+        got = tuple(got) if name == "net_arch" else got
+        assert got == value and type(got) is type(value), (name, got, value)
+    assert (
+        math.copysign(
+            1.0, compose_config(["algo.log_std_init=" + format_override_value(-0.0)]).algo.log_std_init
+        )
+        < 0
+    )
+
+
+def test_numpy_scalars_become_plain_values() -> None:
+    spec = ParamSpec("n_steps", "int", low=5, high=12, reparam="pow2")
+    assert type(spec.to_value(np.int64(7))) is int and spec.to_value(np.int64(7)) == 128
+    assert format_override_value(np.float64(0.1)) == "0.1"
+    assert format_override_value(np.int64(3)) == "3"
+    assert format_override_value(np.bool_(True)) == "true"
+
+
+# --- bad spaces: one ConfigError naming the parameter ---------------------------------------------------
+def _space(params: dict[str, Any], algo: str = "ppo") -> dict[str, Any]:
+    return {"algo": algo, "params": params}
+
+
+BAD_SPACES: dict[str, tuple[dict[str, Any], str]] = {
+    "unknown_field": (
+        _space({"learning_rat": {"type": "float", "low": 1e-5, "high": 1e-3}}),
+        r"learning_rat.*did you mean 'learning_rate'",
+    ),
+    "low_equals_high": (
+        _space({"vf_coef": {"type": "float", "low": 0.5, "high": 0.5}}),
+        r"vf_coef.*low \(0\.5\) must be < high \(0\.5\)",
+    ),
+    "low_above_high": (
+        _space({"n_epochs": {"type": "int", "low": 10, "high": 2}}),
+        r"n_epochs.*must be < high",
+    ),
+    "log_with_zero_low": (
+        _space({"ent_coef": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}),
+        r"ent_coef.*log: true needs low > 0",
+    ),
+    "missing_high": (_space({"vf_coef": {"type": "float", "low": 0.2}}), r"vf_coef.*missing high"),
+    "empty_choices": (_space({"clip_range": {"type": "categorical", "choices": []}}), r"clip_range.*choices"),
+    "missing_choices": (_space({"clip_range": {"type": "categorical"}}), r"clip_range.*choices"),
+    "unknown_type": (
+        _space({"gamma": {"type": "uniform", "low": 0.9, "high": 0.99}}),
+        r"gamma.*unknown type 'uniform'.*float, int, categorical",
+    ),
+    "unknown_reparam": (
+        _space({"gamma": {"type": "float", "low": 1e-4, "high": 0.1, "reparam": "one_minus_log"}}),
+        r"gamma.*unknown reparam 'one_minus_log'.*one_minus.*pow2",
+    ),
+    "pow2_on_float": (
+        _space({"n_steps": {"type": "float", "low": 5.0, "high": 12.0, "reparam": "pow2"}}),
+        r"n_steps.*pow2 needs type int",
+    ),
+    "unknown_key": (
+        _space({"vf_coef": {"type": "float", "low": 0.2, "hihg": 1.0}}),
+        r"vf_coef.*'hihg'.*did you mean 'high'",
+    ),
+    "bound_rejected_by_config": (
+        _space({"gae_lambda": {"type": "float", "low": 0.5, "high": 1.5}}),
+        r"gae_lambda.*rejects the value 1\.5.*gae_lambda must be in",
+    ),
+    "one_minus_beyond_one": (
+        _space({"gamma": {"type": "float", "low": 1e-4, "high": 2.0, "log": True, "reparam": "one_minus"}}),
+        r"gamma.*rejects the value -1\.0",
+    ),
+    "int_field_as_float": (
+        _space({"n_epochs": {"type": "float", "low": 1.0, "high": 20.0}}),
+        r"n_epochs.*must be an integer",
+    ),
+    "step_not_dividing": (
+        _space({"n_epochs": {"type": "int", "low": 1, "high": 20, "step": 3}}),
+        r"n_epochs.*multiple of step",
+    ),
+    "wrong_algo": (
+        _space({"vf_coef": {"type": "float", "low": 0.2, "high": 1.0}}, algo="sac"),
+        r"search=ppo",
+    ),
+    "no_params": ({"algo": "ppo", "params": {}}, r"search\.params"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_SPACES))
+def test_bad_space_raises_one_clear_config_error(name: str) -> None:
+    node, pattern = BAD_SPACES[name]
+    with pytest.raises(ConfigError, match=pattern):
+        SearchSpace.from_config(OmegaConf.create(node), "ppo")
+
+
+def test_interactions_with_other_fields_are_not_bound_errors() -> None:
+    """n_steps = 2^3 = 8 < the base batch_size (64): a combination the trial rejects, not a bound error."""
+    space = SearchSpace.from_config(
+        _space({"n_steps": {"type": "int", "low": 3, "high": 12, "reparam": "pow2"}}), "ppo"
+    )
+    assert space.names == ("n_steps",)
+    # A base that is invalid on its own is reported as such, not blamed on a parameter.
+    with pytest.raises(ConfigError, match="base ppo config is invalid"):
+        SearchSpace.from_config(
+            _space({"vf_coef": {"type": "float", "low": 0.2, "high": 1.0}}), "ppo", {"gamma": 2.0}
+        )
+
+
+def test_base_values_are_used_for_the_bound_check() -> None:
+    """learning_rate alone is fine; the base's name key (from cfg.algo) is ignored."""
+    node = _space({"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}})
+    space = SearchSpace.from_config(node, "ppo", {"name": "ppo", "n_envs": 4})
+    assert space.names == ("learning_rate",)
+
+
+def test_unknown_algorithm_is_named() -> None:
+    with pytest.raises(ConfigError, match="unknown algorithm 'foo'"):
+        SearchSpace.from_config(_space({}, algo="foo"), "foo")

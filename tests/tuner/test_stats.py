@@ -1,0 +1,144 @@
+"""tuner.stats against small hand-checked examples."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from tuner import stats
+
+FAST = 2000  # resamples: enough for stable intervals in these tests, a fraction of a second each
+
+
+def test_iqm_of_eight_values_drops_two_at_each_end() -> None:
+    # 1 2 | 3 4 5 6 | 7 8 -> (3 + 4 + 5 + 6) / 4
+    assert stats.iqm([8, 1, 7, 2, 6, 3, 5, 4]) == pytest.approx(4.5)
+
+
+def test_iqm_of_five_values_drops_one_at_each_end() -> None:
+    # 1 | 2 3 10 | 1000 -> (2 + 3 + 10) / 3: the outlier does not count
+    assert stats.iqm([10, 1000, 2, 1, 3]) == pytest.approx(5.0)
+
+
+def test_iqm_keeps_small_samples_whole() -> None:
+    assert stats.iqm([7]) == 7.0
+    assert stats.iqm([1, 2, 6]) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("bad", [[], [[1.0, 2.0]], [1.0, math.nan], [1.0, math.inf]])
+def test_iqm_rejects_empty_nested_or_non_finite_samples(bad: list) -> None:
+    with pytest.raises(ValueError):
+        stats.iqm(bad)
+
+
+def test_ci_contains_the_iqm_and_shrinks_with_more_data() -> None:
+    rng = np.random.default_rng(1)
+    small, large = rng.normal(10, 2, size=10), rng.normal(10, 2, size=200)
+    low_s, high_s = stats.bootstrap_ci(small, n_resamples=FAST)
+    low_l, high_l = stats.bootstrap_ci(large, n_resamples=FAST)
+    assert low_s < stats.iqm(small) < high_s
+    assert low_l < stats.iqm(large) < high_l
+    assert high_l - low_l < (high_s - low_s) / 2
+    assert low_l < 10 < high_l
+
+
+def test_ci_narrows_with_lower_confidence() -> None:
+    sample = np.arange(20.0)
+    low95, high95 = stats.bootstrap_ci(sample, n_resamples=FAST)
+    low50, high50 = stats.bootstrap_ci(sample, confidence=0.5, n_resamples=FAST)
+    assert low95 < low50 < high50 < high95
+
+
+def test_ci_of_an_all_equal_sample_has_zero_width() -> None:
+    assert stats.bootstrap_ci([3.5] * 6) == (3.5, 3.5)
+    assert stats.bootstrap_ci([2.0, 2.0], statistic=lambda x: float(np.mean(x) * 2)) == (4.0, 4.0)
+
+
+def test_ci_of_a_single_value_is_undefined() -> None:
+    low, high = stats.bootstrap_ci([42.0])
+    assert math.isnan(low) and math.isnan(high)
+
+
+def test_ci_with_another_statistic() -> None:
+    low, high = stats.bootstrap_ci([1, 2, 3, 4, 5], statistic=lambda x: float(np.max(x)), n_resamples=500)
+    assert 1 <= low <= high == 5
+
+
+def test_ci_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="confidence"):
+        stats.bootstrap_ci([1, 2, 3], confidence=1.0)
+    with pytest.raises(ValueError, match="n_resamples"):
+        stats.bootstrap_ci([1, 2, 3], n_resamples=0)
+
+
+def test_ci_is_deterministic_given_the_seed() -> None:
+    sample = np.random.default_rng(2).normal(size=12)
+    first = stats.bootstrap_ci(sample, n_resamples=FAST, seed=7)
+    assert stats.bootstrap_ci(sample, n_resamples=FAST, seed=7) == first
+    assert stats.bootstrap_ci(sample, n_resamples=FAST, seed=8) != first
+
+
+def test_clearly_separated_groups_differ_significantly() -> None:
+    rng = np.random.default_rng(3)
+    baseline, candidate = rng.normal(0, 1, size=10), rng.normal(5, 1, size=10)
+    result = stats.compare(baseline, candidate, n_resamples=FAST)
+    assert (result.n_baseline, result.n_candidate) == (10, 10)
+    assert result.difference == pytest.approx(stats.iqm(candidate) - stats.iqm(baseline))
+    low, high = result.difference_ci
+    assert 3.5 < low < result.difference < high < 6.5
+    assert result.significant
+    assert result.p_value < 0.001  # every candidate value ranks above every baseline value
+    assert result.baseline_ci[0] < result.baseline_iqm < result.baseline_ci[1]
+    assert result.candidate_ci[0] < result.candidate_iqm < result.candidate_ci[1]
+    assert result.baseline_mean == pytest.approx(np.mean(baseline))
+    assert result.candidate_std == pytest.approx(np.std(candidate, ddof=1))
+    assert result.confidence == 0.95
+
+
+def test_worse_candidate_is_significant_with_a_negative_difference() -> None:
+    result = stats.compare([10, 11, 12, 13, 14, 15], [0, 1, 2, 3, 4, 5], n_resamples=FAST)
+    assert result.difference == pytest.approx(-10.0)
+    assert result.difference_ci[1] < 0
+    assert result.significant
+
+
+def test_identical_samples_do_not_differ() -> None:
+    sample = [1.0, 4.0, 2.0, 8.0, 5.0, 7.0]
+    result = stats.compare(sample, sample, n_resamples=FAST)
+    assert result.difference == 0.0
+    assert result.difference_ci[0] < 0 < result.difference_ci[1]
+    assert not result.significant
+    assert result.p_value == pytest.approx(1.0)
+
+
+def test_all_equal_groups() -> None:
+    same = stats.compare([500.0] * 4, [500.0] * 4)
+    assert same.difference_ci == (0.0, 0.0)
+    assert not same.significant
+    assert same.p_value == pytest.approx(1.0)
+    apart = stats.compare([9.0] * 5, [500.0] * 5)
+    assert apart.difference_ci == (491.0, 491.0)
+    assert apart.significant
+
+
+def test_a_single_value_per_group_is_never_significant() -> None:
+    result = stats.compare([0.0], [100.0])
+    assert result.difference == 100.0
+    assert all(math.isnan(bound) for bound in result.difference_ci)
+    assert not result.significant
+    assert math.isnan(result.baseline_std)
+
+
+def test_compare_is_deterministic_given_the_seed() -> None:
+    rng = np.random.default_rng(4)
+    baseline, candidate = rng.normal(0, 1, size=8), rng.normal(0.5, 1, size=8)
+    first = stats.compare(baseline, candidate, n_resamples=FAST, seed=11)
+    assert stats.compare(baseline, candidate, n_resamples=FAST, seed=11) == first
+    assert stats.compare(baseline, candidate, n_resamples=FAST, seed=12).difference_ci != first.difference_ci
+
+
+def test_comparison_is_frozen() -> None:
+    result = stats.compare([1, 2, 3], [2, 3, 4], n_resamples=100)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.significant = True  # type: ignore[misc]

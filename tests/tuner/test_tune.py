@@ -1,0 +1,239 @@
+"""The Optuna tuner driven as a user drives it: real, tiny studies through `python -m tuner.tune`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.storages import RetryFailedTrialCallback
+from optuna.trial import TrialState
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+
+# A tiny CartPole study: 2-env rollouts of 64 steps, 512 env steps per seed, random sampling over a
+# space without the structural knobs (so every sampled config is valid and fast).
+TINY = [
+    "algo.n_envs=2",
+    "algo.n_steps=64",
+    "algo.batch_size=64",
+    "algo.n_epochs=2",
+    "~search.params.n_steps",
+    "~search.params.batch_size",
+    "~search.params.n_epochs",
+    "tune.budget_steps=512",
+    "tune.n_seeds=1",
+    "tune.validate_seeds=0",
+    "tune.heartbeat_interval=1",
+    "tune.grace_period=3",
+    "env.eval.freq_steps=256",
+    "env.eval.n_episodes=2",
+    "sampler=random",
+    "sampler.seed=0",
+    "pruner=none",
+]
+
+
+def tune_args(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "tuner.tune",
+        *TINY,
+        f"paths.runs_dir={tmp_path}",
+        f"tune.export_dir={tmp_path}/conf/experiment",
+        *extra,
+    ]
+
+
+def run_tune(tmp_path: Path, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        tune_args(tmp_path, *extra), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def load(tmp_path: Path, name: str = "ppo_cartpole") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db")
+
+
+def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    trials = study.get_trials()
+    retried = {RetryFailedTrialCallback.retried_trial_number(t) for t in trials}
+    return [t for t in trials if t.number not in retried]
+
+
+def runs_by_name(tmp_path: Path) -> dict[str, list]:
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("ppo_cartpole")
+    out: dict[str, list] = {}
+    for run in client.search_runs([experiment.experiment_id], max_results=1000):
+        out.setdefault(run.info.run_name, []).append(run)
+    return out
+
+
+def test_study_resumes_up_to_the_new_budget_and_nests_runs(tmp_path: Path) -> None:
+    first = run_tune(tmp_path, "tune.n_trials=2")
+    assert first.returncode == 0, first.stderr
+    assert len(load(tmp_path).trials) == 2
+    second = run_tune(tmp_path, "tune.n_trials=4", "tune.n_seeds=2")
+    assert second.returncode == 0, second.stderr
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    assert "top 10 trials" in second.stdout and "best trial" in second.stdout
+
+    runs = runs_by_name(tmp_path)
+    (sweep,) = runs["sweep-ppo_cartpole"]  # one sweep run for the study, reopened on resume
+    assert sweep.info.status == "FINISHED"
+    trial_3 = runs["trial-3"][0]
+    assert trial_3.data.tags["mlflow.parentRunId"] == sweep.info.run_id
+    seed_runs = runs["trial-3-seed1"] + runs["trial-3-seed2"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in seed_runs} == {trial_3.info.run_id}
+    assert "eval/mean_return" in seed_runs[0].data.metrics
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    artifacts = {a.path for a in client.list_artifacts(sweep.info.run_id)}
+    assert {"trials.csv", "trials.md", "optimization_history.html", "ppo_cartpole_tuned.yaml"} <= artifacts
+    assert (tmp_path / "conf" / "experiment" / "ppo_cartpole_tuned.yaml").exists()
+    assert "best/value" in client.get_run(sweep.info.run_id).data.metrics
+
+
+def test_two_workers_share_the_budget_exactly(tmp_path: Path) -> None:
+    result = run_tune(tmp_path, "tune.n_trials=5", "tune.n_workers=2")
+    assert result.returncode == 0, result.stderr
+    study = load(tmp_path)
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == list(range(5))  # exact count, no surplus trial, no duplicate numbers
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    logs = list((tmp_path / "logs" / "ppo_cartpole").glob("worker-*.log"))
+    worked = [p for p in logs if "trial " in p.read_text()]
+    assert len(logs) == 2 and len(worked) == 2, "both workers must have run trials"
+
+
+def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path) -> None:
+    args = tune_args(tmp_path, "tune.n_trials=2", "tune.budget_steps=30000")
+    proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            time.sleep(0.5)
+            if (tmp_path / "optuna.db").exists():
+                try:
+                    running = load(tmp_path).get_trials(states=(TrialState.RUNNING,))
+                except (KeyError, Exception):
+                    continue
+                if running and "mlflow_run_id" in running[0].user_attrs:
+                    break
+        else:
+            pytest.fail("no trial started")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed_number = running[0].number
+    killed_run_id = running[0].user_attrs["mlflow_run_id"]
+
+    again = run_tune(tmp_path, "tune.n_trials=2")
+    assert again.returncode == 0, again.stderr
+    study = load(tmp_path)
+    trials = {t.number: t for t in study.trials}
+    assert trials[killed_number].state == TrialState.FAIL
+    retries = [t for t in study.trials if RetryFailedTrialCallback.retried_trial_number(t) == killed_number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == trials[killed_number].params  # same config, retried
+    assert [t.state for t in counted(study)] == [TrialState.COMPLETE] * 2  # exact budget
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert client.get_run(killed_run_id).info.status == "KILLED"
+    all_runs = [r for runs in runs_by_name(tmp_path).values() for r in runs]
+    assert not [r.info.run_name for r in all_runs if r.info.status == "RUNNING"]
+
+
+def test_a_diverging_trial_fails_cleanly_and_the_study_completes(tmp_path: Path) -> None:
+    result = run_tune(
+        tmp_path,
+        "env=pendulum",
+        "tune.study_name=diverge",
+        "tracking.experiment=ppo_cartpole",
+        "tune.n_trials=4",
+        "+search.params.log_std_init={type:categorical,choices:[0.0,-1000.0]}",
+    )
+    assert result.returncode == 0, result.stderr
+    study = load(tmp_path, "diverge")
+    states = [t.state for t in study.trials]
+    assert len(states) == 4 and TrialState.FAIL in states and TrialState.COMPLETE in states
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert all(t.params["log_std_init"] == -1000.0 for t in failed)
+    assert all("diverged" in t.user_attrs["fail_reason"] for t in failed)
+    runs = runs_by_name(tmp_path)
+    assert {r.info.status for r in runs[f"trial-{failed[0].number}"]} == {"FAILED"}
+
+
+def test_exported_preset_reproduces_the_trial_with_its_seed(tmp_path: Path) -> None:
+    result = run_tune(tmp_path, "tune.n_trials=2", "tune.export_name=rltune_test_export_tuned")
+    assert result.returncode == 0, result.stderr
+    best = load(tmp_path).best_trial
+    preset = tmp_path / "conf" / "experiment" / "rltune_test_export_tuned.yaml"
+    assert preset.exists()
+    train = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuner.train",
+            f"hydra.searchpath=[file://{tmp_path}/conf]",
+            "experiment=rltune_test_export_tuned",
+            f"paths.runs_dir={tmp_path}/replay",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert train.returncode == 0, train.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/replay/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("ppo_cartpole").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "eval/mean_return")
+    assert history[-1].value == pytest.approx(best.user_attrs["seed_returns"][0], abs=1e-9)
+
+    replay = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuner.replay",
+            "study=ppo_cartpole",
+            f"trial={best.number}",
+            f"paths.runs_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert replay.returncode == 0, replay.stderr
+    assert f"final eval return {best.user_attrs['seed_returns'][0]:.2f}" in replay.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment", "code"),
+    [
+        ("search.params.learning_rate.low=-1", "learning_rate", 2),
+        ("search.params.clip_range.choices=[]", "clip_range", 2),
+        ("+search.params.learning_rat={type:float,low:0.1,high:0.2}", "learning_rat", 2),
+        ("sampler=foo", "sampler/foo", 1),
+        ("pruner=bar", "pruner/bar", 1),
+        ("tune.validate_seeds_start=1", "validation seeds", 2),
+    ],
+)
+def test_bad_sweep_configs_give_one_clear_message(
+    tmp_path: Path, override: str, fragment: str, code: int
+) -> None:
+    result = run_tune(tmp_path, override, "tune.n_trials=2", "tune.validate_seeds=2", timeout=60)
+    assert result.returncode == code
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()

@@ -1,0 +1,66 @@
+"""Export a trial as an ordinary experiment preset, and replay any trial from its stored overrides."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from tuner.objective import OVERRIDES_ATTR, SEED_RETURNS_ATTR, VALUES_ATTR
+
+
+def preset_name(config: Mapping[str, Any]) -> str:
+    """``<algo>_<env>_tuned``: the name the best trial is exported under."""
+    return f"{config['algo']['name']}_{config['env']['name']}_tuned"
+
+
+def preset_text(
+    trial: optuna.trial.FrozenTrial, config: Mapping[str, Any], study_name: str, seed: int, name: str
+) -> str:
+    """YAML of a ``# @package _global_`` preset that trains ``trial``'s config with ``seed``.
+
+    The whole algo node is written (base values and sampled ones), so the preset does not depend on
+    the presets or overrides the study was started with.
+    """
+    algo = dict(config["algo"])
+    algo.update(trial.user_attrs.get(VALUES_ATTR, {}))
+    algo_name = algo.pop("name")
+    body: dict[str, Any] = {
+        "defaults": [{"override /algo": algo_name}, {"override /env": config["env"]["name"]}],
+        "seed": seed,
+        "total_steps": config["total_steps"],
+        "algo": algo,
+    }
+    if any(o.startswith(("env.", "+env.")) for o in trial.user_attrs.get(OVERRIDES_ATTR, [])):
+        body["env"] = {k: v for k, v in config["env"].items() if k != "name"}
+    value = trial.values[0] if trial.values else float("nan")
+    seed_returns = trial.user_attrs.get(SEED_RETURNS_ATTR, [])
+    header = (
+        "# @package _global_\n"
+        f"# Tuned by rltune on {dt.date.today().isoformat()}: study {study_name!r}, trial {trial.number}, "
+        f"mean final eval return {value:.2f} over seeds (first seed's: "
+        f"{seed_returns[0] if seed_returns else float('nan'):.2f}).\n"
+        f"#   python -m tuner.train experiment={name}\n"
+    )
+    return header + yaml.safe_dump(body, sort_keys=False)
+
+
+def export_preset(
+    trial: optuna.trial.FrozenTrial,
+    config: Mapping[str, Any],
+    study_name: str,
+    seed: int,
+    directory: str | Path,
+    name: str,
+) -> Path:
+    """Write the preset of ``trial`` to ``directory/<name>.yaml`` and return its path."""
+    path = Path(directory) / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(preset_text(trial, config, study_name, seed, name))
+    tmp.replace(path)  # atomic: never a half-written preset
+    return path

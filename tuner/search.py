@@ -1,0 +1,471 @@
+"""Hyperparameter search spaces declared in YAML (``conf/search/<algo>.yaml``), checked before a study starts.
+
+A space names fields of an algorithm's config dataclass and how to sample each one::
+
+    algo: ppo
+    params:
+      learning_rate: {type: float, low: 1.0e-5, high: 2.0e-3, log: true}
+      gamma:         {type: float, low: 1.0e-4, high: 0.03, log: true, reparam: one_minus}  # γ = 1 − x
+      n_steps:       {type: int, low: 5, high: 12, reparam: pow2}                          # 2^k
+
+:meth:`SearchSpace.from_config` validates the whole space (field names, types, bounds, and that the
+algorithm's config accepts the values at both ends of every range) and raises one
+:class:`~algorithms.ConfigError` naming the offending parameter. :meth:`SearchSpace.suggest` samples a
+trial through Optuna's ``suggest_*`` API, so samplers see the real distributions; Optuna records the
+sampled quantity under :attr:`ParamSpec.optuna_name` (``one_minus_gamma``, ``log2_n_steps``), and the
+config gets the mapped value under the field name. :func:`to_overrides` turns config values into Hydra
+override strings that compose back to exactly the same values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Literal
+
+import numpy as np
+import optuna
+from omegaconf import DictConfig, OmegaConf
+
+from algorithms import ALGORITHMS, ConfigError, get_algorithm
+
+ParamType = Literal["float", "int", "categorical"]
+PARAM_TYPES: tuple[str, ...] = ("float", "int", "categorical")
+"""Valid values of a parameter's ``type``."""
+REPARAMS: dict[str, str] = {
+    "one_minus": "float x -> 1 - x; with log: true this is rl-zoo3's 1 - log-uniform",
+    "pow2": "int k -> 2**k",
+}
+"""Valid values of a parameter's ``reparam``, with what each one does."""
+_REPARAM_TYPE = {"one_minus": "float", "pow2": "int"}
+_REPARAM_PREFIX = {"one_minus": "one_minus_", "pow2": "log2_"}
+_KEYS: dict[str, frozenset[str]] = {
+    "float": frozenset({"type", "low", "high", "log", "step", "reparam"}),
+    "int": frozenset({"type", "low", "high", "log", "step", "reparam"}),
+    "categorical": frozenset({"type", "choices", "reparam"}),
+}
+_SPACE_KEYS = ("algo", "params")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars replaced by the equivalent Python scalar."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """How one config field is sampled. Invalid combinations raise ConfigError naming the field."""
+
+    name: str
+    """The config field this parameter sets (e.g. ``gamma``)."""
+    type: ParamType
+    """``float``, ``int`` or ``categorical``."""
+    low: float | int | None = None
+    """Lower bound of the sampled quantity (before ``reparam``), inclusive; float and int only."""
+    high: float | int | None = None
+    """Upper bound of the sampled quantity (before ``reparam``), inclusive; float and int only."""
+    log: bool = False
+    """Sample uniformly in log space (needs ``low > 0``); float and int only."""
+    step: float | int | None = None
+    """Discretisation step from ``low``; ``high - low`` must be a multiple of it. Not with ``log``."""
+    choices: tuple[Any, ...] | None = None
+    """The values of a categorical parameter: scalars (str, int, float, bool) or None."""
+    reparam: str | None = None
+    """A key of :data:`REPARAMS` mapping the sampled quantity to the config value, or None."""
+
+    def __post_init__(self) -> None:
+        where = f"search.params.{self.name}"
+        if self.type not in PARAM_TYPES:
+            raise ConfigError(f"{where}: unknown type {self.type!r}; choose one of: {', '.join(PARAM_TYPES)}")
+        if self.reparam is not None:
+            if self.reparam not in REPARAMS:
+                valid = "; ".join(f"{k} ({v})" for k, v in REPARAMS.items())
+                raise ConfigError(f"{where}: unknown reparam {self.reparam!r}; valid reparams: {valid}")
+            needed = _REPARAM_TYPE[self.reparam]
+            if self.type != needed:
+                raise ConfigError(
+                    f"{where}: reparam {self.reparam} needs type {needed}, got type {self.type}"
+                )
+        if self.type == "categorical":
+            self._check_categorical(where)
+        else:
+            self._check_numeric(where)
+
+    def _check_categorical(self, where: str) -> None:
+        for key in ("low", "high", "step"):
+            if getattr(self, key) is not None:
+                raise ConfigError(f"{where}: a categorical parameter takes choices, not {key}")
+        if self.log:
+            raise ConfigError(f"{where}: a categorical parameter takes choices, not log")
+        if not isinstance(self.choices, tuple) or not self.choices:
+            raise ConfigError(f"{where}: a categorical parameter needs a non-empty list of choices")
+        for choice in self.choices:
+            if choice is not None and not isinstance(choice, str | int | float | bool):
+                raise ConfigError(
+                    f"{where}: choices must be scalars (str, int, float, bool) or null, got {choice!r}"
+                )
+
+    def _check_numeric(self, where: str) -> None:
+        if self.choices is not None:
+            raise ConfigError(f"{where}: a {self.type} parameter takes low/high, not choices")
+        for key in ("low", "high"):
+            value = getattr(self, key)
+            if value is None:
+                raise ConfigError(f"{where}: a {self.type} parameter needs both low and high (missing {key})")
+            if not _is_number(value) or not math.isfinite(value):
+                raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
+            if self.type == "int" and not isinstance(value, int):
+                raise ConfigError(f"{where}: {key} of an int parameter must be an integer, got {value!r}")
+        assert self.low is not None and self.high is not None
+        if not isinstance(self.log, bool):
+            raise ConfigError(f"{where}: log must be true or false, got {self.log!r}")
+        if self.low >= self.high:
+            raise ConfigError(f"{where}: low ({self.low!r}) must be < high ({self.high!r})")
+        if self.log and self.low <= 0:
+            raise ConfigError(f"{where}: log: true needs low > 0, got low={self.low!r}")
+        if self.reparam == "pow2" and self.low < 0:
+            raise ConfigError(f"{where}: pow2 needs an exponent low >= 0 (2**k an integer), got {self.low!r}")
+        if self.step is not None:
+            if self.log:
+                raise ConfigError(f"{where}: step cannot be combined with log: true")
+            valid_type = isinstance(self.step, int) if self.type == "int" else _is_number(self.step)
+            if not valid_type or isinstance(self.step, bool) or not self.step > 0:
+                raise ConfigError(f"{where}: step must be a positive {self.type}, got {self.step!r}")
+            span = Decimal(repr(self.high)) - Decimal(repr(self.low))
+            if span % Decimal(repr(self.step)) != 0:
+                raise ConfigError(
+                    f"{where}: high - low ({self.high!r} - {self.low!r}) must be a multiple of step "
+                    f"({self.step!r})"
+                )
+
+    @classmethod
+    def from_mapping(cls, name: str, node: Mapping[str, Any]) -> ParamSpec:
+        """Parse one ``params.<name>`` entry of a search YAML; ConfigError names the field on any error."""
+        where = f"search.params.{name}"
+        if not isinstance(node, Mapping):
+            raise ConfigError(f"{where}: expected a mapping like {{type: float, low: ..., high: ...}}")
+        kind = node.get("type")
+        if kind is None:
+            raise ConfigError(f"{where}: missing type; choose one of: {', '.join(PARAM_TYPES)}")
+        if kind not in PARAM_TYPES:
+            raise ConfigError(f"{where}: unknown type {kind!r}; choose one of: {', '.join(PARAM_TYPES)}")
+        unknown = sorted(set(node) - _KEYS[kind])
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), sorted(_KEYS[kind]), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{where}: unknown key {unknown[0]!r} for a {kind} parameter{hint} "
+                f"Valid keys: {', '.join(sorted(_KEYS[kind]))}"
+            )
+        choices = node.get("choices")
+        if kind == "categorical" and choices is not None:
+            if isinstance(choices, str) or not isinstance(choices, Sequence):
+                raise ConfigError(f"{where}: choices must be a list, got {choices!r}")
+            choices = tuple(choices)
+        low, high = node.get("low"), node.get("high")
+        if kind == "float":  # YAML's `1` is an int; a float range takes it as 1.0
+            low = float(low) if _is_number(low) else low
+            high = float(high) if _is_number(high) else high
+        return cls(
+            name=name,
+            type=kind,
+            low=low,
+            high=high,
+            log=node.get("log", False),
+            step=node.get("step"),
+            choices=choices,
+            reparam=node.get("reparam"),
+        )
+
+    @property
+    def optuna_name(self) -> str:
+        """The name Optuna records the sampled quantity under: ``one_minus_<name>``, ``log2_<name>``
+        or plain ``<name>``."""
+        return _REPARAM_PREFIX.get(self.reparam or "", "") + self.name
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        """The Optuna distribution of the sampled quantity (before ``reparam``)."""
+        if self.type == "categorical":
+            assert self.choices is not None
+            return optuna.distributions.CategoricalDistribution(list(self.choices))
+        if self.type == "int":
+            return optuna.distributions.IntDistribution(
+                int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
+            )
+        return optuna.distributions.FloatDistribution(
+            float(self.low), float(self.high), log=self.log, step=self.step
+        )
+
+    def end_values(self) -> tuple[Any, ...]:
+        """The config values at the ends of the range (every choice for a categorical)."""
+        if self.type == "categorical":
+            assert self.choices is not None
+            return tuple(self.to_value(c) for c in self.choices)
+        return self.to_value(self.low), self.to_value(self.high)
+
+    def to_value(self, sampled: Any) -> Any:
+        """The config value for a sampled quantity (applies ``reparam``), as a plain Python scalar."""
+        sampled = _plain(sampled)
+        if self.type == "categorical":
+            return sampled
+        if self.type == "int":
+            k = int(sampled)
+            return 2**k if self.reparam == "pow2" else k
+        x = float(sampled)
+        return 1.0 - x if self.reparam == "one_minus" else x
+
+    def contains(self, value: Any) -> bool:
+        """Whether config ``value`` is one this parameter can sample (within the bounds, up to float
+        round-off of the reparam; a choice; a power of two in range). Optuna accepts an enqueued value
+        outside the distribution with only a warning, so check before enqueuing a known config."""
+        try:
+            sampled = self.to_sampled(value)
+        except ConfigError:
+            return False
+        if self.type == "categorical":
+            return True
+        assert self.low is not None and self.high is not None
+        slack = (
+            4 * sys.float_info.epsilon * max(1.0, abs(self.low), abs(self.high))
+            if self.type == "float"
+            else 0
+        )
+        return self.low - slack <= sampled <= self.high + slack
+
+    def to_sampled(self, value: Any) -> Any:
+        """The sampled quantity that gives config ``value`` (inverse of :meth:`to_value`), e.g. to enqueue
+        a known config. ConfigError if no sample can give it (not a power of two, not a choice)."""
+        value = _plain(value)
+        where = f"search.params.{self.name}"
+        if self.type == "categorical":
+            assert self.choices is not None
+            for choice in self.choices:
+                if choice == value and isinstance(choice, bool) == isinstance(value, bool):
+                    return choice
+            raise ConfigError(f"{where}: {value!r} is not one of the choices {list(self.choices)!r}")
+        if self.type == "int":
+            if not _is_number(value) or not math.isfinite(value) or value != int(value):
+                raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            k = int(value)
+            if self.reparam == "pow2":
+                if k < 1 or k & (k - 1):
+                    raise ConfigError(
+                        f"{where}: {value!r} is not a power of two, so {self.optuna_name} cannot express it"
+                    )
+                return k.bit_length() - 1
+            return k
+        if not _is_number(value):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return 1.0 - float(value) if self.reparam == "one_minus" else float(value)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The parameters tuned for one algorithm; build it with :meth:`from_config` to get it validated."""
+
+    algo: str
+    """Name of the algorithm (``algorithms.get_algorithm``) whose config fields the params are."""
+    params: tuple[ParamSpec, ...]
+    """The tuned parameters, in YAML order."""
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.params]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"search.params.{duplicates[0]}: listed more than once")
+
+    @classmethod
+    def from_config(
+        cls, node: Mapping[str, Any], algo: str, base: Mapping[str, Any] | None = None
+    ) -> SearchSpace:
+        """Parse and validate a ``search`` node (``cfg.search``) for tuning algorithm ``algo``.
+
+        ``base`` holds the hyperparameters the trials start from (e.g. ``cfg.algo``; a ``name`` key is
+        ignored; None: the config dataclass defaults). Each end of each range is built into the
+        algorithm's config alone over ``base``; a value the config rejects raises ConfigError naming the
+        parameter — unless the error is about another field too (e.g. batch_size > n_envs * n_steps),
+        which depends on the combination and is left to the trial.
+        """
+        if isinstance(node, DictConfig):
+            node = OmegaConf.to_container(node, resolve=True)  # type: ignore[assignment]
+        if not isinstance(node, Mapping):
+            raise ConfigError(f"search: expected a mapping with keys {', '.join(_SPACE_KEYS)}, got {node!r}")
+        spec = get_algorithm(algo)
+        unknown = sorted(set(node) - set(_SPACE_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"search: unknown key {unknown[0]!r}; a search space has only {', '.join(_SPACE_KEYS)}"
+            )
+        node_algo = node.get("algo")
+        if node_algo is None:
+            raise ConfigError(f"search: missing 'algo' (the algorithm the space is for, e.g. algo: {algo})")
+        if node_algo != algo:
+            other = f" (or algo={node_algo})" if node_algo in ALGORITHMS else ""
+            raise ConfigError(
+                f"search: this space is for algo {node_algo!r} but the algorithm being tuned is {algo!r}; "
+                f"use search={algo}{other}"
+            )
+        params_node = node.get("params")
+        if not isinstance(params_node, Mapping) or not params_node:
+            raise ConfigError("search.params: expected a non-empty mapping of config field -> distribution")
+        fields = sorted(f.name for f in dataclasses.fields(spec.config_cls))
+        params = []
+        for name, param_node in params_node.items():
+            if name not in fields:
+                close = difflib.get_close_matches(str(name), fields, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(
+                    f"search.params.{name}: not a field of {spec.config_cls.__name__}{hint} "
+                    f"Valid fields: {', '.join(fields)}"
+                )
+            params.append(ParamSpec.from_mapping(str(name), param_node))
+        space = cls(algo=algo, params=tuple(params))
+        space._check_bounds(_base_values(base), fields)
+        return space
+
+    def _check_bounds(self, base: dict[str, Any], fields: list[str]) -> None:
+        config_cls = get_algorithm(self.algo).config_cls
+        try:
+            config_cls.from_dict(base)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"search: the base {self.algo} config is invalid before any search: {exc}"
+            ) from exc
+        for param in self.params:
+            others = [f for f in fields if f != param.name]
+            for value in param.end_values():
+                try:
+                    config_cls.from_dict({**base, param.name: value})
+                except ConfigError as exc:
+                    if any(re.search(rf"\b{re.escape(f)}\b", str(exc)) for f in others):
+                        continue  # an interaction with another field, not a bound error
+                    raise ConfigError(
+                        f"search.params.{param.name}: {config_cls.__name__} rejects the value {value!r} "
+                        f"in this range: {exc}"
+                    ) from exc
+                except (ValueError, TypeError) as exc:
+                    raise ConfigError(
+                        f"search.params.{param.name}: {config_cls.__name__} rejects the value {value!r} "
+                        f"in this range: {exc}"
+                    ) from exc
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The config field names of the tuned parameters."""
+        return tuple(p.name for p in self.params)
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        """Optuna distributions keyed by Optuna parameter name (for ``study.ask`` or ``create_trial``)."""
+        return {p.optuna_name: p.distribution() for p in self.params}
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Sample every parameter through ``trial.suggest_*``; config values keyed by field name."""
+        values: dict[str, Any] = {}
+        for p in self.params:
+            if p.type == "categorical":
+                assert p.choices is not None
+                sampled: Any = trial.suggest_categorical(p.optuna_name, list(p.choices))
+            elif p.type == "int":
+                sampled = trial.suggest_int(
+                    p.optuna_name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log
+                )
+            else:
+                sampled = trial.suggest_float(
+                    p.optuna_name, float(p.low), float(p.high), step=p.step, log=p.log
+                )
+            values[p.name] = p.to_value(sampled)
+        return values
+
+    def out_of_range(self, values: Mapping[str, Any]) -> list[str]:
+        """The searched fields whose value in ``values`` the space cannot sample (see
+        :meth:`ParamSpec.contains`), e.g. ``ent_coef=0.0`` against a log range; missing fields count too."""
+        return [p.name for p in self.params if p.name not in values or not p.contains(values[p.name])]
+
+    def values_from_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Config values keyed by field name from Optuna params (e.g. ``FrozenTrial.params``).
+
+        Keys that are not in the space are ignored; a missing one raises ConfigError.
+        """
+        values: dict[str, Any] = {}
+        for p in self.params:
+            if p.optuna_name not in params:
+                raise ConfigError(
+                    f"search.params.{p.name}: no Optuna param {p.optuna_name!r} in {dict(params)!r}"
+                )
+            values[p.name] = p.to_value(params[p.optuna_name])
+        return values
+
+    def params_from_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Optuna params keyed by Optuna name from config values (inverse of :meth:`values_from_params`),
+        e.g. ``study.enqueue_trial(space.params_from_values(defaults))``.
+
+        Only the searched fields are read (a full config mapping is fine); a missing one raises ConfigError.
+        """
+        params: dict[str, Any] = {}
+        for p in self.params:
+            if p.name not in values:
+                raise ConfigError(f"search.params.{p.name}: no value for {p.name!r}")
+            params[p.optuna_name] = p.to_sampled(values[p.name])
+        return params
+
+
+def _base_values(base: Mapping[str, Any] | None) -> dict[str, Any]:
+    if base is None:
+        return {}
+    if isinstance(base, DictConfig):
+        base = OmegaConf.to_container(base, resolve=True)  # type: ignore[assignment]
+    return {str(k): v for k, v in base.items() if k != "name"}
+
+
+def load_search_space(node: Mapping[str, Any], algo_node: Mapping[str, Any]) -> SearchSpace:
+    """The validated space of ``cfg.search`` for the algorithm of ``cfg.algo`` (its ``name``), with
+    ``cfg.algo``'s hyperparameters as the base for the bound checks."""
+    return SearchSpace.from_config(node, str(algo_node.get("name", "")), base=algo_node)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hydra override strings
+# ----------------------------------------------------------------------------------------------------
+_BACKSLASHES_BEFORE_SPECIAL = re.compile(r"(\\+)(?='|\$\{|$)")
+
+
+def format_override_value(value: Any) -> str:
+    """``value`` in Hydra's override grammar, so that composing it yields exactly ``value``.
+
+    Floats use ``repr`` (shortest exact form, ``inf``/``nan`` included), bools ``true``/``false``,
+    None ``null``, strings are single-quoted, lists and tuples ``[a,b]``.
+    """
+    value = _plain(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        # Backslashes only escape in front of a quote, an interpolation or the closing quote.
+        escaped = _BACKSLASHES_BEFORE_SPECIAL.sub(lambda m: m.group(1) * 2, value)
+        escaped = escaped.replace("'", "\\'").replace("${", "\\${")
+        return f"'{escaped}'"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(format_override_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} ({type(value).__name__}) as a Hydra override value")
+
+
+def to_overrides(values: Mapping[str, Any], prefix: str = "algo") -> list[str]:
+    """Hydra overrides ``<prefix>.<key>=<value>`` (e.g. ``algo.learning_rate=0.000123``) that compose
+    back to exactly ``values``; an empty ``prefix`` gives top-level ``<key>=<value>``."""
+    lead = f"{prefix}." if prefix else ""
+    return [f"{lead}{key}={format_override_value(value)}" for key, value in values.items()]

@@ -1,0 +1,219 @@
+"""Statistics for comparing RL results over seeds: IQM, bootstrap confidence intervals, default vs tuned.
+
+Everything is computed with :mod:`scipy.stats`; this module only fixes the conventions:
+
+* the interquartile mean (IQM) is the mean of the middle 50 % (``trim_mean`` with 25 % cut on each
+  side), the aggregate recommended by rliable (Agarwal et al., 2021) for few-seed RL results;
+* confidence intervals are **percentile** bootstrap intervals. BCa is second-order accurate for
+  smooth statistics, but the IQM is a trimmed (non-smooth) statistic, and with the handful of seeds
+  an RL validation has, BCa's jackknife acceleration is erratic and turns NaN whenever the jackknife
+  values tie (e.g. a few equal returns of a solved CartPole). The percentile interval never leaves
+  the range of the bootstrap distribution, needs no jackknife, and is what rliable uses;
+* two groups (default config vs tuned config, each trained on its own seeds) are independent, so
+  the bootstrap of their difference resamples each group separately (stratified by group).
+
+Results are deterministic given ``seed``. Non-finite values are rejected: a crashed or diverged
+seed must be dealt with explicitly by the caller, not averaged in as NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import stats as sps
+
+IQM_CUT = 0.25  # proportion trimmed from each end
+DEFAULT_RESAMPLES = 10_000
+DEFAULT_SEED = 0
+
+Statistic = Callable[[np.ndarray], float]
+
+
+def iqm(values: npt.ArrayLike) -> float:
+    """Interquartile mean: the mean of ``values`` after cutting 25 % from each end (rliable's IQM).
+
+    ``scipy.stats.trim_mean`` cuts ``floor(0.25 * n)`` values at each end, so 8 values lose the two
+    lowest and two highest, 5 values lose one at each end, and 1–3 values are kept whole.
+
+    Raises:
+        ValueError: ``values`` is empty, not one-dimensional, or holds a non-finite value.
+    """
+    return float(_iqm_along(_as_sample(values), axis=-1))
+
+
+def bootstrap_ci(
+    values: npt.ArrayLike,
+    statistic: Statistic = iqm,
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval ``(low, high)`` of ``statistic`` over ``values``.
+
+    Args:
+        values: a one-dimensional sample, e.g. the final return of each seed.
+        statistic: maps a 1-D array to a float; the IQM by default (computed vectorised).
+        confidence: the interval's confidence level, in (0, 1).
+        n_resamples: number of bootstrap resamples.
+        seed: seed of the resampling generator; the same seed gives the same interval.
+
+    Degenerate samples: if all values are equal every resample is the sample itself, so the
+    interval is ``(s, s)`` with ``s = statistic(values)``. A single value says nothing about the
+    spread, so ``(nan, nan)`` is returned rather than a zero-width interval that would claim
+    certainty.
+
+    Raises:
+        ValueError: ``values`` is empty, not one-dimensional or not finite, or ``confidence`` or
+            ``n_resamples`` is out of range.
+    """
+    sample = _as_sample(values)
+    _check_settings(confidence, n_resamples)
+    if sample.size == 1:
+        return (math.nan, math.nan)
+    if np.all(sample == sample[0]):
+        point = _point(statistic, sample)
+        return (point, point)
+    result = sps.bootstrap(
+        (sample,),
+        _iqm_along if statistic is iqm else statistic,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return (float(result.confidence_interval.low), float(result.confidence_interval.high))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Held-out validation of a candidate (tuned) config against a baseline (default) config.
+
+    Each config was trained on its own seeds; the two samples are independent. IQMs and intervals
+    are computed by :func:`compare`; ``difference`` is candidate − baseline.
+    """
+
+    n_baseline: int
+    n_candidate: int
+    baseline_iqm: float
+    baseline_ci: tuple[float, float]
+    candidate_iqm: float
+    candidate_ci: tuple[float, float]
+    difference: float
+    difference_ci: tuple[float, float]
+    significant: bool  # the difference's interval excludes 0
+    p_value: float  # two-sided Mann–Whitney U, a rank-based second opinion
+    baseline_mean: float
+    baseline_std: float  # sample standard deviation (ddof=1); NaN for a single value
+    candidate_mean: float
+    candidate_std: float
+    confidence: float
+
+
+def compare(
+    baseline: npt.ArrayLike,
+    candidate: npt.ArrayLike,
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> Comparison:
+    """Compare two independent samples (e.g. final returns of K seeds each) by their IQMs.
+
+    Args:
+        baseline: the reference sample, e.g. the default config's returns.
+        candidate: the sample under test, e.g. the tuned config's returns.
+        confidence: confidence level of all three intervals, in (0, 1).
+        n_resamples: bootstrap resamples per interval.
+        seed: seed of the resampling; the same inputs and seed give the same result.
+
+    The difference of IQMs (candidate − baseline) gets a percentile bootstrap interval in which
+    each group is resampled on its own (a stratified bootstrap, as the groups are independent).
+    ``significant`` is true when that interval lies strictly above or strictly below 0; with a
+    single value in either group there is no interval and the result is never significant. The
+    two-sided Mann–Whitney U p-value (scipy's default exact or asymptotic method) is reported as a
+    second opinion.
+
+    Raises:
+        ValueError: as :func:`bootstrap_ci`.
+    """
+    base = _as_sample(baseline)
+    cand = _as_sample(candidate)
+    _check_settings(confidence, n_resamples)
+    base_iqm, cand_iqm = iqm(base), iqm(cand)
+    difference_ci = _difference_ci(base, cand, confidence, n_resamples, seed)
+    low, high = difference_ci
+    p_value = float(sps.mannwhitneyu(cand, base, alternative="two-sided").pvalue)
+    return Comparison(
+        n_baseline=int(base.size),
+        n_candidate=int(cand.size),
+        baseline_iqm=base_iqm,
+        baseline_ci=bootstrap_ci(base, confidence=confidence, n_resamples=n_resamples, seed=seed),
+        candidate_iqm=cand_iqm,
+        candidate_ci=bootstrap_ci(cand, confidence=confidence, n_resamples=n_resamples, seed=seed + 1),
+        difference=cand_iqm - base_iqm,
+        difference_ci=difference_ci,
+        significant=bool(low > 0 or high < 0),  # False for NaN bounds
+        p_value=p_value,
+        baseline_mean=float(np.mean(base)),
+        baseline_std=_std(base),
+        candidate_mean=float(np.mean(cand)),
+        candidate_std=_std(cand),
+        confidence=confidence,
+    )
+
+
+def _difference_ci(
+    base: np.ndarray, cand: np.ndarray, confidence: float, n_resamples: int, seed: int
+) -> tuple[float, float]:
+    if base.size == 1 or cand.size == 1:
+        return (math.nan, math.nan)
+    if np.all(base == base[0]) and np.all(cand == cand[0]):
+        constant = float(cand[0] - base[0])
+        return (constant, constant)
+
+    def iqm_difference(b: np.ndarray, c: np.ndarray, axis: int = -1) -> np.ndarray:
+        return _iqm_along(c, axis) - _iqm_along(b, axis)
+
+    result = sps.bootstrap(
+        (base, cand),
+        iqm_difference,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        paired=False,  # each group resampled separately
+        vectorized=True,
+        rng=np.random.default_rng(seed + 2),
+    )
+    return (float(result.confidence_interval.low), float(result.confidence_interval.high))
+
+
+def _iqm_along(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    """IQM along ``axis``; the vectorised form handed to ``scipy.stats.bootstrap``."""
+    return np.asarray(sps.trim_mean(values, IQM_CUT, axis=axis))
+
+
+def _as_sample(values: npt.ArrayLike) -> np.ndarray:
+    sample = np.asarray(values, dtype=float)
+    if sample.ndim != 1 or sample.size == 0:
+        raise ValueError(f"expected a non-empty one-dimensional sample, got shape {sample.shape}")
+    if not np.all(np.isfinite(sample)):
+        raise ValueError(f"the sample holds non-finite values: {sample[~np.isfinite(sample)].tolist()}")
+    return sample
+
+
+def _check_settings(confidence: float, n_resamples: int) -> None:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be positive, got {n_resamples}")
+
+
+def _point(statistic: Statistic, sample: np.ndarray) -> float:
+    return iqm(sample) if statistic is iqm else float(statistic(sample))
+
+
+def _std(sample: np.ndarray) -> float:
+    return float(np.std(sample, ddof=1)) if sample.size > 1 else math.nan

@@ -1,0 +1,130 @@
+"""What happens when a study's trials are done: records on the sweep run, export, validation, tables."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+
+from tuner.export import export_preset
+from tuner.objective import VALUES_ATTR, trial_config
+from tuner.study import budget_status
+from tuner.sweep_report import (
+    summary_table,
+    trials_table,
+    validation_table,
+    write_optuna_plots,
+    write_trials_table,
+    write_validation_table,
+)
+from tuner.tracking import RunRecorder, start_run
+from tuner.validate import run_validation
+
+if TYPE_CHECKING:
+    from tuner.tune import Prepared
+
+TOP_TRIALS = 10
+CONSOLE_COLUMNS = (
+    "number",
+    "state",
+    "value",
+    "duration_s",
+    "pruned_step",
+    "fail_reason",
+)  # the rest: trials.md
+
+
+def finish_sweep(prepared: Prepared, sweep: RunRecorder, console: Console) -> None:
+    """Trials table, plots, best params and value on the sweep run; export; validation; console tables."""
+    from tuner.tune import best_trial
+
+    study, settings = prepared.study, prepared.settings
+    status = budget_status(study)
+    table = trials_table(study)
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in [*write_trials_table(table, tmp), *write_optuna_plots(study, tmp)]:
+            sweep.log_artifact(path)
+    sweep.log_metrics(
+        {
+            "sweep/complete": status.complete,
+            "sweep/pruned": status.pruned,
+            "sweep/failed": status.failed,
+        },
+        0,
+    )
+    columns = [c for c in CONSOLE_COLUMNS if c in table.columns] + [
+        c for c in table.columns if c.startswith("value")
+    ]
+    console.print(
+        summary_table(
+            table.head(TOP_TRIALS)[list(dict.fromkeys(columns))],
+            f"top {TOP_TRIALS} trials of {study.study_name}",
+        )
+    )
+    console.print(
+        f"{status.complete} complete, {status.pruned} pruned, {status.failed} failed of {settings.n_trials}"
+    )
+
+    best = best_trial(study)
+    if best is None:
+        console.print("[yellow]no trial completed: nothing to export or validate[/yellow]")
+        return
+    values = best.user_attrs.get(VALUES_ATTR, {})
+    sweep.log_metrics({"best/value": best.values[0], "best/trial": best.number}, 0)
+    sweep.set_tags({f"best.{k}": v for k, v in values.items()} | {"best.trial": best.number})
+    console.print(f"best trial {best.number}: mean return {best.values[0]:.2f} with {values}")
+
+    tuned_config = trial_config(prepared.setup, values, settings.seeds[0])
+    if settings.export:
+        path = export_preset(
+            best, tuned_config, study.study_name, settings.seeds[0], settings.export_dir, settings.export_name
+        )
+        console.print(f"exported to {path}: python -m tuner.train experiment={path.stem}")
+        sweep.log_artifact(path)
+
+    if settings.validate_seeds:
+        _validate(prepared, sweep, console, tuned_config)
+    console.print("open the MLflow UI with: make ui")
+
+
+def _validate(prepared: Prepared, sweep: RunRecorder, console: Console, tuned_config: dict) -> None:
+    """Default vs tuned on the held-out seeds, nested under the sweep run, with the table printed."""
+    settings, setup = prepared.settings, prepared.setup
+    default_config = trial_config(setup, {}, settings.validate_seeds[0])
+    console.print(
+        f"held-out validation: default and tuned configs on seeds {list(settings.validate_seeds)} "
+        f"({settings.budget_steps} env steps each)"
+    )
+    parents: dict[str, str | None] = {}
+    runs = {}
+    for label in ("default", "tuned"):
+        runs[label] = start_run(
+            **setup.tracking,
+            run_name=f"validation-{label}",
+            tags={"kind": "validation", "config": label},
+            parent_run_id=sweep.run_id,
+        )
+    with runs["default"] as default_run, runs["tuned"] as tuned_run:
+        parents = {"default": default_run.run_id, "tuned": tuned_run.run_id}
+        comparison, scores = run_validation(
+            default_config, tuned_config, settings.validate_seeds, parents, settings.n_workers
+        )
+        for label, run in (("default", default_run), ("tuned", tuned_run)):
+            for index, value in enumerate(scores[label]):
+                run.log_metric("validation/seed_return", value, index)
+    table = validation_table(comparison)
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in write_validation_table(table, Path(tmp)):
+            sweep.log_artifact(path)
+    sweep.log_metrics(
+        {
+            "validation/default_iqm": comparison.baseline_iqm,
+            "validation/tuned_iqm": comparison.candidate_iqm,
+            "validation/difference": comparison.difference,
+        },
+        0,
+    )
+    sweep.set_tags({"validation.significant": comparison.significant})
+    console.print(summary_table(table, "held-out validation: default vs tuned"))

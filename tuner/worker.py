@@ -1,0 +1,135 @@
+"""A worker: claims the study's waiting trials one at a time and runs them until none is left.
+
+``python -m tuner.worker [same overrides as tuner.tune]`` (``make worker``) joins an existing study from
+any machine that reaches its storage; ``tuner.tune`` starts ``tune.n_workers`` of these locally.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import hydra
+import optuna
+from omegaconf import DictConfig
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from algorithms import ConfigError, UnsupportedSpaceError
+from tuner.compose import CONF_DIR
+from tuner.objective import TrialOutcome, TrialSetup, run_trial
+from tuner.secrets import mask_secrets
+from tuner.study import (
+    TRIAL_RUN_ATTR,
+    Heartbeat,
+    TuneSettings,
+    budget_status,
+    claim_trial,
+    time_left,
+)
+from tuner.tracking import end_runs
+
+log = logging.getLogger(__name__)
+
+EXIT_CONFIG_ERROR = 2
+
+
+class StaleTrialRunCloser:
+    """Heartbeat callback: ends the MLflow runs of a trial whose worker died (they stay RUNNING otherwise)."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """End the trial's run and its seed runs KILLED, naming the lost worker as the reason."""
+        run_id = trial.user_attrs.get(TRIAL_RUN_ATTR)
+        if run_id:
+            end_runs(
+                self.tracking_uri,
+                [run_id],
+                "KILLED",
+                f"worker of trial {trial.number} stopped sending heartbeats; the trial is retried",
+            )
+
+
+def fail_and_retry(storage: RDBStorage, study: optuna.Study, trial: optuna.Trial) -> None:
+    """Mark an interrupted trial FAIL and re-enqueue it, exactly as for a worker that died."""
+    try:
+        if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            return
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return
+    callback = storage.get_heartbeat_stale_trial_callback()
+    if callback is not None:
+        callback(study, storage.get_trial(trial._trial_id))
+
+
+def run_worker(
+    study: optuna.Study,
+    storage: RDBStorage,
+    setup: TrialSetup,
+    settings: TuneSettings,
+    on_outcome: Callable[[TrialOutcome], None] | None = None,
+) -> list[TrialOutcome]:
+    """Claim and run trials until the budget is used up (or ``tune.timeout`` passed); returns outcomes.
+
+    While other workers still run the last trials, this one waits: a trial whose worker dies comes back
+    as a retry once its heartbeat is stale, and any live worker picks it up.
+    """
+    outcomes: list[TrialOutcome] = []
+    while time_left(study, settings.timeout):
+        with warnings.catch_warnings():  # heartbeat handling is marked experimental in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        trial = claim_trial(study, storage)
+        if trial is None:
+            status = budget_status(study)
+            if status.waiting == 0 and status.running == 0:
+                break
+            time.sleep(settings.heartbeat_interval)
+            continue
+        with Heartbeat(storage, trial._trial_id, settings.heartbeat_interval):
+            try:
+                outcome = run_trial(study, trial, setup)
+            except BaseException:
+                # Interrupted or a bug: the trial must not stay RUNNING; it goes back to the queue.
+                fail_and_retry(storage, study, trial)
+                raise
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    return outcomes
+
+
+def describe(outcome: TrialOutcome) -> str:
+    """One line for a finished trial."""
+    value = "" if outcome.value is None else f" value {outcome.value:.2f}"
+    reason = f" ({outcome.reason})" if outcome.reason else ""
+    return f"trial {outcome.number} {outcome.state.name}{value}{reason}"
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="tune")
+def main(cfg: DictConfig) -> None:
+    """Join the study named by the config and work on it until its budget is used up."""
+    from tuner.tune import prepare
+
+    try:
+        prepared = prepare(cfg, create=False)
+    except (ConfigError, UnsupportedSpaceError) as exc:
+        print(mask_secrets(f"error: {exc}"), file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
+    outcomes = run_worker(
+        prepared.study,
+        prepared.storage,
+        prepared.setup,
+        prepared.settings,
+        on_outcome=lambda outcome: print(describe(outcome), flush=True),
+    )
+    print(f"worker done: {len(outcomes)} trials", flush=True)
+
+
+if __name__ == "__main__":
+    main()
