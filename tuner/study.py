@@ -28,7 +28,7 @@ from algorithms import ConfigError
 from tuner.secrets import mask_secrets
 
 MULTI_OBJECTIVE_SAMPLERS = ("NSGAIISampler", "NSGAIIISampler")
-STUDY_STARTED_ATTR = "started_at"  # study user attr: epoch seconds of the first start, for tune.timeout
+STUDY_STARTED_ATTR = "started_at"  # study user attr: when the latest sweep command started (tune.timeout)
 SWEEP_RUN_ATTR = "mlflow_sweep_run_id"  # study user attr: the MLflow parent run of the sweep
 TRIAL_RUN_ATTR = "mlflow_run_id"  # trial user attr: the trial's MLflow run
 FAIL_REASON_ATTR = "fail_reason"  # trial user attr: why a trial ended FAIL
@@ -217,8 +217,6 @@ def open_study(
             f"study {settings.study_name!r} was created with directions {found}, but sampler "
             f"{type(sampler).__name__} needs {directions}; use another tune.study_name"
         )
-    if STUDY_STARTED_ATTR not in study.user_attrs:
-        study.set_user_attr(STUDY_STARTED_ATTR, time.time())
     return study
 
 
@@ -284,8 +282,13 @@ def claim_trial(study: optuna.Study, storage: RDBStorage) -> optuna.Trial | None
     return None
 
 
+def mark_started(study: optuna.Study) -> None:
+    """Record now as the start of the sweep's work: ``tune.timeout`` counts from here in every worker."""
+    study.set_user_attr(STUDY_STARTED_ATTR, time.time())
+
+
 def time_left(study: optuna.Study, timeout: float | None) -> bool:
-    """Whether ``tune.timeout`` (counted from the study's first start) still allows a new trial."""
+    """Whether ``tune.timeout`` (counted from the latest sweep command's start) allows a new trial."""
     if timeout is None:
         return True
     started = float(study.user_attrs.get(STUDY_STARTED_ATTR, time.time()))

@@ -51,11 +51,12 @@ from tuner.study import (
     build_sampler,
     is_multi_objective,
     make_storage,
+    mark_started,
     open_study,
     top_up_budget,
 )
 from tuner.train import RunSettings, build_agent, resolve_config
-from tuner.worker import StaleTrialRunCloser, describe, run_worker
+from tuner.worker import StaleTrialRunCloser, run_worker
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,11 @@ def prepare(cfg: DictConfig, create: bool) -> Prepared:
 
 
 class SweepProgress:
-    """Rich progress of the study (trials done / budget, best so far, pruned and failed counts, ETA)."""
+    """Rich progress of the study (trials done / budget, best so far, pruned and failed counts, ETA).
+
+    Re-reads the study, so it shows every worker's trials, and prints a line per finished trial (on a
+    terminal above the bar; in a log, the lines are the record).
+    """
 
     def __init__(self, study: optuna.Study, total: int, console: Console) -> None:
         self.study = study
@@ -140,6 +145,7 @@ class SweepProgress:
             transient=False,
         )
         self.task = self.progress.add_task(f"study {study.study_name}", total=total, info="")
+        self._reported = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
 
     def __enter__(self) -> SweepProgress:
         self.progress.__enter__()
@@ -151,7 +157,11 @@ class SweepProgress:
         self.progress.__exit__(*exc_info)
 
     def refresh(self) -> BudgetStatus:
-        """Re-read the study and update the bar."""
+        """Re-read the study, print newly finished trials and update the bar."""
+        for trial in self.study.get_trials(deepcopy=False):
+            if trial.state.is_finished() and trial.number not in self._reported:
+                self._reported.add(trial.number)
+                self.console.print(describe_trial(trial))
         status = budget_status(self.study)
         best = best_value(self.study)
         info = (
@@ -161,9 +171,18 @@ class SweepProgress:
         return status
 
     def outcome(self, outcome: TrialOutcome) -> None:
-        """Print one finished trial above the bar and refresh it."""
-        self.console.print(describe(outcome))
+        """A trial of the in-process worker ended."""
         self.refresh()
+
+
+def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
+    """One line for a finished trial: number, state, value or reason, duration."""
+    seconds = trial.duration.total_seconds() if trial.duration else float("nan")
+    value = f" mean return {trial.values[0]:.2f}" if trial.values else ""
+    reason = trial.user_attrs.get("fail_reason", "")
+    return (
+        f"trial {trial.number} {trial.state.name}{value}{f' ({reason})' if reason else ''} in {seconds:.0f} s"
+    )
 
 
 def best_value(study: optuna.Study) -> float | None:
@@ -229,7 +248,7 @@ def run_sweep(prepared: Prepared, overrides: Sequence[str]) -> None:
     from tuner.sweep_finish import finish_sweep
     from tuner.tracking import start_run
 
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=120)  # logs: no 80-column wrap
     settings, study = prepared.settings, prepared.study
     added = top_up_budget(study, settings.n_trials)
     status = budget_status(study)
@@ -252,6 +271,7 @@ def run_sweep(prepared: Prepared, overrides: Sequence[str]) -> None:
         else:  # MLflow params are write-once: a resumed session's config is kept as an artifact
             sweep.log_text(config_yaml, f"config-resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
         prepared.setup = replace(prepared.setup, sweep_run_id=sweep.run_id)
+        mark_started(study)
         with SweepProgress(study, settings.n_trials, console) as progress:
             run_local_workers(prepared, overrides, progress)
         finish_sweep(prepared, sweep, console)

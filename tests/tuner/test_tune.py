@@ -35,10 +35,8 @@ TINY = [
     "tune.grace_period=3",
     "env.eval.freq_steps=256",
     "env.eval.n_episodes=2",
-    "sampler=random",
-    "sampler.seed=0",
-    "pruner=none",
 ]
+RANDOM_NO_PRUNING = ["sampler=random", "sampler.seed=0", "pruner=none"]
 
 
 def tune_args(tmp_path: Path, *extra: str) -> list[str]:
@@ -47,6 +45,7 @@ def tune_args(tmp_path: Path, *extra: str) -> list[str]:
         "-m",
         "tuner.tune",
         *TINY,
+        *([] if any(e.startswith(("sampler=", "pruner=")) for e in extra) else RANDOM_NO_PRUNING),
         f"paths.runs_dir={tmp_path}",
         f"tune.export_dir={tmp_path}/conf/experiment",
         *extra,
@@ -237,3 +236,41 @@ def test_bad_sweep_configs_give_one_clear_message(
     assert fragment in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("sampler", "pruner"),
+    [
+        ("tpe", "median"),
+        ("cmaes", "successive_halving"),
+        ("gp", "hyperband"),
+        ("nsga2", "none"),
+        ("random", "wilcoxon"),
+    ],
+)
+def test_every_sampler_and_pruner_runs_a_study(tmp_path: Path, sampler: str, pruner: str) -> None:
+    result = run_tune(
+        tmp_path,
+        f"sampler={sampler}",
+        "sampler.seed=0",
+        f"pruner={pruner}",
+        "tune.n_trials=3",
+        "tune.n_seeds=2",
+    )
+    assert result.returncode == 0, result.stderr
+    study = load(tmp_path)
+    assert len(study.trials) == 3
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    assert len(study.directions) == (2 if sampler == "nsga2" else 1)
+    if sampler == "nsga2":  # return and wall-clock seconds
+        complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        assert all(len(t.values) == 2 and t.values[1] > 0 for t in complete)
+
+
+def test_timeout_stops_claiming_trials_and_a_rerun_finishes_the_budget(tmp_path: Path) -> None:
+    first = run_tune(tmp_path, "tune.n_trials=6", "tune.timeout=1")
+    assert first.returncode == 0, first.stderr
+    states = [t.state for t in load(tmp_path).trials]
+    assert 1 <= states.count(TrialState.COMPLETE) < 6 and TrialState.WAITING in states
+    second = run_tune(tmp_path, "tune.n_trials=6", "tune.study_name=ppo_cartpole")
+    assert second.returncode == 0, second.stderr
