@@ -5,7 +5,8 @@ all, created up front as WAITING trials (``enqueue_trial``) that workers claim a
 storage's compare-and-set on the trial state, the way Optuna's own ``ask`` pops its queue. A worker never
 creates a trial of its own, so two workers finishing at the same moment cannot overshoot. A trial whose
 worker died (no heartbeat for ``grace_period`` seconds) is marked FAIL by Optuna and re-enqueued with
-the same parameters by ``RetryFailedTrialCallback``; the failed attempt no longer counts, its retry does.
+the same parameters by ``RetryHeartbeatStaleTrialCallback``; the failed attempt no longer counts, its
+retry does.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import optuna
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from algorithms import ConfigError
@@ -128,7 +129,7 @@ def make_storage(
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # heartbeats and retries are marked experimental in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = RetryFailedTrialCallback(max_retry=settings.max_retry)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry)
 
     def stale(study: optuna.Study, trial: FrozenTrial) -> None:
         retry(study, trial)
@@ -224,7 +225,9 @@ def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
     """Numbers of trials that failed with a dead worker and were re-enqueued (they no longer count)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return {n for t in trials if (n := RetryFailedTrialCallback.retried_trial_number(t)) is not None}
+        return {
+            n for t in trials if (n := RetryHeartbeatStaleTrialCallback.retried_trial_number(t)) is not None
+        }
 
 
 @dataclass(frozen=True)

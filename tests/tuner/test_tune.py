@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow import MlflowClient
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +66,7 @@ def load(tmp_path: Path, name: str = "ppo_cartpole") -> optuna.Study:
 
 def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     trials = study.get_trials()
-    retried = {RetryFailedTrialCallback.retried_trial_number(t) for t in trials}
+    retried = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
     return [t for t in trials if t.number not in retried]
 
 
@@ -114,34 +116,44 @@ def test_two_workers_share_the_budget_exactly(tmp_path: Path) -> None:
     assert len(logs) == 2 and len(worked) == 2, "both workers must have run trials"
 
 
+def running_trial_with_run(db: Path) -> tuple[int, str] | None:
+    """(number, MLflow run id) of a RUNNING trial that has started its run, read without writing."""
+    if not db.exists():
+        return None
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            row = con.execute(
+                "SELECT t.number, a.value_json FROM trials t JOIN trial_user_attributes a "
+                "ON a.trial_id = t.trial_id WHERE t.state = 'RUNNING' AND a.key = 'mlflow_run_id'"
+            ).fetchone()
+    except sqlite3.Error:  # tables not created yet, or busy
+        return None
+    return None if row is None else (int(row[0]), json.loads(row[1]))
+
+
 def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path) -> None:
     args = tune_args(tmp_path, "tune.n_trials=2", "tune.budget_steps=30000")
     proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
-        while time.time() < deadline:
-            time.sleep(0.5)
-            if (tmp_path / "optuna.db").exists():
-                try:
-                    running = load(tmp_path).get_trials(states=(TrialState.RUNNING,))
-                except (KeyError, Exception):
-                    continue
-                if running and "mlflow_run_id" in running[0].user_attrs:
-                    break
-        else:
-            pytest.fail("no trial started")
+        while (running := running_trial_with_run(tmp_path / "optuna.db")) is None:
+            assert time.time() < deadline, "no trial started"
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(0.2)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
+        proc.kill()
         proc.wait()
-    killed_number = running[0].number
-    killed_run_id = running[0].user_attrs["mlflow_run_id"]
+    killed_number, killed_run_id = running
 
     again = run_tune(tmp_path, "tune.n_trials=2")
     assert again.returncode == 0, again.stderr
     study = load(tmp_path)
     trials = {t.number: t for t in study.trials}
     assert trials[killed_number].state == TrialState.FAIL
-    retries = [t for t in study.trials if RetryFailedTrialCallback.retried_trial_number(t) == killed_number]
+    retries = [
+        t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed_number
+    ]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == trials[killed_number].params  # same config, retried
     assert [t.state for t in counted(study)] == [TrialState.COMPLETE] * 2  # exact budget
