@@ -41,10 +41,11 @@ PARAM_TYPES: tuple[str, ...] = ("float", "int", "categorical")
 REPARAMS: dict[str, str] = {
     "one_minus": "float x -> 1 - x; with log: true this is rl-zoo3's 1 - log-uniform",
     "pow2": "int k -> 2**k",
+    "pow2_two_layers": "int k -> [2**k, 2**k], two hidden layers of 2**k units (for net_arch)",
 }
 """Valid values of a parameter's ``reparam``, with what each one does."""
-_REPARAM_TYPE = {"one_minus": "float", "pow2": "int"}
-_REPARAM_PREFIX = {"one_minus": "one_minus_", "pow2": "log2_"}
+_REPARAM_TYPE = {"one_minus": "float", "pow2": "int", "pow2_two_layers": "int"}
+_REPARAM_PREFIX = {"one_minus": "one_minus_", "pow2": "log2_", "pow2_two_layers": "log2_width_"}
 _KEYS: dict[str, frozenset[str]] = {
     "float": frozenset({"type", "low", "high", "log", "step", "reparam"}),
     "int": frozenset({"type", "low", "high", "log", "step", "reparam"}),
@@ -133,7 +134,7 @@ class ParamSpec:
             raise ConfigError(f"{where}: low ({self.low!r}) must be < high ({self.high!r})")
         if self.log and self.low <= 0:
             raise ConfigError(f"{where}: log: true needs low > 0, got low={self.low!r}")
-        if self.reparam == "pow2" and self.low < 0:
+        if self.reparam in ("pow2", "pow2_two_layers") and self.low < 0:
             raise ConfigError(f"{where}: pow2 needs an exponent low >= 0 (2**k an integer), got {self.low!r}")
         if self.step is not None:
             if self.log:
@@ -220,6 +221,8 @@ class ParamSpec:
             return sampled
         if self.type == "int":
             k = int(sampled)
+            if self.reparam == "pow2_two_layers":
+                return [2**k, 2**k]
             return 2**k if self.reparam == "pow2" else k
         x = float(sampled)
         return 1.0 - x if self.reparam == "one_minus" else x
@@ -253,11 +256,15 @@ class ParamSpec:
                 if choice == value and isinstance(choice, bool) == isinstance(value, bool):
                     return choice
             raise ConfigError(f"{where}: {value!r} is not one of the choices {list(self.choices)!r}")
+        if self.type == "int" and self.reparam == "pow2_two_layers":
+            if not isinstance(value, list | tuple) or len(value) != 2 or value[0] != value[1]:
+                raise ConfigError(f"{where}: expected two equal layer widths, got {value!r}")
+            value = value[0]
         if self.type == "int":
             if not _is_number(value) or not math.isfinite(value) or value != int(value):
                 raise ConfigError(f"{where}: expected an integer, got {value!r}")
             k = int(value)
-            if self.reparam == "pow2":
+            if self.reparam in ("pow2", "pow2_two_layers"):
                 if k < 1 or k & (k - 1):
                     raise ConfigError(
                         f"{where}: {value!r} is not a power of two, so {self.optuna_name} cannot express it"

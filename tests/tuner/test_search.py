@@ -298,3 +298,15 @@ def test_base_values_are_used_for_the_bound_check() -> None:
 def test_unknown_algorithm_is_named() -> None:
     with pytest.raises(ConfigError, match="unknown algorithm 'foo'"):
         SearchSpace.from_config(_space({}, algo="foo"), "foo")
+
+
+def test_pow2_two_layers_maps_to_two_equal_hidden_layers_and_back() -> None:
+    from tuner.search import ParamSpec
+
+    spec = ParamSpec.from_mapping(
+        "net_arch", {"type": "int", "low": 6, "high": 9, "reparam": "pow2_two_layers"}
+    )
+    assert spec.optuna_name == "log2_width_net_arch"
+    assert spec.to_value(8) == [256, 256]
+    assert spec.to_sampled([256, 256]) == 8
+    assert spec.contains((64, 64)) and not spec.contains([1024, 1024]) and not spec.contains([64, 128])
