@@ -59,7 +59,7 @@ bench: $(BENCH_STAMP) ## throughput against Stable-Baselines3 (same hyperparamet
 bench-scores: install ## final eval return over 5 seeds for a preset: make bench-scores ARGS="experiment=ppo_cartpole"
 	$(PY) bench/scores.py $(ARGS)
 
-ui: install ## serve the MLflow UI for runs/mlflow.db on http://$(HOST):$(PORT)
+ui: install ## serve the MLflow UI for runs/mlflow.db on http://127.0.0.1:5000 (HOST=…, PORT=… to change)
 	mkdir -p runs
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host $(HOST) --port $(PORT) --workers 1
 
