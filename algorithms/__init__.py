@@ -13,6 +13,8 @@ from typing import Any
 from algorithms.common.errors import ConfigError, NonFiniteLossError, UnsupportedSpaceError
 from algorithms.common.types import Agent, Callback, EvalResult, TrainState
 from algorithms.ppo import PPO, PPOConfig
+from algorithms.sac import SAC, SACConfig
+from algorithms.td3 import TD3, TD3Config
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,11 @@ class AlgorithmSpec:
     agent_cls: type
 
 
-ALGORITHMS: dict[str, AlgorithmSpec] = {"ppo": AlgorithmSpec("ppo", PPOConfig, PPO)}
+ALGORITHMS: dict[str, AlgorithmSpec] = {
+    "ppo": AlgorithmSpec("ppo", PPOConfig, PPO),
+    "sac": AlgorithmSpec("sac", SACConfig, SAC),
+    "td3": AlgorithmSpec("td3", TD3Config, TD3),
+}
 
 
 def get_algorithm(name: str) -> AlgorithmSpec:
@@ -45,6 +51,8 @@ def build_config(name: str, values: dict[str, Any]) -> Any:
 __all__ = [
     "ALGORITHMS",
     "PPO",
+    "SAC",
+    "TD3",
     "Agent",
     "AlgorithmSpec",
     "Callback",
@@ -52,6 +60,8 @@ __all__ = [
     "EvalResult",
     "NonFiniteLossError",
     "PPOConfig",
+    "SACConfig",
+    "TD3Config",
     "TrainState",
     "UnsupportedSpaceError",
     "build_config",

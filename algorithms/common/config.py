@@ -37,6 +37,18 @@ def require_choice(name: str, value: object, choices: tuple[object, ...]) -> Non
         raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
 
 
+def require_int(name: str, value: object, minimum: int) -> None:
+    """Raise ConfigError unless ``value`` is an integer (not a bool) ``>= minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def require_net_arch(name: str, value: tuple[int, ...]) -> None:
+    """Raise ConfigError unless ``value`` is a non-empty sequence of positive integers."""
+    if not value or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in value):
+        raise ConfigError(f"{name} must be a non-empty list of positive integers, got {value!r}")
+
+
 def config_from_mapping(cls: type[ConfigT], values: Mapping[str, Any]) -> ConfigT:
     """Build the dataclass ``cls`` from ``values``, naming any unknown key and its closest field.
 

@@ -111,6 +111,50 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+class _NarrowHead(torch.autograd.Function):
+    """``bias + h @ weight`` for a batched layer with few outputs, (G, B, K) @ (G, K, O) → (G, B, O).
+
+    MKL's batched GEMM is pathologically slow when O (or the inner dimension of a gradient product) is
+    1 or 2: 140 µs instead of ~10 µs for (2, 256, 256) @ (2, 256, 1) on these CPUs. Computing the
+    transposed products, and the O = 1 input gradient as an outer product, gives the same values
+    (up to summation order) at a fraction of the cost.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.save_for_backward(h, weight)
+        return torch.bmm(weight.transpose(1, 2), h.transpose(1, 2)).transpose(1, 2) + bias
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        h, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        need_h, need_w, need_b = ctx.needs_input_grad  # type: ignore[attr-defined]
+        grad_h = grad_w = grad_b = None
+        if need_h:
+            if weight.shape[2] == 1:
+                grad_h = grad * weight.transpose(1, 2)  # outer product
+            else:
+                grad_h = torch.bmm(grad, weight.transpose(1, 2))
+        if need_w:
+            grad_w = torch.bmm(grad.transpose(1, 2), h).transpose(1, 2)
+        if need_b:
+            grad_b = grad.sum(1, keepdim=True)
+        return grad_h, grad_w, grad_b
+
+
+def narrow_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``torch.baddbmm(bias, h, weight)`` for an output layer with few columns, computed faster."""
+    return _NarrowHead.apply(h, weight, bias)
+
+
+NARROW_HEAD_MAX_OUT = 8
+"""Heads with at most this many outputs take the :class:`_NarrowHead` path when enabled."""
+
+
 class StackedMLP(nn.Module):
     """``G`` independent MLPs with the same hidden sizes, evaluated with one batched matmul per layer.
 
@@ -126,6 +170,8 @@ class StackedMLP(nn.Module):
         activation: hidden activation name.
         ortho_init: orthogonal init, gain √2 for hidden layers and ``out_gains[g]`` for member g's head.
         out_gains: head gain per member (0.01 for a policy head, 1 for a value head).
+        narrow_head: compute a head of at most ``NARROW_HEAD_MAX_OUT`` outputs with transposed
+            products (same function, much faster backward on CPU for Q-value and small action heads).
     """
 
     def __init__(
@@ -137,6 +183,7 @@ class StackedMLP(nn.Module):
         activation: str,
         ortho_init: bool,
         out_gains: Sequence[float],
+        narrow_head: bool = False,
     ) -> None:
         super().__init__()
         if len(out_dims) != n_members or len(out_gains) != n_members:
@@ -164,6 +211,7 @@ class StackedMLP(nn.Module):
             self.biases.append(nn.Parameter(bias))
         # Plain tuple of (weight, bias) pairs: indexing a ParameterList costs microseconds per access.
         self._layers = tuple(zip(self.weights, self.biases, strict=True))
+        self._narrow_head = narrow_head and max(out_dims) <= NARROW_HEAD_MAX_OUT
         self._numpy_act = NUMPY_ACTIVATIONS[activation]
         self._numpy_layers: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None
         self._numpy_ptr = 0
@@ -191,6 +239,8 @@ class StackedMLP(nn.Module):
         h = x.expand(self.n_members, *x.shape) if x.dim() == 2 else x
         last = len(self._layers) - 1
         for i, (weight, bias) in enumerate(self._layers):
+            if i == last and self._narrow_head:
+                return narrow_linear(h, weight, bias)
             h = torch.baddbmm(bias, h, weight)
             if i < last:
                 h = self.act(h)

@@ -286,3 +286,41 @@ def test_timeout_stops_claiming_trials_and_a_rerun_finishes_the_budget(tmp_path:
     assert 1 <= states.count(TrialState.COMPLETE) < 6 and TrialState.WAITING in states
     second = run_tune(tmp_path, "tune.n_trials=6", "tune.study_name=ppo_cartpole")
     assert second.returncode == 0, second.stderr
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_off_policy_algorithms_tune_with_their_own_search_space(tmp_path: Path, algo: str) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuner.tune",
+            f"algo={algo}",
+            "env=pendulum",
+            "algo.net_arch=[32,32]",
+            "algo.batch_size=64",
+            "~search.params.net_arch",
+            "~search.params.batch_size",
+            "~search.params.gradient_steps",
+            "tune.n_trials=2",
+            "tune.n_seeds=1",
+            "tune.budget_steps=400",
+            "tune.validate_seeds=0",
+            "env.eval.freq_steps=200",
+            "env.eval.n_episodes=1",
+            "sampler=random",
+            "sampler.seed=0",
+            "pruner=none",
+            f"paths.runs_dir={tmp_path}",
+            f"tune.export_dir={tmp_path}/conf/experiment",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    study = load(tmp_path, f"{algo}_pendulum")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert "tau" in study.trials[0].params and "one_minus_gamma" in study.trials[0].params

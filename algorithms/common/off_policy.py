@@ -1,0 +1,262 @@
+"""What SAC, TD3 (and later D3QN) share: action rescaling, Polyak averaging, evaluation and the
+off-policy training loop.
+
+The loop is one small object the agents compose, not a base class: :class:`OffPolicyRunner` owns the
+training envs, the replay buffer and the agent's only random generator, and :meth:`OffPolicyRunner.learn`
+steps the envs with the agent's exploration policy, stores transitions and calls the agent's update.
+Everything algorithm-specific (networks, losses, optimizers) stays in the algorithm's module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from algorithms.common.envs import EpisodeTracker, check_spaces, make_vec_env
+from algorithms.common.errors import ConfigError, UnsupportedSpaceError
+from algorithms.common.networks import StackedMLP
+from algorithms.common.optim import flatten_parameters
+from algorithms.common.replay import ReplayBuffer
+from algorithms.common.types import Callback, EvalResult, TrainState
+
+ITERATION_ENV_STEPS = 1000
+"""Env steps (over all envs) per training iteration, i.e. between two callbacks, at least."""
+
+
+# --- small pieces --------------------------------------------------------------------------------------
+def scale_action(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Map an action from the policy's [-1, 1] to the Box bounds [low, high] (affinely, per dimension)."""
+    return low + (action + 1.0) * (0.5 * (high - low))
+
+
+def unscale_action(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Map an action from the Box bounds [low, high] to the policy's [-1, 1]; inverse of scale_action."""
+    return 2.0 * (action - low) / (high - low) - 1.0
+
+
+@torch.no_grad()
+def polyak_update(target: torch.Tensor, source: torch.Tensor, tau: float) -> None:
+    """θ_target ← (1 − τ) θ_target + τ θ — one ``lerp_`` when both are flat parameter buffers."""
+    target.lerp_(source, tau)
+
+
+def make_twin_critic(obs_dim: int, act_dim: int, net_arch: Sequence[int], activation: str) -> StackedMLP:
+    """Q₁ and Q₂ as one two-member stacked MLP on the concatenated (s, a); output (2, B, 1).
+
+    nn.Linear's default initialisation, as SB3's off-policy networks.
+    """
+    return StackedMLP(2, obs_dim + act_dim, net_arch, (1, 1), activation, False, (1.0, 1.0), narrow_head=True)
+
+
+def make_target(
+    source_flat: torch.Tensor, build: Callable[[], StackedMLP]
+) -> tuple[StackedMLP, torch.Tensor]:
+    """A copy of the network behind ``source_flat`` (made by ``build()``, the same constructor call) whose
+    weights live in one flat, gradient-free buffer initialised from ``source_flat``."""
+    target = build()
+    target_flat = flatten_parameters(target.parameters())
+    target_flat.requires_grad_(False)
+    target_flat.grad = None
+    for p in target.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    if target_flat.shape != source_flat.shape:
+        raise ValueError("the target network's layout differs from the source's")
+    target_flat.data.copy_(source_flat.data)  # same construction order ⇒ same flat layout
+    return target, target_flat
+
+
+def supporting_algorithms(action_space: gym.Space) -> list[str]:
+    """Names of the registered algorithms whose agents accept ``action_space``'s type."""
+    import algorithms  # late import: the registry imports the algorithm modules that import this one
+
+    return sorted(
+        name
+        for name, spec in algorithms.ALGORITHMS.items()
+        if isinstance(action_space, spec.agent_cls.action_spaces)
+    )
+
+
+def evaluate_episodes(
+    envs: gym.vector.VectorEnv,
+    predict: Callable[[np.ndarray], np.ndarray],
+    n_episodes: int,
+    seed: int,
+) -> EvalResult:
+    """Run exactly ``n_episodes`` complete episodes, split evenly over the ``envs`` (reset with ``seed``)."""
+    n_envs = envs.num_envs
+    quota = np.array([(n_episodes + i) // n_envs for i in range(n_envs)])  # sums to n_episodes
+    returns: list[float] = []
+    lengths: list[int] = []
+    ep_return = np.zeros(n_envs)
+    ep_length = np.zeros(n_envs, dtype=np.int64)
+    done_count = np.zeros(n_envs, dtype=np.int64)
+    obs, _ = envs.reset(seed=seed)
+    while (done_count < quota).any():
+        obs, reward, terminated, truncated, _ = envs.step(predict(obs))
+        ep_return += reward
+        ep_length += 1
+        for i in np.flatnonzero(terminated | truncated):
+            if done_count[i] < quota[i]:
+                returns.append(float(ep_return[i]))
+                lengths.append(int(ep_length[i]))
+                done_count[i] += 1
+            ep_return[i], ep_length[i] = 0.0, 0
+    return EvalResult(returns=np.asarray(returns), lengths=np.asarray(lengths))
+
+
+# --- the loop --------------------------------------------------------------------------------------------
+class OffPolicyRunner:
+    """Training envs, replay buffer, random generator and step counter of one off-policy agent.
+
+    Args:
+        algo: display name for error messages (``"SAC"``).
+        env_id, n_envs, seed, vectorization, env_kwargs: as :func:`make_vec_env`.
+        action_spaces: the action-space types the algorithm supports.
+        buffer_size: replay capacity in transitions.
+    """
+
+    def __init__(
+        self,
+        algo: str,
+        env_id: str,
+        n_envs: int,
+        seed: int,
+        vectorization: str,
+        env_kwargs: Mapping[str, Any] | None,
+        action_spaces: tuple[type[gym.Space], ...],
+        buffer_size: int,
+    ) -> None:
+        self.env_id = env_id
+        self.seed = seed
+        self.env_kwargs = dict(env_kwargs or {})
+        self.envs = make_vec_env(env_id, n_envs, seed, vectorization, self.env_kwargs)
+        try:
+            action_space = self.envs.single_action_space
+            if not isinstance(action_space, action_spaces):
+                names = " or ".join(t.__name__ for t in action_spaces)
+                others = supporting_algorithms(action_space)
+                hint = (
+                    f"; for {type(action_space).__name__} actions use {' or '.join(others)}" if others else ""
+                )
+                raise UnsupportedSpaceError(
+                    f"{algo} supports {names} action spaces only; this environment has {action_space}{hint}"
+                )
+            check_spaces(algo, self.envs.single_observation_space, action_space, action_spaces)
+        except Exception:
+            self.envs.close()
+            raise
+        self.action_space: gym.spaces.Box = action_space
+        self.obs_dim = int(self.envs.single_observation_space.shape[0])
+        self.act_dim = int(action_space.shape[0])
+        self.low = action_space.low.astype(np.float64)
+        self.high = action_space.high.astype(np.float64)
+        self.n_envs = n_envs
+        self.buffer = ReplayBuffer(buffer_size, self.obs_dim, self.act_dim)
+        self.rng = np.random.default_rng(seed)  # exploration, replay sampling and target noise
+        self.num_steps = 0  # env steps over all envs
+        self.num_vec_steps = 0  # vectorised steps (calls of envs.step)
+        self._obs: np.ndarray | None = None
+        self._eval_envs: gym.vector.VectorEnv | None = None
+
+    def to_env_action(self, action: np.ndarray) -> np.ndarray:
+        """Policy-space actions in [-1, 1] → env actions within the bounds, in the space's dtype."""
+        env_action = scale_action(np.clip(action, -1.0, 1.0), self.low, self.high)
+        return env_action.astype(self.action_space.dtype, copy=False)
+
+    def learn(
+        self,
+        total_steps: int,
+        callback: Callback | None,
+        *,
+        learning_starts: int,
+        train_freq: int,
+        gradient_steps: int,
+        explore: Callable[[np.ndarray], np.ndarray],
+        train: Callable[[int], None],
+        pop_losses: Callable[[], dict[str, float]],
+    ) -> TrainState:
+        """Collect ``total_steps`` env steps (rounded up to whole vectorised steps) and train on the way.
+
+        Each vectorised step acts with ``explore(obs)`` (policy-space actions in [-1, 1]) once
+        ``learning_starts`` env steps have been taken, uniformly at random before, and stores the
+        transitions. Every ``train_freq`` vectorised steps after ``learning_starts``,
+        ``train(gradient_steps)`` runs the updates. An iteration — one callback — is
+        ``max(train_freq, ⌈1000 / n_envs⌉)`` vectorised steps; its losses come from ``pop_losses()``.
+        """
+        if total_steps < 1:
+            raise ConfigError(f"total_steps must be >= 1, got {total_steps}")
+        n_envs, act_dim = self.n_envs, self.act_dim
+        chunk = max(train_freq, -(-ITERATION_ENV_STEPS // n_envs))
+        if self._obs is None:
+            self._obs, _ = self.envs.reset(seed=self.seed)
+        obs = self._obs
+        tracker = EpisodeTracker(n_envs)
+        state = TrainState(step=self.num_steps, total_steps=total_steps)
+        start_steps, start_time = self.num_steps, time.perf_counter()
+        end_steps = self.num_steps + total_steps
+        envs, buffer, rng = self.envs, self.buffer, self.rng
+
+        while self.num_steps < end_steps and not state.stop_requested:
+            for _ in range(chunk):
+                if self.num_steps >= end_steps:
+                    break
+                if self.num_steps < learning_starts:
+                    action = rng.uniform(-1.0, 1.0, size=(n_envs, act_dim)).astype(np.float32)
+                else:
+                    action = explore(obs)
+                next_obs, reward, terminated, truncated, infos = envs.step(self.to_env_action(action))
+                done = terminated | truncated
+                tracker.update(reward, done)
+                real_next_obs = next_obs
+                if done.any():  # same-step autoreset: next_obs already starts the next episode
+                    real_next_obs = next_obs.copy()
+                    for i in np.flatnonzero(done):
+                        real_next_obs[i] = infos["final_obs"][i]
+                buffer.add(obs, action, reward, terminated, real_next_obs)
+                obs = next_obs
+                self.num_steps += n_envs
+                self.num_vec_steps += 1
+                if self.num_steps >= learning_starts and self.num_vec_steps % train_freq == 0:
+                    train(gradient_steps)
+            self._obs = obs
+
+            state.step = self.num_steps
+            state.iteration += 1
+            state.episode_returns, state.episode_lengths = tracker.pop()
+            state.losses = pop_losses()
+            state.sps = (self.num_steps - start_steps) / max(time.perf_counter() - start_time, 1e-9)
+            if callback is not None:
+                callback(state)
+        return state
+
+    def evaluate(
+        self, predict: Callable[[np.ndarray], np.ndarray], n_episodes: int, seed: int, n_envs: int = 4
+    ) -> EvalResult:
+        """``n_episodes`` episodes on separate evaluation envs (kept between calls), as PPO evaluates."""
+        if n_episodes < 1:
+            raise ConfigError(f"n_episodes must be >= 1, got {n_episodes}")
+        n_envs = min(n_envs, n_episodes)
+        if self._eval_envs is None or self._eval_envs.num_envs != n_envs:
+            if self._eval_envs is not None:
+                self._eval_envs.close()
+            self._eval_envs = make_vec_env(self.env_id, n_envs, seed, "sync", self.env_kwargs)
+        return evaluate_episodes(self._eval_envs, predict, n_episodes, seed)
+
+    def close(self) -> None:
+        """Close the training and evaluation envs."""
+        self.envs.close()
+        if self._eval_envs is not None:
+            self._eval_envs.close()
+
+
+def stats_to_dict(stats: list[torch.Tensor], keys: tuple[str, ...]) -> dict[str, float]:
+    """Mean over updates of per-update stat vectors (stacked at the end: no ``.item()`` per update)."""
+    if not stats:
+        return {}
+    return dict(zip(keys, torch.stack(stats).mean(0).tolist(), strict=True))

@@ -1,0 +1,427 @@
+"""Soft Actor-Critic (Haarnoja et al. 2018, "SAC: Algorithms and Applications", with a learned
+temperature α) for continuous (Box) actions.
+
+Reads top to bottom like the paper: the config, the squashed-Gaussian policy and its log-density
+(the twin soft-Q critics are the shared ``make_twin_critic``), then the agent — act with a sampled
+action, store the transition, and per gradient step: regress both critics on the soft Bellman target
+from the target critics, improve the policy against the smaller Q, adjust α towards the target
+entropy, and Polyak-average the target.
+Names follow CleanRL (``qf_loss``, ``log_alpha``); default hyperparameters follow Stable-Baselines3.
+
+Speed, without changing the algorithm: both critics are one two-member :class:`StackedMLP` (and so
+are the target critics); each optimised group (actor, critics, log α) lives in one flat buffer with
+:class:`FlatAdam`; the target update is one ``lerp_``; the policy step computes no critic-weight
+gradients; acting runs in numpy on zero-copy views of the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from algorithms.common.config import (
+    config_from_mapping,
+    require_choice,
+    require_in_range,
+    require_int,
+    require_net_arch,
+    require_positive,
+)
+from algorithms.common.errors import ConfigError, NonFiniteLossError
+from algorithms.common.networks import StackedMLP, activation_fn
+from algorithms.common.off_policy import (
+    OffPolicyRunner,
+    make_target,
+    make_twin_critic,
+    polyak_update,
+    stats_to_dict,
+)
+from algorithms.common.optim import FlatAdam, flatten_parameters
+from algorithms.common.types import Callback, EvalResult, TrainState
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+LOG_2 = math.log(2.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Hyperparameters
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SACConfig:
+    """SAC hyperparameters. Defaults are Stable-Baselines3's; invalid values raise ConfigError at once."""
+
+    learning_rate: float = 3e-4
+    """Adam step size of every optimizer not overridden below (and always of α). Typical 1e-4 … 1e-3
+    (log scale)."""
+    actor_learning_rate: float | None = None
+    """Adam step size of the policy (None: ``learning_rate``)."""
+    critic_learning_rate: float | None = None
+    """Adam step size of the twin critics (None: ``learning_rate``)."""
+    buffer_size: int = 1_000_000
+    """Replay capacity in transitions. Typical 1e4 … 1e6."""
+    learning_starts: int = 100
+    """Env steps of uniformly random actions before the first update. Typical 100 … 10 000."""
+    batch_size: int = 256
+    """Transitions per gradient step. Typical 64 … 512."""
+    tau: float = 0.005
+    """Polyak coefficient of the target update, in (0, 1]: θ' ← (1 − τ) θ' + τ θ. Typical 0.001 … 0.05."""
+    gamma: float = 0.99
+    """Discount factor in [0, 1]. Typical 0.9 … 0.999."""
+    train_freq: int = 1
+    """Vectorised env steps between two training phases (each is ``n_envs`` env steps). Typical 1 … 64."""
+    gradient_steps: int = 1
+    """Gradient steps per training phase. Typical 1 … 64 (often = train_freq · n_envs)."""
+    ent_coef: str | float = "auto"
+    """Entropy temperature α: ``"auto"`` learns it towards the target entropy; a float > 0 fixes it.
+    Typical fixed values 0.001 … 0.5. ``"auto_0.1"`` (SB3's form) learns it starting at 0.1."""
+    init_ent_coef: float = 1.0
+    """Initial α when learned, > 0. Typical 0.01 … 1."""
+    target_entropy_scale: float = 1.0
+    """The learned α aims at entropy −scale · dim(A) nats. Typical 0.25 … 2."""
+    target_update_interval: int = 1
+    """Gradient steps between two Polyak updates of the target critics. Typical 1 … 8."""
+    net_arch: tuple[int, ...] = (256, 256)
+    """Hidden layer sizes of the policy and of each critic."""
+    activation: str = "relu"
+    """Hidden activation: relu, tanh, elu or gelu."""
+    n_envs: int = 1
+    """Parallel training environments. Typical 1 … 16."""
+    vectorization: str = "sync"
+    """How the training envs run: ``sync`` (one process) or ``async`` (one subprocess per env)."""
+    log_std_min: float = -20.0
+    """Lower clamp of the policy's log standard deviation (before the tanh squashing)."""
+    log_std_max: float = 2.0
+    """Upper clamp of the policy's log standard deviation, > ``log_std_min``."""
+
+    def __post_init__(self) -> None:
+        require_positive("learning_rate", self.learning_rate)
+        for name in ("actor_learning_rate", "critic_learning_rate"):
+            value = getattr(self, name)
+            if value is not None:
+                require_positive(name, value)
+        require_int("buffer_size", self.buffer_size, 1)
+        require_int("learning_starts", self.learning_starts, 0)
+        require_int("batch_size", self.batch_size, 1)
+        require_int("train_freq", self.train_freq, 1)
+        require_int("gradient_steps", self.gradient_steps, 0)
+        require_int("target_update_interval", self.target_update_interval, 1)
+        require_int("n_envs", self.n_envs, 1)
+        require_in_range("tau", self.tau, 0.0, 1.0)
+        require_positive("tau", self.tau)
+        require_in_range("gamma", self.gamma, 0.0, 1.0)
+        self.initial_log_alpha()  # validates ent_coef / init_ent_coef
+        require_positive("target_entropy_scale", self.target_entropy_scale)
+        if not self.log_std_min < self.log_std_max:
+            raise ConfigError(
+                f"log_std_min ({self.log_std_min}) must be smaller than log_std_max ({self.log_std_max})"
+            )
+        require_net_arch("net_arch", self.net_arch)
+        activation_fn(self.activation)
+        require_choice("vectorization", self.vectorization, ("sync", "async"))
+
+    @property
+    def learn_ent_coef(self) -> bool:
+        """Whether α is learned (``ent_coef`` is ``"auto"`` or ``"auto_<init>"``)."""
+        return isinstance(self.ent_coef, str) and self.ent_coef.startswith("auto")
+
+    def initial_log_alpha(self) -> float:
+        """log α at the start: from ``init_ent_coef`` (or ``auto_<x>``) when learned, else the fixed α."""
+        value: object = self.ent_coef
+        error = f"ent_coef must be 'auto', 'auto_<float>' or a float > 0, got {value!r}"
+        if isinstance(value, str):
+            text = value[5:] if value.startswith("auto_") else value
+            if value == "auto":
+                init = self.init_ent_coef
+            else:
+                try:
+                    init = float(text)  # "auto_0.1", or a fixed α that arrived as text
+                except ValueError:
+                    raise ConfigError(error) from None
+            name = "init_ent_coef" if value.startswith("auto") else "ent_coef"
+            require_positive(name, init)
+            return math.log(init)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(error)
+        require_positive("ent_coef", value)
+        return math.log(value)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SACConfig:
+        """Build from a mapping (e.g. a Hydra node), naming any unknown key."""
+        return config_from_mapping(cls, values)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. Squashed Gaussian policy
+# ----------------------------------------------------------------------------------------------------
+def squashed_gaussian(
+    mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reparameterised a = tanh(u), u = mean + σ·noise, and log π(a) summed over action dimensions.
+
+    The change of variables gives log π(a) = log N(u; mean, σ) − Σ log(1 − tanh(u)²), and
+    log(1 − tanh(u)²) = 2 (log 2 − u − softplus(−2u)) holds exactly and stays finite for large |u|.
+    """
+    u = mean + log_std.exp() * noise
+    log_prob = (-0.5 * noise.pow(2) - log_std - LOG_SQRT_2PI).sum(-1)
+    log_prob = log_prob - (2.0 * (LOG_2 - u - F.softplus(-2.0 * u))).sum(-1)
+    return torch.tanh(u), log_prob
+
+
+class Actor:
+    """π(a|s): an MLP to the mean and log-std of u; actions are a = tanh(u) ∈ (−1, 1)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, config: SACConfig) -> None:
+        self.act_dim = act_dim
+        self.log_std_min, self.log_std_max = config.log_std_min, config.log_std_max
+        # One member, nn.Linear's initialisation (as SB3's off-policy networks).
+        self.net = StackedMLP(
+            1, obs_dim, config.net_arch, (2 * act_dim,), config.activation, False, (1.0,), narrow_head=True
+        )
+
+    def __call__(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampled actions and their log-probabilities (differentiable in the weights)."""
+        out = self.net(obs)[0]
+        mean, log_std = out[:, : self.act_dim], out[:, self.act_dim :]
+        return squashed_gaussian(mean, log_std.clamp(self.log_std_min, self.log_std_max), noise)
+
+    def act_numpy(self, obs: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        """Actions for acting, in numpy: tanh(mean) when ``rng`` is None, else a sample."""
+        out = self.net.forward_numpy(obs.astype(np.float32, copy=False))[0]
+        u = out[:, : self.act_dim]
+        if rng is not None:
+            log_std = np.clip(out[:, self.act_dim :], self.log_std_min, self.log_std_max)
+            u = u + np.exp(log_std) * rng.standard_normal(u.shape, dtype=np.float32)
+        return np.tanh(u)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. The agent
+# ----------------------------------------------------------------------------------------------------
+class SAC:
+    """A SAC agent bound to one environment id, one config and one seed.
+
+    Training envs are created here; evaluation runs on separate envs seeded per call. Same config and
+    seed on CPU give a bit-identical learning curve.
+    """
+
+    algorithm = "sac"
+    action_spaces: tuple[type[gym.Space], ...] = (gym.spaces.Box,)
+    loss_keys = ("critic_loss", "actor_loss", "ent_coef", "ent_coef_loss", "entropy")
+
+    def __init__(
+        self,
+        env_id: str,
+        config: SACConfig,
+        seed: int = 0,
+        env_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.env_id = env_id
+        self.config = config
+        self.seed = seed
+        self.env_kwargs = dict(env_kwargs or {})
+        self.runner = OffPolicyRunner(
+            "SAC",
+            env_id,
+            config.n_envs,
+            seed,
+            config.vectorization,
+            self.env_kwargs,
+            self.action_spaces,
+            config.buffer_size,
+        )
+        obs_dim, act_dim = self.runner.obs_dim, self.runner.act_dim
+        torch.manual_seed(seed)  # network initialisation
+        self.actor = Actor(obs_dim, act_dim, config)
+        self.critic = make_twin_critic(obs_dim, act_dim, config.net_arch, config.activation)
+        self.actor_flat = flatten_parameters(self.actor.net.parameters())
+        self.critic_flat = flatten_parameters(self.critic.parameters())
+        self.critic_target, self.critic_target_flat = make_target(
+            self.critic_flat,
+            lambda: make_twin_critic(obs_dim, act_dim, config.net_arch, config.activation),
+        )
+        self._actor_params = list(self.actor.net.parameters())
+        self.actor_optimizer = FlatAdam(
+            self.actor_flat, lr=config.actor_learning_rate or config.learning_rate
+        )
+        self.critic_optimizer = FlatAdam(
+            self.critic_flat, lr=config.critic_learning_rate or config.learning_rate
+        )
+        # log α: learned with its own Adam when ent_coef is "auto", else a constant.
+        self.log_alpha = torch.nn.Parameter(torch.tensor([config.initial_log_alpha()]))
+        self.log_alpha.grad = torch.zeros(1)
+        self.alpha_optimizer = FlatAdam(self.log_alpha, lr=config.learning_rate)
+        self.target_entropy = -config.target_entropy_scale * act_dim
+        self.n_updates = 0
+        self._stats: list[torch.Tensor] = []
+
+    @property
+    def num_steps(self) -> int:
+        """Env steps taken so far, over all training envs."""
+        return self.runner.num_steps
+
+    # --- acting ---------------------------------------------------------------------------------
+    def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """Env actions for a batch of observations: tanh of the mean, or a policy sample."""
+        action = self.actor.act_numpy(np.asarray(obs), None if deterministic else self.runner.rng)
+        return self.runner.to_env_action(action)
+
+    def _explore(self, obs: np.ndarray) -> np.ndarray:
+        return self.actor.act_numpy(obs, self.runner.rng)
+
+    # --- training -------------------------------------------------------------------------------
+    def learn(self, total_steps: int, callback: Callback | None = None) -> TrainState:
+        """Train for ``total_steps`` env steps (rounded up to whole vectorised steps).
+
+        ``callback`` is called after every iteration (about 1000 env steps) with the live
+        :class:`TrainState`; it may call ``state.request_stop()``. Raises NonFiniteLossError when a
+        loss becomes NaN or infinite.
+        """
+        cfg = self.config
+        return self.runner.learn(
+            total_steps,
+            callback,
+            learning_starts=cfg.learning_starts,
+            train_freq=cfg.train_freq,
+            gradient_steps=cfg.gradient_steps,
+            explore=self._explore,
+            train=self._train,
+            pop_losses=self._pop_losses,
+        )
+
+    def _train(self, gradient_steps: int) -> None:
+        """``gradient_steps`` SAC updates, each on a fresh minibatch from the replay buffer."""
+        cfg = self.config
+        rng, buffer = self.runner.rng, self.runner.buffer
+        critic, critic_target, actor = self.critic, self.critic_target, self.actor
+        for _ in range(gradient_steps):
+            b = buffer.sample(cfg.batch_size, rng)
+            noise = torch.from_numpy(
+                rng.standard_normal((2, cfg.batch_size, self.runner.act_dim), np.float32)
+            )
+            alpha = self.log_alpha.detach()[0].exp()
+
+            # Soft Bellman target from the target critics:
+            # y = r + γ (1 − d) (min_i Q'_i(s', a') − α log π(a'|s')),  a' ~ π(·|s').
+            with torch.no_grad():
+                next_actions, next_log_prob = actor(b.next_observations, noise[1])
+                next_q = critic_target(torch.cat((b.next_observations, next_actions), 1)).amin(0)[:, 0]
+                next_q = next_q - alpha * next_log_prob
+                target_q = b.rewards + cfg.gamma * (1.0 - b.terminated) * next_q
+
+            # Critic step: both Q's regress on y (SB3's ½ Σ MSE).
+            qf = critic(b.obs_actions)[:, :, 0]
+            qf_loss = 0.5 * (qf - target_q).pow(2).mean(1).sum()
+            qf_loss.backward()
+            self.critic_optimizer.step()
+
+            # Policy step: minimise E[α log π(a|s) − min Q(s, a)], a ~ π reparameterised. Only the
+            # actor's gradient is computed; the critic passes gradients to the action, not its weights.
+            pi_actions, log_prob = actor(b.observations, noise[0])
+            min_q_pi = critic(torch.cat((b.observations, pi_actions), 1)).amin(0)[:, 0]
+            actor_loss = (alpha * log_prob - min_q_pi).mean()
+            actor_loss.backward(inputs=self._actor_params)
+            self.actor_optimizer.step()
+
+            # Temperature step on log α: loss −log α · (log π + H̄), so its gradient is −(E log π + H̄).
+            entropy_gap = log_prob.detach().mean() + self.target_entropy
+            if cfg.learn_ent_coef:
+                self.log_alpha.grad.copy_(-entropy_gap)
+                self.alpha_optimizer.step()
+
+            self.n_updates += 1
+            if self.n_updates % cfg.target_update_interval == 0:
+                polyak_update(self.critic_target_flat, self.critic_flat, cfg.tau)
+
+            stats = torch.stack(
+                (
+                    qf_loss.detach(),
+                    actor_loss.detach(),
+                    alpha,
+                    -alpha.log() * entropy_gap,
+                    -entropy_gap + self.target_entropy,
+                )
+            )
+            if not bool(torch.isfinite(stats[:2]).all()):
+                name = "critic_loss" if not bool(torch.isfinite(qf_loss)) else "actor_loss"
+                raise NonFiniteLossError(name, self.runner.num_steps)
+            self._stats.append(stats)
+
+    def _pop_losses(self) -> dict[str, float]:
+        losses = stats_to_dict(self._stats, self.loss_keys)
+        self._stats = []
+        return losses
+
+    # --- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, n_episodes: int, seed: int, deterministic: bool = True, n_envs: int = 4) -> EvalResult:
+        """Run ``n_episodes`` complete episodes on separate evaluation envs seeded with ``seed``.
+
+        Episodes are split evenly across ``min(n_envs, n_episodes)`` envs, so the result depends only
+        on the policy, ``seed`` and these counts.
+        """
+        return self.runner.evaluate(lambda obs: self.predict(obs, deterministic), n_episodes, seed, n_envs)
+
+    # --- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write weights, target weights, optimizer states, log α and the config to ``path``.
+
+        The replay buffer is not saved.
+        """
+        payload: dict[str, Any] = {
+            "algorithm": self.algorithm,
+            "env_id": self.env_id,
+            "env_kwargs": self.env_kwargs,
+            "config": dataclasses.asdict(self.config),
+            "seed": self.seed,
+            "num_steps": self.runner.num_steps,
+            "num_vec_steps": self.runner.num_vec_steps,
+            "n_updates": self.n_updates,
+            "actor": self.actor_flat.detach().clone(),
+            "critic": self.critic_flat.detach().clone(),
+            "critic_target": self.critic_target_flat.detach().clone(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "alpha_optimizer": self.alpha_optimizer.state_dict(),
+        }
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, path)
+
+    @classmethod
+    def load(cls, path: str | Path, seed: int | None = None) -> SAC:
+        """Rebuild an agent saved by :meth:`save` (safe loading: tensors and plain data only)."""
+        payload = torch.load(path, weights_only=True)
+        config = SACConfig.from_dict(payload["config"])
+        agent = cls(
+            payload["env_id"], config, payload["seed"] if seed is None else seed, payload["env_kwargs"]
+        )
+        with torch.no_grad():
+            agent.actor_flat.copy_(payload["actor"])
+            agent.critic_flat.copy_(payload["critic"])
+            agent.critic_target_flat.copy_(payload["critic_target"])
+            agent.log_alpha.copy_(payload["log_alpha"])
+        agent.actor_optimizer.load_state_dict(payload["actor_optimizer"])
+        agent.critic_optimizer.load_state_dict(payload["critic_optimizer"])
+        agent.alpha_optimizer.load_state_dict(payload["alpha_optimizer"])
+        agent.runner.num_steps = int(payload["num_steps"])
+        agent.runner.num_vec_steps = int(payload["num_vec_steps"])
+        agent.n_updates = int(payload["n_updates"])
+        return agent
+
+    def close(self) -> None:
+        """Close the training and evaluation envs."""
+        self.runner.close()
+
+    def __enter__(self) -> SAC:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

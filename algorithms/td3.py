@@ -1,0 +1,332 @@
+"""Twin Delayed DDPG (Fujimoto et al. 2018, "Addressing Function Approximation Error in Actor-Critic
+Methods") for continuous (Box) actions.
+
+Reads top to bottom like the paper: the config, the deterministic tanh actor and the twin critics,
+then the agent — act with the actor plus Gaussian exploration noise, store the transition, and per
+gradient step regress both critics on the clipped double-Q target with target policy smoothing; every
+``policy_delay`` steps improve the actor against Q₁ and Polyak-average both targets. Names follow
+CleanRL (``qf_loss``, ``actor_loss``); default hyperparameters follow Stable-Baselines3.
+
+Speed, without changing the algorithm: the twin critics are one two-member :class:`StackedMLP`, each
+optimised network is one flat buffer with :class:`FlatAdam`, target updates are one ``lerp_`` each,
+the actor step evaluates Q₁ only and computes no critic-weight gradients, and acting runs in numpy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from algorithms.common.config import (
+    config_from_mapping,
+    require_choice,
+    require_in_range,
+    require_int,
+    require_net_arch,
+    require_positive,
+)
+from algorithms.common.errors import NonFiniteLossError
+from algorithms.common.networks import StackedMLP, activation_fn, narrow_linear
+from algorithms.common.off_policy import (
+    OffPolicyRunner,
+    make_target,
+    make_twin_critic,
+    polyak_update,
+    stats_to_dict,
+)
+from algorithms.common.optim import FlatAdam, flatten_parameters
+from algorithms.common.types import Callback, EvalResult, TrainState
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Hyperparameters
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TD3Config:
+    """TD3 hyperparameters. Defaults are Stable-Baselines3's; invalid values raise ConfigError at once."""
+
+    learning_rate: float = 1e-3
+    """Adam step size of the actor and the critics. Typical 1e-4 … 1e-3 (log scale)."""
+    buffer_size: int = 1_000_000
+    """Replay capacity in transitions. Typical 1e4 … 1e6."""
+    learning_starts: int = 100
+    """Env steps of uniformly random actions before the first update. Typical 100 … 25 000."""
+    batch_size: int = 256
+    """Transitions per gradient step. Typical 64 … 512."""
+    tau: float = 0.005
+    """Polyak coefficient of the target updates, in (0, 1]. Typical 0.001 … 0.05."""
+    gamma: float = 0.99
+    """Discount factor in [0, 1]. Typical 0.9 … 0.999."""
+    train_freq: int = 1
+    """Vectorised env steps between two training phases (each is ``n_envs`` env steps). Typical 1 … 64."""
+    gradient_steps: int = 1
+    """Gradient steps per training phase. Typical 1 … 64."""
+    policy_delay: int = 2
+    """Critic steps per actor (and target) step. Typical 1 … 4."""
+    target_policy_noise: float = 0.2
+    """Std of the Gaussian smoothing noise added to target actions, in the policy's [-1, 1] units, ≥ 0.
+    Typical 0.1 … 0.5."""
+    target_noise_clip: float = 0.5
+    """The smoothing noise is clipped to ±this, ≥ 0. Typical 0.3 … 1."""
+    exploration_noise: float = 0.1
+    """Std of the Gaussian exploration noise, as a fraction of the action range's half-width (i.e. in
+    the policy's [-1, 1] units), ≥ 0. Typical 0.05 … 0.5."""
+    net_arch: tuple[int, ...] = (400, 300)
+    """Hidden layer sizes of the actor and of each critic."""
+    activation: str = "relu"
+    """Hidden activation: relu, tanh, elu or gelu."""
+    n_envs: int = 1
+    """Parallel training environments. Typical 1 … 16."""
+    vectorization: str = "sync"
+    """How the training envs run: ``sync`` (one process) or ``async`` (one subprocess per env)."""
+
+    def __post_init__(self) -> None:
+        require_positive("learning_rate", self.learning_rate)
+        require_int("buffer_size", self.buffer_size, 1)
+        require_int("learning_starts", self.learning_starts, 0)
+        require_int("batch_size", self.batch_size, 1)
+        require_int("train_freq", self.train_freq, 1)
+        require_int("gradient_steps", self.gradient_steps, 0)
+        require_int("policy_delay", self.policy_delay, 1)
+        require_int("n_envs", self.n_envs, 1)
+        require_in_range("tau", self.tau, 0.0, 1.0)
+        require_positive("tau", self.tau)
+        require_in_range("gamma", self.gamma, 0.0, 1.0)
+        for name in ("target_policy_noise", "target_noise_clip", "exploration_noise"):
+            require_in_range(name, getattr(self, name), 0.0, float("inf"))
+        require_net_arch("net_arch", self.net_arch)
+        activation_fn(self.activation)
+        require_choice("vectorization", self.vectorization, ("sync", "async"))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TD3Config:
+        """Build from a mapping (e.g. a Hydra node), naming any unknown key."""
+        return config_from_mapping(cls, values)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. Deterministic actor (the twin critics are the shared ``make_twin_critic``)
+# ----------------------------------------------------------------------------------------------------
+def make_actor(obs_dim: int, act_dim: int, net_arch: tuple[int, ...], activation: str) -> StackedMLP:
+    """μ(s) before the tanh: a one-member stacked MLP, nn.Linear's initialisation (as SB3)."""
+    return StackedMLP(1, obs_dim, net_arch, (act_dim,), activation, False, (1.0,), narrow_head=True)
+
+
+def first_member(net: StackedMLP, x: torch.Tensor) -> torch.Tensor:
+    """Member 0 of a stacked MLP alone (Q₁ of the twin critic), shape (B, out)."""
+    h = x.unsqueeze(0)
+    layers = list(zip(net.weights, net.biases, strict=True))
+    for weight, bias in layers[:-1]:
+        h = net.act(torch.baddbmm(bias[:1], h, weight[:1]))
+    weight, bias = layers[-1]
+    return narrow_linear(h, weight[:1], bias[:1])[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. The agent
+# ----------------------------------------------------------------------------------------------------
+class TD3:
+    """A TD3 agent bound to one environment id, one config and one seed.
+
+    Training envs are created here; evaluation runs on separate envs seeded per call. Same config and
+    seed on CPU give a bit-identical learning curve.
+    """
+
+    algorithm = "td3"
+    action_spaces: tuple[type[gym.Space], ...] = (gym.spaces.Box,)
+    critic_keys = ("critic_loss",)
+    actor_keys = ("actor_loss",)
+
+    def __init__(
+        self,
+        env_id: str,
+        config: TD3Config,
+        seed: int = 0,
+        env_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.env_id = env_id
+        self.config = config
+        self.seed = seed
+        self.env_kwargs = dict(env_kwargs or {})
+        self.runner = OffPolicyRunner(
+            "TD3",
+            env_id,
+            config.n_envs,
+            seed,
+            config.vectorization,
+            self.env_kwargs,
+            self.action_spaces,
+            config.buffer_size,
+        )
+        obs_dim, act_dim = self.runner.obs_dim, self.runner.act_dim
+        arch, act = config.net_arch, config.activation
+        torch.manual_seed(seed)  # network initialisation
+        self.actor = make_actor(obs_dim, act_dim, arch, act)
+        self.critic = make_twin_critic(obs_dim, act_dim, arch, act)
+        self.actor_flat = flatten_parameters(self.actor.parameters())
+        self.critic_flat = flatten_parameters(self.critic.parameters())
+        self.actor_target, self.actor_target_flat = make_target(
+            self.actor_flat, lambda: make_actor(obs_dim, act_dim, arch, act)
+        )
+        self.critic_target, self.critic_target_flat = make_target(
+            self.critic_flat, lambda: make_twin_critic(obs_dim, act_dim, arch, act)
+        )
+        self._actor_params = list(self.actor.parameters())
+        self.actor_optimizer = FlatAdam(self.actor_flat, lr=config.learning_rate)
+        self.critic_optimizer = FlatAdam(self.critic_flat, lr=config.learning_rate)
+        self.n_updates = 0
+        self._critic_stats: list[torch.Tensor] = []
+        self._actor_stats: list[torch.Tensor] = []
+
+    @property
+    def num_steps(self) -> int:
+        """Env steps taken so far, over all training envs."""
+        return self.runner.num_steps
+
+    # --- acting ---------------------------------------------------------------------------------
+    def _act(self, obs: np.ndarray) -> np.ndarray:
+        return np.tanh(self.actor.forward_numpy(np.asarray(obs).astype(np.float32, copy=False))[0])
+
+    def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """Env actions for a batch of observations: μ(s), plus exploration noise unless deterministic."""
+        return self.runner.to_env_action(self._act(obs) if deterministic else self._explore(obs))
+
+    def _explore(self, obs: np.ndarray) -> np.ndarray:
+        action = self._act(obs)
+        noise = self.runner.rng.standard_normal(action.shape, dtype=np.float32)
+        return np.clip(action + self.config.exploration_noise * noise, -1.0, 1.0)
+
+    # --- training -------------------------------------------------------------------------------
+    def learn(self, total_steps: int, callback: Callback | None = None) -> TrainState:
+        """Train for ``total_steps`` env steps (rounded up to whole vectorised steps).
+
+        ``callback`` is called after every iteration (about 1000 env steps) with the live
+        :class:`TrainState`; it may call ``state.request_stop()``. Raises NonFiniteLossError when a
+        loss becomes NaN or infinite.
+        """
+        cfg = self.config
+        return self.runner.learn(
+            total_steps,
+            callback,
+            learning_starts=cfg.learning_starts,
+            train_freq=cfg.train_freq,
+            gradient_steps=cfg.gradient_steps,
+            explore=self._explore,
+            train=self._train,
+            pop_losses=self._pop_losses,
+        )
+
+    def _train(self, gradient_steps: int) -> None:
+        """``gradient_steps`` critic updates, with an actor and target update every ``policy_delay``."""
+        cfg = self.config
+        rng, buffer = self.runner.rng, self.runner.buffer
+        for _ in range(gradient_steps):
+            self.n_updates += 1
+            b = buffer.sample(cfg.batch_size, rng)
+
+            # Clipped double-Q target with target policy smoothing:
+            # y = r + γ (1 − d) min_i Q'_i(s', clip(μ'(s') + clip(ε, −c, c), −1, 1)),  ε ~ N(0, σ̃²).
+            with torch.no_grad():
+                noise = torch.from_numpy(
+                    rng.standard_normal((cfg.batch_size, self.runner.act_dim), np.float32)
+                )
+                noise = (noise * cfg.target_policy_noise).clamp_(
+                    -cfg.target_noise_clip, cfg.target_noise_clip
+                )
+                next_actions = (torch.tanh(self.actor_target(b.next_observations)[0]) + noise).clamp_(
+                    -1.0, 1.0
+                )
+                next_q = self.critic_target(torch.cat((b.next_observations, next_actions), 1)).amin(0)[:, 0]
+                target_q = b.rewards + cfg.gamma * (1.0 - b.terminated) * next_q
+
+            qf = self.critic(b.obs_actions)[:, :, 0]
+            qf_loss = (qf - target_q).pow(2).mean(1).sum()  # SB3: Σ_i MSE(Q_i, y)
+            if not bool(torch.isfinite(qf_loss)):
+                raise NonFiniteLossError("critic_loss", self.runner.num_steps)
+            qf_loss.backward()
+            self.critic_optimizer.step()
+            self._critic_stats.append(qf_loss.detach().unsqueeze(0))
+
+            # Delayed policy update: maximise Q₁(s, μ(s)); gradients for the actor's weights only.
+            if self.n_updates % cfg.policy_delay == 0:
+                pi_actions = torch.tanh(self.actor(b.observations)[0])
+                actor_loss = -first_member(self.critic, torch.cat((b.observations, pi_actions), 1)).mean()
+                if not bool(torch.isfinite(actor_loss)):
+                    raise NonFiniteLossError("actor_loss", self.runner.num_steps)
+                actor_loss.backward(inputs=self._actor_params)
+                self.actor_optimizer.step()
+                self._actor_stats.append(actor_loss.detach().unsqueeze(0))
+                polyak_update(self.critic_target_flat, self.critic_flat, cfg.tau)
+                polyak_update(self.actor_target_flat, self.actor_flat, cfg.tau)
+
+    def _pop_losses(self) -> dict[str, float]:
+        losses = stats_to_dict(self._critic_stats, self.critic_keys) | stats_to_dict(
+            self._actor_stats, self.actor_keys
+        )
+        self._critic_stats, self._actor_stats = [], []
+        return losses
+
+    # --- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, n_episodes: int, seed: int, deterministic: bool = True, n_envs: int = 4) -> EvalResult:
+        """Run ``n_episodes`` complete episodes on separate evaluation envs seeded with ``seed``.
+
+        Episodes are split evenly across ``min(n_envs, n_episodes)`` envs, so the result depends only
+        on the policy, ``seed`` and these counts.
+        """
+        return self.runner.evaluate(lambda obs: self.predict(obs, deterministic), n_episodes, seed, n_envs)
+
+    # --- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write weights, target weights, optimizer states and the config to ``path`` (not the buffer)."""
+        payload: dict[str, Any] = {
+            "algorithm": self.algorithm,
+            "env_id": self.env_id,
+            "env_kwargs": self.env_kwargs,
+            "config": dataclasses.asdict(self.config),
+            "seed": self.seed,
+            "num_steps": self.runner.num_steps,
+            "num_vec_steps": self.runner.num_vec_steps,
+            "n_updates": self.n_updates,
+            "actor": self.actor_flat.detach().clone(),
+            "actor_target": self.actor_target_flat.detach().clone(),
+            "critic": self.critic_flat.detach().clone(),
+            "critic_target": self.critic_target_flat.detach().clone(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+        }
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, path)
+
+    @classmethod
+    def load(cls, path: str | Path, seed: int | None = None) -> TD3:
+        """Rebuild an agent saved by :meth:`save` (safe loading: tensors and plain data only)."""
+        payload = torch.load(path, weights_only=True)
+        config = TD3Config.from_dict(payload["config"])
+        agent = cls(
+            payload["env_id"], config, payload["seed"] if seed is None else seed, payload["env_kwargs"]
+        )
+        with torch.no_grad():
+            for name in ("actor", "actor_target", "critic", "critic_target"):
+                getattr(agent, f"{name}_flat").copy_(payload[name])
+        agent.actor_optimizer.load_state_dict(payload["actor_optimizer"])
+        agent.critic_optimizer.load_state_dict(payload["critic_optimizer"])
+        agent.runner.num_steps = int(payload["num_steps"])
+        agent.runner.num_vec_steps = int(payload["num_vec_steps"])
+        agent.n_updates = int(payload["n_updates"])
+        return agent
+
+    def close(self) -> None:
+        """Close the training and evaluation envs."""
+        self.runner.close()
+
+    def __enter__(self) -> TD3:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
