@@ -38,14 +38,16 @@ test: install ## fast test suite (unit tests, small real learning runs)
 test-full: install ## every test, including the long learning runs
 	$(PY) -m pytest $(ARGS)
 
-# `make sweep` with no ARGS: a small real study that finishes in under 10 minutes on 2 cores.
-SWEEP_DEFAULTS ?= experiment=ppo_cartpole tune.n_trials=20 tune.n_seeds=3 tune.budget_steps=30000 tune.n_workers=2
+# `make sweep` with no ARGS: a small real study that finishes in under 10 minutes on 2 cores. ARGS, when
+# given, replace these (so presets and algorithms can be chosen freely); conf/tune.yaml has the defaults.
+SWEEP_DEMO ?= experiment=ppo_cartpole tune.n_trials=20 tune.n_seeds=3 tune.budget_steps=30000 tune.n_workers=2
+SWEEP_ARGS = $(if $(strip $(ARGS)),$(ARGS),$(SWEEP_DEMO))
 
-sweep: install ## tune with Optuna (small real study by default): make sweep ARGS="tune.n_trials=50 …"
-	$(PY) -m tuner.tune $(SWEEP_DEFAULTS) $(ARGS)
+sweep: install ## tune with Optuna; no ARGS: a ~3-minute PPO CartPole demo study. make sweep ARGS="algo=sac …"
+	$(PY) -m tuner.tune $(SWEEP_ARGS)
 
 worker: install ## join a running study (same ARGS as its sweep) and work until its trial budget is used
-	$(PY) -m tuner.worker $(SWEEP_DEFAULTS) $(ARGS)
+	$(PY) -m tuner.worker $(SWEEP_ARGS)
 
 replay: install ## re-train one trial from its stored overrides: make replay ARGS="study=ppo_cartpole trial=3"
 	$(PY) -m tuner.replay $(ARGS)
