@@ -14,7 +14,6 @@ the actor step evaluates Q₁ only and computes no critic-weight gradients, and 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +34,14 @@ from algorithms.common.errors import NonFiniteLossError
 from algorithms.common.networks import StackedMLP, activation_fn, narrow_linear
 from algorithms.common.off_policy import (
     OffPolicyRunner,
+    checkpoint_header,
+    load_checkpoint,
     make_target,
     make_twin_critic,
     polyak_update,
+    restore_checkpoint,
+    restore_counters,
+    save_checkpoint,
     stats_to_dict,
 )
 from algorithms.common.optim import FlatAdam, flatten_parameters
@@ -284,42 +288,30 @@ class TD3:
     # --- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write weights, target weights, optimizer states and the config to ``path`` (not the buffer)."""
-        payload: dict[str, Any] = {
-            "algorithm": self.algorithm,
-            "env_id": self.env_id,
-            "env_kwargs": self.env_kwargs,
-            "config": dataclasses.asdict(self.config),
-            "seed": self.seed,
-            "num_steps": self.runner.num_steps,
-            "num_vec_steps": self.runner.num_vec_steps,
-            "n_updates": self.n_updates,
-            "actor": self.actor_flat.detach().clone(),
-            "actor_target": self.actor_target_flat.detach().clone(),
-            "critic": self.critic_flat.detach().clone(),
-            "critic_target": self.critic_target_flat.detach().clone(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-        }
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(payload, path)
+        save_checkpoint(path, checkpoint_header(self), self._tensors(), self._optimizers())
 
     @classmethod
     def load(cls, path: str | Path, seed: int | None = None) -> TD3:
         """Rebuild an agent saved by :meth:`save` (safe loading: tensors and plain data only)."""
-        payload = torch.load(path, weights_only=True)
+        payload = load_checkpoint(path)
         config = TD3Config.from_dict(payload["config"])
         agent = cls(
             payload["env_id"], config, payload["seed"] if seed is None else seed, payload["env_kwargs"]
         )
-        with torch.no_grad():
-            for name in ("actor", "actor_target", "critic", "critic_target"):
-                getattr(agent, f"{name}_flat").copy_(payload[name])
-        agent.actor_optimizer.load_state_dict(payload["actor_optimizer"])
-        agent.critic_optimizer.load_state_dict(payload["critic_optimizer"])
-        agent.runner.num_steps = int(payload["num_steps"])
-        agent.runner.num_vec_steps = int(payload["num_vec_steps"])
-        agent.n_updates = int(payload["n_updates"])
+        restore_checkpoint(payload, agent._tensors(), agent._optimizers())
+        restore_counters(agent, payload)
         return agent
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            "actor": self.actor_flat,
+            "actor_target": self.actor_target_flat,
+            "critic": self.critic_flat,
+            "critic_target": self.critic_target_flat,
+        }
+
+    def _optimizers(self) -> dict[str, FlatAdam]:
+        return {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
 
     def close(self) -> None:
         """Close the training and evaluation envs."""

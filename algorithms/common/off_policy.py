@@ -9,8 +9,10 @@ Everything algorithm-specific (networks, losses, optimizers) stays in the algori
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -20,7 +22,7 @@ import torch
 from algorithms.common.envs import EpisodeTracker, check_spaces, make_vec_env
 from algorithms.common.errors import ConfigError, UnsupportedSpaceError
 from algorithms.common.networks import StackedMLP
-from algorithms.common.optim import flatten_parameters
+from algorithms.common.optim import FlatAdam, flatten_parameters
 from algorithms.common.replay import ReplayBuffer
 from algorithms.common.types import Callback, EvalResult, TrainState
 
@@ -260,3 +262,57 @@ def stats_to_dict(stats: list[torch.Tensor], keys: tuple[str, ...]) -> dict[str,
     if not stats:
         return {}
     return dict(zip(keys, torch.stack(stats).mean(0).tolist(), strict=True))
+
+
+def save_checkpoint(
+    path: str | Path,
+    header: Mapping[str, Any],
+    tensors: Mapping[str, torch.Tensor],
+    optimizers: Mapping[str, FlatAdam],
+) -> None:
+    """Write an off-policy agent: plain ``header`` data, flat weight ``tensors`` and optimizer states.
+
+    Tensors and plain data only, so :func:`load_checkpoint` can use ``torch.load(weights_only=True)``.
+    """
+    payload: dict[str, Any] = dict(header)
+    payload.update({name: tensor.detach().clone() for name, tensor in tensors.items()})
+    payload.update({f"{name}_optimizer": opt.state_dict() for name, opt in optimizers.items()})
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+
+
+def checkpoint_header(agent: Any) -> dict[str, Any]:
+    """The plain data every off-policy checkpoint starts with: what to rebuild and where training stood."""
+    return {
+        "algorithm": agent.algorithm,
+        "env_id": agent.env_id,
+        "env_kwargs": agent.env_kwargs,
+        "config": dataclasses.asdict(agent.config),
+        "seed": agent.seed,
+        "num_steps": agent.runner.num_steps,
+        "num_vec_steps": agent.runner.num_vec_steps,
+        "n_updates": agent.n_updates,
+    }
+
+
+def restore_counters(agent: Any, payload: Mapping[str, Any]) -> None:
+    """Put the step and update counters of :func:`checkpoint_header` back into ``agent``."""
+    agent.runner.num_steps = int(payload["num_steps"])
+    agent.runner.num_vec_steps = int(payload["num_vec_steps"])
+    agent.n_updates = int(payload["n_updates"])
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a file written by :func:`save_checkpoint` (safe loading)."""
+    return torch.load(path, weights_only=True)
+
+
+def restore_checkpoint(
+    payload: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], optimizers: Mapping[str, FlatAdam]
+) -> None:
+    """Copy saved weights into ``tensors`` in place (keeping parameter views intact) and optimizer states."""
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            tensor.copy_(payload[name])
+    for name, opt in optimizers.items():
+        opt.load_state_dict(payload[f"{name}_optimizer"])
