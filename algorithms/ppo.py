@@ -27,7 +27,7 @@ from algorithms.common.config import (
     require_non_negative,
     require_positive,
 )
-from algorithms.common.envs import EpisodeTracker, check_spaces, make_vec_env
+from algorithms.common.envs import EpisodeTracker, check_spaces, evaluate_episodes, make_vec_env
 from algorithms.common.errors import ConfigError, NonFiniteLossError
 from algorithms.common.networks import StackedMLP, activation_fn
 from algorithms.common.normalize import ObsNormalizer, RewardNormalizer
@@ -508,25 +508,9 @@ class PPO:
             if self._eval_envs is not None:
                 self._eval_envs.close()
             self._eval_envs = make_vec_env(self.env_id, n_envs, seed, "sync", self.env_kwargs)
-        envs = self._eval_envs
-        quota = np.array([(n_episodes + i) // n_envs for i in range(n_envs)])  # sums to n_episodes
-        returns: list[float] = []
-        lengths: list[int] = []
-        ep_return = np.zeros(n_envs)
-        ep_length = np.zeros(n_envs, dtype=np.int64)
-        done_count = np.zeros(n_envs, dtype=np.int64)
-        obs, _ = envs.reset(seed=seed)
-        while (done_count < quota).any():
-            obs, reward, terminated, truncated, _ = envs.step(self.predict(obs, deterministic))
-            ep_return += reward
-            ep_length += 1
-            for i in np.flatnonzero(terminated | truncated):
-                if done_count[i] < quota[i]:
-                    returns.append(float(ep_return[i]))
-                    lengths.append(int(ep_length[i]))
-                    done_count[i] += 1
-                ep_return[i], ep_length[i] = 0.0, 0
-        return EvalResult(returns=np.asarray(returns), lengths=np.asarray(lengths))
+        return evaluate_episodes(
+            self._eval_envs, lambda obs: self.predict(obs, deterministic), n_episodes, seed
+        )
 
     # --- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:

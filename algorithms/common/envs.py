@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -12,6 +12,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from algorithms.common.errors import ConfigError, UnsupportedSpaceError
+from algorithms.common.types import EvalResult
 
 VECTORIZATION_MODES = ("sync", "async")
 
@@ -109,3 +110,31 @@ class EpisodeTracker:
         out = (self.finished_returns, self.finished_lengths)
         self.finished_returns, self.finished_lengths = [], []
         return out
+
+
+def evaluate_episodes(
+    envs: gym.vector.VectorEnv,
+    predict: Callable[[np.ndarray], np.ndarray],
+    n_episodes: int,
+    seed: int,
+) -> EvalResult:
+    """Run exactly ``n_episodes`` complete episodes, split evenly over the ``envs`` (reset with ``seed``)."""
+    n_envs = envs.num_envs
+    quota = np.array([(n_episodes + i) // n_envs for i in range(n_envs)])  # sums to n_episodes
+    returns: list[float] = []
+    lengths: list[int] = []
+    ep_return = np.zeros(n_envs)
+    ep_length = np.zeros(n_envs, dtype=np.int64)
+    done_count = np.zeros(n_envs, dtype=np.int64)
+    obs, _ = envs.reset(seed=seed)
+    while (done_count < quota).any():
+        obs, reward, terminated, truncated, _ = envs.step(predict(obs))
+        ep_return += reward
+        ep_length += 1
+        for i in np.flatnonzero(terminated | truncated):
+            if done_count[i] < quota[i]:
+                returns.append(float(ep_return[i]))
+                lengths.append(int(ep_length[i]))
+                done_count[i] += 1
+            ep_return[i], ep_length[i] = 0.0, 0
+    return EvalResult(returns=np.asarray(returns), lengths=np.asarray(lengths))

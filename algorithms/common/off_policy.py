@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from algorithms.common.envs import EpisodeTracker, check_spaces, make_vec_env
+from algorithms.common.envs import EpisodeTracker, check_spaces, evaluate_episodes, make_vec_env
 from algorithms.common.errors import ConfigError, UnsupportedSpaceError
 from algorithms.common.networks import StackedMLP
 from algorithms.common.optim import FlatAdam, flatten_parameters
@@ -82,34 +82,6 @@ def supporting_algorithms(action_space: gym.Space) -> list[str]:
         for name, spec in algorithms.ALGORITHMS.items()
         if isinstance(action_space, spec.agent_cls.action_spaces)
     )
-
-
-def evaluate_episodes(
-    envs: gym.vector.VectorEnv,
-    predict: Callable[[np.ndarray], np.ndarray],
-    n_episodes: int,
-    seed: int,
-) -> EvalResult:
-    """Run exactly ``n_episodes`` complete episodes, split evenly over the ``envs`` (reset with ``seed``)."""
-    n_envs = envs.num_envs
-    quota = np.array([(n_episodes + i) // n_envs for i in range(n_envs)])  # sums to n_episodes
-    returns: list[float] = []
-    lengths: list[int] = []
-    ep_return = np.zeros(n_envs)
-    ep_length = np.zeros(n_envs, dtype=np.int64)
-    done_count = np.zeros(n_envs, dtype=np.int64)
-    obs, _ = envs.reset(seed=seed)
-    while (done_count < quota).any():
-        obs, reward, terminated, truncated, _ = envs.step(predict(obs))
-        ep_return += reward
-        ep_length += 1
-        for i in np.flatnonzero(terminated | truncated):
-            if done_count[i] < quota[i]:
-                returns.append(float(ep_return[i]))
-                lengths.append(int(ep_length[i]))
-                done_count[i] += 1
-            ep_return[i], ep_length[i] = 0.0, 0
-    return EvalResult(returns=np.asarray(returns), lengths=np.asarray(lengths))
 
 
 # --- the loop --------------------------------------------------------------------------------------------
