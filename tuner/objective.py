@@ -130,7 +130,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, setup: TrialSetup) -> Tr
     except ConfigError as exc:
         return _fail(study, trial, f"invalid sampled config: {exc}", setup)
 
-    tags = {"optuna_study": study.study_name, "optuna_trial": trial.number, "kind": "trial"}
+    tags = _trial_tags(study, trial)
     scores: list[float] = []
     started = time.perf_counter()
     try:
@@ -180,7 +180,7 @@ def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, setup: TrialSet
     log.warning("trial %d failed: %s", trial.number, reason)
     trial.set_user_attr(FAIL_REASON_ATTR, reason)
     if setup is not None:  # no run exists yet: record one, so the MLflow view shows the failure too
-        tags = {"optuna_study": study.study_name, "optuna_trial": trial.number, "kind": "trial"}
+        tags = _trial_tags(study, trial)
         try:
             with start_run(
                 **setup.tracking,
@@ -195,6 +195,11 @@ def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, setup: TrialSet
             pass
     study.tell(trial, state=TrialState.FAIL)
     return TrialOutcome(trial.number, TrialState.FAIL, None, reason)
+
+
+def _trial_tags(study: optuna.Study, trial: optuna.Trial) -> dict[str, Any]:
+    """Tags of a trial's MLflow run: which study and trial it belongs to."""
+    return {"optuna_study": study.study_name, "optuna_trial": trial.number, "kind": "trial"}
 
 
 class _TrialFailedError(Exception):

@@ -187,8 +187,8 @@ def describe_trial(trial: optuna.trial.FrozenTrial) -> str:
 
 def best_value(study: optuna.Study) -> float | None:
     """Best mean return so far (the first objective of a multi-objective study)."""
-    finished = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-    return max((t.values[0] for t in finished), default=None)
+    best = best_trial(study)
+    return None if best is None else best.values[0]
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
