@@ -12,6 +12,7 @@ from typing import Any
 
 from algorithms.common.errors import ConfigError, NonFiniteLossError, UnsupportedSpaceError
 from algorithms.common.types import Agent, Callback, EvalResult, TrainState
+from algorithms.d3qn import D3QN, D3QNConfig
 from algorithms.ppo import PPO, PPOConfig
 from algorithms.sac import SAC, SACConfig
 from algorithms.td3 import TD3, TD3Config
@@ -30,6 +31,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
     "ppo": AlgorithmSpec("ppo", PPOConfig, PPO),
     "sac": AlgorithmSpec("sac", SACConfig, SAC),
     "td3": AlgorithmSpec("td3", TD3Config, TD3),
+    "d3qn": AlgorithmSpec("d3qn", D3QNConfig, D3QN),
 }
 
 
@@ -50,6 +52,7 @@ def build_config(name: str, values: dict[str, Any]) -> Any:
 
 __all__ = [
     "ALGORITHMS",
+    "D3QN",
     "PPO",
     "SAC",
     "TD3",
@@ -57,6 +60,7 @@ __all__ = [
     "AlgorithmSpec",
     "Callback",
     "ConfigError",
+    "D3QNConfig",
     "EvalResult",
     "NonFiniteLossError",
     "PPOConfig",

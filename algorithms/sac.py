@@ -43,6 +43,7 @@ from algorithms.common.off_policy import (
     make_target,
     make_twin_critic,
     polyak_update,
+    require_gradient_steps,
     restore_checkpoint,
     restore_counters,
     save_checkpoint,
@@ -82,7 +83,8 @@ class SACConfig:
     train_freq: int = 1
     """Vectorised env steps between two training phases (each is ``n_envs`` env steps). Typical 1 … 64."""
     gradient_steps: int = 1
-    """Gradient steps per training phase. Typical 1 … 64 (often = train_freq · n_envs)."""
+    """Gradient steps per training phase; -1 means as many as env steps collected in the phase
+    (``train_freq · n_envs``, one update per env step, as SB3's -1). Typical 1 … 64."""
     ent_coef: str | float = "auto"
     """Entropy temperature α: ``"auto"`` learns it towards the target entropy; a float > 0 fixes it.
     Typical fixed values 0.001 … 0.5. ``"auto_0.1"`` (SB3's form) learns it starting at 0.1."""
@@ -115,7 +117,7 @@ class SACConfig:
         require_int("learning_starts", self.learning_starts, 0)
         require_int("batch_size", self.batch_size, 1)
         require_int("train_freq", self.train_freq, 1)
-        require_int("gradient_steps", self.gradient_steps, 0)
+        require_gradient_steps(self.gradient_steps)
         require_int("target_update_interval", self.target_update_interval, 1)
         require_int("n_envs", self.n_envs, 1)
         require_in_range("tau", self.tau, 0.0, 1.0)

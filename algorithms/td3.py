@@ -39,6 +39,7 @@ from algorithms.common.off_policy import (
     make_target,
     make_twin_critic,
     polyak_update,
+    require_gradient_steps,
     restore_checkpoint,
     restore_counters,
     save_checkpoint,
@@ -70,7 +71,8 @@ class TD3Config:
     train_freq: int = 1
     """Vectorised env steps between two training phases (each is ``n_envs`` env steps). Typical 1 … 64."""
     gradient_steps: int = 1
-    """Gradient steps per training phase. Typical 1 … 64."""
+    """Gradient steps per training phase; -1 means as many as env steps collected in the phase
+    (``train_freq · n_envs``, one update per env step, as SB3's -1). Typical 1 … 64."""
     policy_delay: int = 2
     """Critic steps per actor (and target) step. Typical 1 … 4."""
     target_policy_noise: float = 0.2
@@ -96,7 +98,7 @@ class TD3Config:
         require_int("learning_starts", self.learning_starts, 0)
         require_int("batch_size", self.batch_size, 1)
         require_int("train_freq", self.train_freq, 1)
-        require_int("gradient_steps", self.gradient_steps, 0)
+        require_gradient_steps(self.gradient_steps)
         require_int("policy_delay", self.policy_delay, 1)
         require_int("n_envs", self.n_envs, 1)
         require_in_range("tau", self.tau, 0.0, 1.0)

@@ -1,13 +1,14 @@
 """Training throughput of rltune's agents against Stable-Baselines3's with identical hyperparameters.
 
-PPO on CartPole-v1 (SB3's defaults and rl-zoo3's tuned set); SAC and TD3 on Pendulum-v1 with one
+PPO on CartPole-v1 (SB3's defaults and rl-zoo3's tuned set); D3QN with every option off against SB3's
+DQN on CartPole-v1 (SB3's defaults), and the full D3QN alone; SAC and TD3 on Pendulum-v1 with one
 gradient step per env step, batch 256 and two 256-unit layers (where SB3's cost is measured).
 
 Both agents train on the same env for the same number of env steps with one torch thread; the time of
 ``learn`` alone is measured (model and env construction excluded for both). Prints env-steps/s of each
 and the ratio rltune / SB3. Needs the ``bench`` extra (``make bench`` installs it).
 
-    python bench/throughput.py [--steps-scale 1.0] [--repeats 1]
+    python bench/throughput.py [--steps-scale 1.0] [--repeats 1] [--algos ppo,d3qn,sac,td3]
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Case:
     steps: int
     config: Any  # the rltune config dataclass of ``algo``
     algo: str = "ppo"
+    sb3: bool = True  # False: rltune only (no SB3 equivalent), its env-steps/s printed alone
 
 
 def _linear(start: float) -> Callable[[float], float]:
@@ -94,6 +96,11 @@ def cases() -> list[Case]:
         Case("PPO CartPole-v1, SB3 defaults", "CartPole-v1", 40_960, PPOConfig()),
         Case("PPO CartPole-v1, rl-zoo3 set", preset.env.id, int(preset.total_steps), zoo),
     ]
+    if "d3qn" in ALGORITHMS:  # SB3's DQN defaults (measured ~2.0k sps there), then every D3QN option on
+        plain = build_config("d3qn", {"dueling": False, "double_q": False})
+        cases.append(Case("DQN CartPole-v1, SB3 defaults", "CartPole-v1", 50_000, plain, "d3qn"))
+        full = build_config("d3qn", {"n_step": 3, "prioritized": True, "noisy": True})
+        cases.append(Case("D3QN CartPole-v1, all options", "CartPole-v1", 50_000, full, "d3qn", sb3=False))
     for algo in ("sac", "td3"):
         if algo in ALGORITHMS:  # one update per step, batch 256, 256x256 (SB3 measured ~82 / ~73 sps here)
             config = build_config(algo, {"net_arch": [256, 256], "batch_size": 256, "train_freq": 1})
@@ -141,6 +148,37 @@ def sb3_off_policy_kwargs(algo: str, config: Any, env_id: str) -> dict[str, Any]
     )
 
 
+def sb3_dqn_kwargs(config: Any) -> dict[str, Any]:
+    """The Stable-Baselines3 DQN arguments equal to rltune's D3QN ``config`` with every option off."""
+    options = {
+        "dueling": config.dueling,
+        "double_q": config.double_q,
+        "n_step": config.n_step > 1,
+        "prioritized": config.prioritized,
+        "noisy": config.noisy,
+    }
+    if any(options.values()):
+        raise ValueError(f"SB3's DQN has none of: {[k for k, v in options.items() if v]}")
+    if config.activation != "relu":
+        raise ValueError("the SB3 comparison uses ReLU, as both libraries default to")
+    return dict(
+        learning_rate=config.learning_rate,
+        buffer_size=config.buffer_size,
+        learning_starts=config.learning_starts,
+        batch_size=config.batch_size,
+        tau=config.tau,
+        gamma=config.gamma,
+        train_freq=config.train_freq,
+        gradient_steps=config.gradient_steps,
+        target_update_interval=config.target_update_interval,
+        exploration_fraction=config.exploration_fraction,
+        exploration_initial_eps=config.exploration_initial_eps,
+        exploration_final_eps=config.exploration_final_eps,
+        max_grad_norm=config.max_grad_norm,
+        policy_kwargs=dict(net_arch=list(config.net_arch), activation_fn=torch.nn.ReLU),
+    )
+
+
 def run_ours(case: Case, steps: int, seed: int) -> float:
     """rltune's env-steps/s for ``case``."""
     agent_cls = get_algorithm(case.algo).agent_cls
@@ -158,9 +196,11 @@ def run_sb3(case: Case, steps: int, seed: int) -> float:
     env = make_vec_env(case.env_id, n_envs=case.config.n_envs, seed=seed)
     if case.algo == "ppo":
         kwargs = sb3_kwargs(case.config)
+    elif case.algo == "d3qn":
+        kwargs = sb3_dqn_kwargs(case.config)
     else:
         kwargs = sb3_off_policy_kwargs(case.algo, case.config, case.env_id)
-    model_cls = getattr(stable_baselines3, case.algo.upper())
+    model_cls = getattr(stable_baselines3, "DQN" if case.algo == "d3qn" else case.algo.upper())
     model = model_cls("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs)
     start = time.perf_counter()
     model.learn(steps)
@@ -182,6 +222,9 @@ def main() -> None:
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply each case's step budget")
     parser.add_argument("--repeats", type=int, default=1, help="alternating repeats; the median is reported")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--algos", default="", help="comma-separated algorithms to run (default: all), e.g. sac,td3"
+    )
     args = parser.parse_args()
     set_torch_threads(1)
     try:
@@ -196,13 +239,21 @@ def main() -> None:
     header = f"{'case':<32} {'steps':>8} {'rltune sps':>11} {'SB3 sps':>9} {'ratio':>6}"
     print(header)
     print("-" * len(header))
+    selected = {name.strip().lower() for name in args.algos.split(",") if name.strip()}
     for case in cases():
+        if selected and case.algo not in selected:
+            continue
         steps = max(1, int(case.steps * args.steps_scale))
         ours, theirs = [], []
         for rep in range(args.repeats):
             ours.append(run_ours(case, steps, args.seed + rep))
-            theirs.append(run_sb3(case, steps, args.seed + rep))
-        o, t = statistics.median(ours), statistics.median(theirs)
+            if case.sb3:
+                theirs.append(run_sb3(case, steps, args.seed + rep))
+        o = statistics.median(ours)
+        if not case.sb3:
+            print(f"{case.name:<32} {steps:>8} {o:>11,.0f} {'-':>9} {'-':>6}", flush=True)
+            continue
+        t = statistics.median(theirs)
         print(f"{case.name:<32} {steps:>8} {o:>11,.0f} {t:>9,.0f} {o / t:>6.2f}", flush=True)
 
 

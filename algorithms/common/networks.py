@@ -54,6 +54,11 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+# In-place forms, for activations applied to a fresh matmul output that nothing else reads: saves
+# allocating (and first-touching) one more activation-sized tensor per layer.
+INPLACE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": torch.relu_}
+
+
 NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "tanh": lambda h: np.tanh(h, out=h),
     "relu": lambda h: np.maximum(h, 0.0, out=h),
@@ -190,7 +195,7 @@ class StackedMLP(nn.Module):
             raise ValueError("out_dims and out_gains need one entry per member")
         self.n_members = n_members
         self.out_dims = tuple(out_dims)
-        self.act = activation_fn(activation)
+        self.act = INPLACE_ACTIVATIONS.get(activation, activation_fn(activation))
         sizes = (in_dim, *hidden, max(out_dims))
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()

@@ -26,6 +26,9 @@ from algorithms.common.optim import FlatAdam, flatten_parameters
 from algorithms.common.replay import ReplayBuffer
 from algorithms.common.types import Callback, EvalResult, TrainState
 
+Store = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
+"""Receives one vectorised step: obs, actions, rewards, terminated, truncated, real next obs."""
+
 ITERATION_ENV_STEPS = 1000
 """Env steps (over all envs) per training iteration, i.e. between two callbacks, at least."""
 
@@ -73,6 +76,14 @@ def make_target(
     return target, target_flat
 
 
+def require_gradient_steps(value: object) -> None:
+    """``gradient_steps`` must be an int >= 0, or -1 (one update per collected env step)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise ConfigError(
+            f"gradient_steps must be an int >= 0, or -1 for one update per collected env step; got {value!r}"
+        )
+
+
 def supporting_algorithms(action_space: gym.Space) -> list[str]:
     """Names of the registered algorithms whose agents accept ``action_space``'s type."""
     import algorithms  # late import: the registry imports the algorithm modules that import this one
@@ -93,6 +104,7 @@ class OffPolicyRunner:
         env_id, n_envs, seed, vectorization, env_kwargs: as :func:`make_vec_env`.
         action_spaces: the action-space types the algorithm supports.
         buffer_size: replay capacity in transitions.
+        store_discounts: the buffer keeps a per-transition bootstrap discount (n-step returns).
     """
 
     def __init__(
@@ -105,6 +117,7 @@ class OffPolicyRunner:
         env_kwargs: Mapping[str, Any] | None,
         action_spaces: tuple[type[gym.Space], ...],
         buffer_size: int,
+        store_discounts: bool = False,
     ) -> None:
         self.env_id = env_id
         self.seed = seed
@@ -125,13 +138,18 @@ class OffPolicyRunner:
         except Exception:
             self.envs.close()
             raise
-        self.action_space: gym.spaces.Box = action_space
+        self.action_space = action_space
         self.obs_dim = int(self.envs.single_observation_space.shape[0])
-        self.act_dim = int(action_space.shape[0])
-        self.low = action_space.low.astype(np.float64)
-        self.high = action_space.high.astype(np.float64)
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        if self.discrete:  # one stored column: the action index
+            self.act_dim, self.n_actions = 1, int(action_space.n)
+            self.low = self.high = np.zeros(1)
+        else:
+            self.act_dim, self.n_actions = int(action_space.shape[0]), 0
+            self.low = action_space.low.astype(np.float64)
+            self.high = action_space.high.astype(np.float64)
         self.n_envs = n_envs
-        self.buffer = ReplayBuffer(buffer_size, self.obs_dim, self.act_dim)
+        self.buffer = ReplayBuffer(buffer_size, self.obs_dim, self.act_dim, store_discounts)
         self.rng = np.random.default_rng(seed)  # exploration, replay sampling and target noise
         self.num_steps = 0  # env steps over all envs
         self.num_vec_steps = 0  # vectorised steps (calls of envs.step)
@@ -139,7 +157,10 @@ class OffPolicyRunner:
         self._eval_envs: gym.vector.VectorEnv | None = None
 
     def to_env_action(self, action: np.ndarray) -> np.ndarray:
-        """Policy-space actions in [-1, 1] → env actions within the bounds, in the space's dtype."""
+        """Policy-space actions in [-1, 1] → env actions within the bounds, in the space's dtype
+        (discrete action indices pass through as integers)."""
+        if self.discrete:
+            return np.asarray(action).reshape(-1).astype(np.int64)
         env_action = scale_action(np.clip(action, -1.0, 1.0), self.low, self.high)
         return env_action.astype(self.action_space.dtype, copy=False)
 
@@ -154,18 +175,25 @@ class OffPolicyRunner:
         explore: Callable[[np.ndarray], np.ndarray],
         train: Callable[[int], None],
         pop_losses: Callable[[], dict[str, float]],
+        store: Store | None = None,
     ) -> TrainState:
         """Collect ``total_steps`` env steps (rounded up to whole vectorised steps) and train on the way.
 
         Each vectorised step acts with ``explore(obs)`` (policy-space actions in [-1, 1]) once
         ``learning_starts`` env steps have been taken, uniformly at random before, and stores the
         transitions. Every ``train_freq`` vectorised steps after ``learning_starts``,
-        ``train(gradient_steps)`` runs the updates. An iteration — one callback — is
-        ``max(train_freq, ⌈1000 / n_envs⌉)`` vectorised steps; its losses come from ``pop_losses()``.
+        ``train(gradient_steps)`` runs the updates (``gradient_steps`` -1: ``train_freq · n_envs``). An
+        iteration — one callback — is ``max(train_freq, ⌈1000 / n_envs⌉)`` vectorised steps; its losses
+        come from ``pop_losses()``.
+        ``store`` replaces the plain ``buffer.add`` of each step's transitions (n-step returns,
+        priorities); it gets ``(obs, actions, rewards, terminated, truncated, real_next_obs)``.
+        Random actions before ``learning_starts`` are uniform in [-1, 1] (Box) or over the indices.
         """
         if total_steps < 1:
             raise ConfigError(f"total_steps must be >= 1, got {total_steps}")
-        n_envs, act_dim = self.n_envs, self.act_dim
+        n_envs = self.n_envs
+        if gradient_steps < 0:
+            gradient_steps = train_freq * n_envs
         chunk = max(train_freq, -(-ITERATION_ENV_STEPS // n_envs))
         if self._obs is None:
             self._obs, _ = self.envs.reset(seed=self.seed)
@@ -174,16 +202,13 @@ class OffPolicyRunner:
         state = TrainState(step=self.num_steps, total_steps=total_steps)
         start_steps, start_time = self.num_steps, time.perf_counter()
         end_steps = self.num_steps + total_steps
-        envs, buffer, rng = self.envs, self.buffer, self.rng
+        envs, buffer = self.envs, self.buffer
 
         while self.num_steps < end_steps and not state.stop_requested:
             for _ in range(chunk):
                 if self.num_steps >= end_steps:
                     break
-                if self.num_steps < learning_starts:
-                    action = rng.uniform(-1.0, 1.0, size=(n_envs, act_dim)).astype(np.float32)
-                else:
-                    action = explore(obs)
+                action = self.random_actions() if self.num_steps < learning_starts else explore(obs)
                 next_obs, reward, terminated, truncated, infos = envs.step(self.to_env_action(action))
                 done = terminated | truncated
                 tracker.update(reward, done)
@@ -192,7 +217,10 @@ class OffPolicyRunner:
                     real_next_obs = next_obs.copy()
                     for i in np.flatnonzero(done):
                         real_next_obs[i] = infos["final_obs"][i]
-                buffer.add(obs, action, reward, terminated, real_next_obs)
+                if store is None:
+                    buffer.add(obs, action, reward, terminated, real_next_obs)
+                else:
+                    store(obs, action, reward, terminated, truncated, real_next_obs)
                 obs = next_obs
                 self.num_steps += n_envs
                 self.num_vec_steps += 1
@@ -208,6 +236,12 @@ class OffPolicyRunner:
             if callback is not None:
                 callback(state)
         return state
+
+    def random_actions(self) -> np.ndarray:
+        """One uniformly random action per env: in [-1, 1]^act_dim (Box) or an index (Discrete)."""
+        if self.discrete:
+            return self.rng.integers(0, self.n_actions, size=self.n_envs)
+        return self.rng.uniform(-1.0, 1.0, size=(self.n_envs, self.act_dim)).astype(np.float32)
 
     def evaluate(
         self, predict: Callable[[np.ndarray], np.ndarray], n_episodes: int, seed: int, n_envs: int = 4

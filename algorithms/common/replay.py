@@ -1,6 +1,7 @@
 """A preallocated, circular experience-replay buffer for off-policy agents (SAC, TD3, D3QN).
 
-Transitions are stored as rows of one float32 table, ``[obs | action | next_obs | reward | terminated]``,
+Transitions are stored as rows of one float32 table, ``[obs | action | next_obs | reward | terminated]``
+(plus a ``discount`` column for n-step returns),
 so a minibatch is a single fancy-indexing gather and every field is a column view of it. Because obs
 and action are adjacent, the critic's input ``(s, a)`` is a view too, with no concatenation.
 
@@ -29,6 +30,8 @@ class ReplayBatch(NamedTuple):
         rewards: (B,) rewards r.
         terminated: (B,) 1.0 where s' is terminal (no bootstrapping), else 0.0.
         obs_actions: (B, obs_dim + act_dim) the concatenation ``[s, a]``.
+        discounts: (B,) the factor on the bootstrapped value, γ^k for a k-step return (only when the
+            buffer stores discounts; else None).
     """
 
     observations: torch.Tensor
@@ -37,6 +40,7 @@ class ReplayBatch(NamedTuple):
     rewards: torch.Tensor
     terminated: torch.Tensor
     obs_actions: torch.Tensor
+    discounts: torch.Tensor | None = None
 
 
 class ReplayBuffer:
@@ -46,9 +50,10 @@ class ReplayBuffer:
         capacity: maximum number of transitions (counted over all vectorised envs).
         obs_dim: observation size.
         act_dim: action size (1 for a discrete action index).
+        store_discounts: keep a per-transition bootstrap discount (γ^k of an n-step return).
     """
 
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int) -> None:
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, store_discounts: bool = False) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = int(capacity)
@@ -60,8 +65,10 @@ class ReplayBuffer:
         self._next_obs = slice(o + a, 2 * o + a)
         self._reward = 2 * o + a
         self._terminated = 2 * o + a + 1
+        self._discount = 2 * o + a + 2 if store_discounts else None
+        width = 2 * o + a + 2 + int(store_discounts)
         # np.zeros is lazily backed by the OS: a large unused capacity costs no memory.
-        self.table = np.zeros((self.capacity, 2 * o + a + 2), dtype=np.float32)
+        self.table = np.zeros((self.capacity, width), dtype=np.float32)
         self.pos = 0  # next row to write
         self.size = 0  # rows holding data
 
@@ -96,12 +103,16 @@ class ReplayBuffer:
         rewards: np.ndarray,
         terminated: np.ndarray,
         next_obs: np.ndarray,
-    ) -> None:
-        """Store one vectorised step: n transitions, one per env (first axis of every argument).
+        discounts: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Store n transitions, one per row of every argument; return the table rows written.
 
         ``next_obs`` must hold each env's real successor state (``final_obs`` where an episode ended).
+        ``discounts`` is required when the buffer stores them, and ignored otherwise.
         """
         n = obs.shape[0]
+        if self._discount is not None and discounts is None:
+            raise ValueError("this buffer stores discounts: pass discounts")
         if n > self.capacity:  # only the newest ``capacity`` transitions can be kept
             keep = slice(n - self.capacity, n)
             obs, actions, rewards, terminated, next_obs = (
@@ -111,6 +122,7 @@ class ReplayBuffer:
                 terminated[keep],
                 next_obs[keep],
             )
+            discounts = None if discounts is None else discounts[keep]
             n = self.capacity
         end = self.pos + n
         if end <= self.capacity:
@@ -122,8 +134,11 @@ class ReplayBuffer:
         self.table[rows, self._next_obs] = next_obs
         self.table[rows, self._reward] = rewards
         self.table[rows, self._terminated] = terminated
+        if self._discount is not None:
+            self.table[rows, self._discount] = discounts
         self.pos = end % self.capacity
         self.size = min(self.size + n, self.capacity)
+        return np.arange(end - n, end) % self.capacity
 
     def sample_indices(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         """``batch_size`` row indices drawn uniformly, with replacement, from the filled rows."""
@@ -133,7 +148,11 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> ReplayBatch:
         """A uniformly drawn minibatch (with replacement) as torch tensors sharing one gathered array."""
-        rows = torch.from_numpy(self.table[self.sample_indices(batch_size, rng)])
+        return self.gather(self.sample_indices(batch_size, rng))
+
+    def gather(self, indices: np.ndarray) -> ReplayBatch:
+        """The transitions at table rows ``indices`` as torch tensors sharing one gathered array."""
+        rows = torch.from_numpy(self.table[indices])
         return ReplayBatch(
             observations=rows[:, self._obs],
             actions=rows[:, self._act],
@@ -141,4 +160,5 @@ class ReplayBuffer:
             rewards=rows[:, self._reward],
             terminated=rows[:, self._terminated],
             obs_actions=rows[:, : self._next_obs.start],
+            discounts=None if self._discount is None else rows[:, self._discount],
         )

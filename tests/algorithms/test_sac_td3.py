@@ -130,6 +130,7 @@ def test_registry_and_configs_from_plain_mappings() -> None:
         (TD3Config, {"target_noise_clip": -0.5}, "target_noise_clip"),
         (TD3Config, {"net_arch": ()}, "net_arch"),
         (TD3Config, {"train_freq": 1.5}, "train_freq"),
+        (TD3Config, {"gradient_steps": -2}, "gradient_steps"),
     ],
 )
 def test_invalid_values_raise_a_config_error_naming_the_field(cls: type, values: dict, field: str) -> None:
@@ -216,6 +217,16 @@ def test_td3_updates_the_actor_only_every_policy_delay_steps() -> None:
         assert torch.equal(agent.actor_flat, actor) and torch.equal(agent.critic_target_flat, target)
         agent._train(1)
         assert not torch.equal(agent.actor_flat, actor) and not torch.equal(agent.critic_target_flat, target)
+
+
+@pytest.mark.parametrize("cls, config", AGENTS)
+def test_gradient_steps_minus_one_takes_one_update_per_collected_env_step(cls: type, config: Any) -> None:
+    # 2 envs, train_freq 3: each training phase follows 6 new env steps and so runs 6 updates.
+    config = type(config)(**{**SMALL, "n_envs": 2, "train_freq": 3, "gradient_steps": -1})
+    with cls("Pendulum-v1", config, seed=0) as agent:
+        agent.learn(100 + 5 * 6)  # learning_starts 100, then five phases
+        assert agent.num_steps == 130
+        assert agent.n_updates == 5 * 6  # phases after vectorised steps 51, 54, 57, 60 and 63
 
 
 def test_callback_can_stop_training_early() -> None:

@@ -1,0 +1,126 @@
+"""n-step returns for replay (Sutton 1988; as used by Rainbow, Hessel et al. 2018).
+
+Instead of ``(s_t, a_t, r_t, s_{t+1})`` the buffer receives ``(s_t, a_t, R_t^(k), s_{t+k})`` with
+``R_t^(k) = Σ_{j<k} γ^j r_{t+j}`` and the bootstrap discount ``γ^k``; ``k = n`` except where the
+episode ends inside the window, where the window is cut at the last step:
+
+- a **termination** at step ``t+k-1`` stores ``terminated = 1`` (no bootstrap at all);
+- a **truncation** (time limit) stores ``terminated = 0`` and ``s_{t+k}`` = the episode's real last
+  observation, so the value of that state is still bootstrapped with ``γ^k``.
+
+:class:`NStepAccumulator` keeps the last ``n`` steps of every env in small ring arrays and emits the
+finished windows of a vectorised step as arrays, ready for :meth:`ReplayBuffer.add`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class NStepTransitions(NamedTuple):
+    """Transitions ready for the replay buffer (first axis: transitions)."""
+
+    obs: np.ndarray
+    actions: np.ndarray
+    returns: np.ndarray
+    terminated: np.ndarray
+    next_obs: np.ndarray
+    discounts: np.ndarray
+
+
+class NStepAccumulator:
+    """Turns a stream of vectorised env steps into k-step transitions (k <= n).
+
+    Args:
+        n: the return horizon, >= 1 (1 gives ordinary one-step transitions with discount γ).
+        gamma: discount factor.
+        n_envs: number of vectorised envs.
+        obs_dim: observation size.
+        act_dim: stored action size (1 for a discrete action index).
+    """
+
+    def __init__(self, n: int, gamma: float, n_envs: int, obs_dim: int, act_dim: int) -> None:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        self.n, self.gamma, self.n_envs = n, gamma, n_envs
+        self.powers = gamma ** np.arange(n + 1, dtype=np.float64)  # γ^0 … γ^n
+        self.obs = np.zeros((n, n_envs, obs_dim), dtype=np.float32)
+        self.actions = np.zeros((n, n_envs, act_dim), dtype=np.float32)
+        self.rewards = np.zeros((n, n_envs), dtype=np.float64)
+        self.pending = np.zeros(n_envs, dtype=np.int64)  # steps in each env's open window
+        self.t = 0  # vectorised steps seen; step t lives in slot t % n
+
+    def add(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        next_obs: np.ndarray,
+    ) -> NStepTransitions:
+        """Record one vectorised step and return the transitions it completes.
+
+        ``next_obs`` is each env's real successor (``final_obs`` where the episode ended). Envs whose
+        window is full emit their oldest step as an n-step transition; envs whose episode ended emit
+        every pending step, each with the shortened horizon up to the end.
+        """
+        n, slot = self.n, self.t % self.n
+        self.obs[slot] = obs
+        self.actions[slot] = np.reshape(actions, (self.n_envs, -1))
+        self.rewards[slot] = rewards
+        self.pending += 1
+        self.t += 1
+        done = np.logical_or(terminated, truncated)
+        parts: list[NStepTransitions] = []
+
+        full = np.flatnonzero((self.pending == n) & ~done)
+        if full.size:
+            order = (self.t - n + np.arange(n)) % n  # slots of the window, oldest first
+            returns = self.powers[:n] @ self.rewards[order][:, full]
+            parts.append(
+                NStepTransitions(
+                    self.obs[order[0], full],
+                    self.actions[order[0], full],
+                    returns,
+                    np.zeros(full.size),
+                    next_obs[full],
+                    np.full(full.size, self.powers[n]),
+                )
+            )
+            self.pending[full] -= 1
+
+        for env in np.flatnonzero(done):
+            k = int(self.pending[env])
+            order = (self.t - k + np.arange(k)) % n  # the pending steps, oldest first
+            rewards_env = self.rewards[order, env]
+            for start in range(k):  # window from each pending step to the episode's end
+                length = k - start
+                parts.append(
+                    NStepTransitions(
+                        self.obs[order[start], env][None],
+                        self.actions[order[start], env][None],
+                        np.array([self.powers[:length] @ rewards_env[start:]]),
+                        np.array([float(terminated[env])]),
+                        next_obs[env][None],
+                        np.array([self.powers[length]]),
+                    )
+                )
+            self.pending[env] = 0
+
+        if not parts:
+            return _empty(self.obs.shape[2], self.actions.shape[2])
+        return NStepTransitions(*(np.concatenate(field) for field in zip(*parts, strict=True)))
+
+
+def _empty(obs_dim: int, act_dim: int) -> NStepTransitions:
+    return NStepTransitions(
+        np.zeros((0, obs_dim), np.float32),
+        np.zeros((0, act_dim), np.float32),
+        np.zeros(0),
+        np.zeros(0),
+        np.zeros((0, obs_dim), np.float32),
+        np.zeros(0),
+    )

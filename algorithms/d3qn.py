@@ -1,0 +1,540 @@
+"""D3QN: dueling (Wang et al. 2016) double (van Hasselt et al. 2016) deep Q-learning (Mnih et al. 2015)
+for discrete actions, with three of Rainbow's additions (Hessel et al. 2018) as switches: n-step
+returns, proportional prioritized replay and noisy linear layers.
+
+Reads top to bottom like the papers: the config; the Q-network (a torso and either one Q head or the
+dueling value and advantage streams, optionally noisy); then the agent — act ε-greedily (or greedily on
+a noisy net), store (n-step) transitions, and per gradient step: build the double-Q target from the
+target network, regress Q(s, a) on it with the Huber loss (importance-weighted under prioritized
+replay), clip the gradient, step Adam, and refresh priorities; every ``target_update_interval`` env
+steps, copy (or Polyak-average) the online weights into the target network.
+
+Turning ``n_step=1``, ``prioritized=False`` and ``noisy=False`` gives dueling double DQN; adding
+``dueling=False`` and ``double_q=False`` gives the DQN of Stable-Baselines3, whose defaults these are.
+Names follow CleanRL (``td_target``, ``old_val``) where it has them.
+
+Speed, without changing the algorithm: acting runs in numpy on zero-copy views of the weights; the
+online network evaluates ``s`` and ``s'`` of a double-Q batch in one call; Adam and gradient clipping
+run on one flat buffer (:class:`FlatAdam`); the hard target update is one ``copy_``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from algorithms.common.config import (
+    config_from_mapping,
+    require_choice,
+    require_in_range,
+    require_int,
+    require_net_arch,
+    require_positive,
+)
+from algorithms.common.errors import NonFiniteLossError
+from algorithms.common.networks import StackedMLP, activation_fn
+from algorithms.common.nstep import NStepAccumulator
+from algorithms.common.off_policy import (
+    OffPolicyRunner,
+    checkpoint_header,
+    load_checkpoint,
+    polyak_update,
+    require_gradient_steps,
+    restore_checkpoint,
+    restore_counters,
+    save_checkpoint,
+    stats_to_dict,
+)
+from algorithms.common.optim import FlatAdam, flatten_parameters
+from algorithms.common.prioritized import PrioritizedSampler
+from algorithms.common.types import Callback, EvalResult, TrainState
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Hyperparameters
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class D3QNConfig:
+    """D3QN hyperparameters. Defaults are Stable-Baselines3's DQN ones, with the dueling head and
+    double-Q targets on; invalid values raise ConfigError at once."""
+
+    learning_rate: float = 1e-4
+    """Adam step size. Typical 1e-5 … 3e-3 (log scale)."""
+    buffer_size: int = 1_000_000
+    """Replay capacity in transitions. Typical 1e4 … 1e6."""
+    learning_starts: int = 100
+    """Env steps of uniformly random actions before the first update. Typical 0 … 50 000."""
+    batch_size: int = 32
+    """Transitions per gradient step. Typical 32 … 512."""
+    tau: float = 1.0
+    """Target update coefficient in (0, 1]: 1 copies the online weights (hard update), less averages."""
+    gamma: float = 0.99
+    """Discount factor in [0, 1]. Typical 0.9 … 0.9999."""
+    train_freq: int = 4
+    """Vectorised env steps between two training phases. Typical 1 … 256."""
+    gradient_steps: int = 1
+    """Gradient steps per training phase; -1: one per env step collected (``train_freq · n_envs``)."""
+    target_update_interval: int = 10_000
+    """Env steps between two target-network updates. Typical 1 … 20 000 (hard updates: 250 … 10 000)."""
+    exploration_fraction: float = 0.1
+    """Share of the training budget over which ε falls linearly from its initial to its final value."""
+    exploration_initial_eps: float = 1.0
+    """ε at the start of training, in [0, 1]."""
+    exploration_final_eps: float = 0.05
+    """ε after ``exploration_fraction`` of the budget, in [0, 1]. Typical 0.01 … 0.2."""
+    max_grad_norm: float = 10.0
+    """Clip the global gradient L2 norm to this. Typical 0.5 … 10."""
+    net_arch: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes of the torso."""
+    activation: str = "relu"
+    """Hidden activation: relu, tanh, elu or gelu."""
+    n_envs: int = 1
+    """Parallel training environments. Typical 1 … 16."""
+    vectorization: str = "sync"
+    """How the training envs run: ``sync`` (one process) or ``async`` (one subprocess per env)."""
+    dueling: bool = True
+    """Dueling head: Q(s, a) = V(s) + A(s, a) − mean_a' A(s, a') instead of one Q output per action."""
+    double_q: bool = True
+    """Double-Q target: the online net picks argmax_a' Q(s', a'), the target net values it."""
+    n_step: int = 1
+    """Return horizon of the stored transitions (cut at episode ends). Typical 1 … 5."""
+    prioritized: bool = False
+    """Proportional prioritized replay with importance weights."""
+    per_alpha: float = 0.6
+    """Prioritisation exponent in [0, 1] (0: uniform). Typical 0.4 … 0.7."""
+    per_beta: float = 0.4
+    """Initial importance-weight exponent in [0, 1], annealed linearly to 1 over each ``learn`` call."""
+    per_eps: float = 1e-6
+    """Added to |TD error| to form a priority, > 0."""
+    noisy: bool = False
+    """Factorised-Gaussian noisy linear layers (Fortunato et al. 2018) explore instead of ε-greedy."""
+    noisy_sigma: float = 0.5
+    """Initial noise scale σ₀ of the noisy layers (σ = σ₀ / √fan_in), > 0. Typical 0.1 … 0.5."""
+
+    def __post_init__(self) -> None:
+        require_positive("learning_rate", self.learning_rate)
+        require_int("buffer_size", self.buffer_size, 1)
+        require_int("learning_starts", self.learning_starts, 0)
+        require_int("batch_size", self.batch_size, 1)
+        require_in_range("tau", self.tau, 0.0, 1.0)
+        require_positive("tau", self.tau)
+        require_in_range("gamma", self.gamma, 0.0, 1.0)
+        require_int("train_freq", self.train_freq, 1)
+        require_gradient_steps(self.gradient_steps)
+        require_int("target_update_interval", self.target_update_interval, 1)
+        require_in_range("exploration_fraction", self.exploration_fraction, 0.0, 1.0)
+        require_in_range("exploration_initial_eps", self.exploration_initial_eps, 0.0, 1.0)
+        require_in_range("exploration_final_eps", self.exploration_final_eps, 0.0, 1.0)
+        require_positive("max_grad_norm", self.max_grad_norm)
+        require_net_arch("net_arch", self.net_arch)
+        activation_fn(self.activation)
+        require_int("n_envs", self.n_envs, 1)
+        require_choice("vectorization", self.vectorization, ("sync", "async"))
+        for name in ("dueling", "double_q", "prioritized", "noisy"):
+            require_choice(name, getattr(self, name), (True, False))
+        require_int("n_step", self.n_step, 1)
+        require_in_range("per_alpha", self.per_alpha, 0.0, 1.0)
+        require_in_range("per_beta", self.per_beta, 0.0, 1.0)
+        require_positive("per_eps", self.per_eps)
+        require_positive("noisy_sigma", self.noisy_sigma)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> D3QNConfig:
+        """Build from a mapping (e.g. a Hydra node), naming any unknown key."""
+        return config_from_mapping(cls, values)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. The Q-network
+# ----------------------------------------------------------------------------------------------------
+def dueling_q_values(out: torch.Tensor) -> torch.Tensor:
+    """Q from a dueling head's output ``[V | A_1 … A_n]`` (last axis): V + A − mean(A).
+
+    Subtracting the mean advantage makes V and A identifiable (Wang et al. 2016, eq. 9).
+    """
+    value, advantage = out[..., :1], out[..., 1:]
+    return value + advantage - advantage.mean(-1, keepdim=True)
+
+
+def dueling_q_values_numpy(out: np.ndarray) -> np.ndarray:
+    """:func:`dueling_q_values` in numpy, for acting."""
+    value, advantage = out[..., :1], out[..., 1:]
+    return value + advantage - advantage.mean(-1, keepdims=True)
+
+
+def td_targets(
+    rewards: torch.Tensor,
+    terminated: torch.Tensor,
+    discounts: torch.Tensor | float,
+    next_q_target: torch.Tensor,
+    next_q_online: torch.Tensor | None,
+) -> torch.Tensor:
+    """y = R + γ^k (1 − d) Q'(s', a*) for a batch.
+
+    a* = argmax_a Q(s', a) of the online net when ``next_q_online`` is given (double Q-learning: the
+    online net selects, the target net evaluates), else of the target net itself (DQN's max).
+    ``discounts`` is γ^k per transition (n-step) or the scalar γ.
+    """
+    if next_q_online is not None:
+        next_q = next_q_target.gather(1, next_q_online.argmax(1, keepdim=True))[:, 0]
+    else:
+        next_q = next_q_target.amax(1)
+    return rewards + discounts * (1.0 - terminated) * next_q
+
+
+class NoisyLinear(nn.Module):
+    """y = (μ_w + σ_w ⊙ ε_w) x + μ_b + σ_b ⊙ ε_b with factorised noise ε_w = f(ε_out) f(ε_in)ᵀ,
+    f(x) = sign(x) √|x| (Fortunato et al. 2018, section 3.2).
+
+    The noise is held in buffers and changes only in :meth:`reset_noise`; ``noise=False`` in
+    :meth:`forward` uses the mean weights (for evaluation).
+    """
+
+    def __init__(self, in_features: int, out_features: int, sigma0: float) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight_mu = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound, bound))
+        self.weight_sigma = nn.Parameter(torch.full((out_features, in_features), sigma0 * bound))
+        self.bias_mu = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
+        self.bias_sigma = nn.Parameter(torch.full((out_features,), sigma0 * bound))
+        self.register_buffer("eps_in", torch.zeros(in_features))
+        self.register_buffer("eps_out", torch.zeros(out_features))
+
+    def reset_noise(self, generator: torch.Generator) -> None:
+        """Draw fresh factorised noise."""
+        for eps in (self.eps_in, self.eps_out):
+            x = torch.randn(eps.shape, generator=generator)
+            eps.copy_(x.sign() * x.abs().sqrt())
+
+    def forward(self, x: torch.Tensor, noise: bool = True) -> torch.Tensor:
+        if not noise:
+            return F.linear(x, self.weight_mu, self.bias_mu)
+        weight = self.weight_mu + self.weight_sigma * torch.outer(self.eps_out, self.eps_in)
+        return F.linear(x, weight, self.bias_mu + self.bias_sigma * self.eps_out)
+
+
+class NoisyMLP(nn.Module):
+    """An MLP whose every layer is a :class:`NoisyLinear` (the NoisyNet variant of the Q-network)."""
+
+    def __init__(
+        self, in_dim: int, hidden: tuple[int, ...], out_dim: int, activation: str, sigma0: float
+    ) -> None:
+        super().__init__()
+        sizes = (in_dim, *hidden, out_dim)
+        self.layers = nn.ModuleList(
+            NoisyLinear(fan_in, fan_out, sigma0) for fan_in, fan_out in itertools.pairwise(sizes)
+        )
+        self.act = activation_fn(activation)
+
+    def reset_noise(self, generator: torch.Generator) -> None:
+        """Fresh noise in every layer."""
+        for layer in self.layers:
+            layer.reset_noise(generator)
+
+    def forward(self, x: torch.Tensor, noise: bool = True) -> torch.Tensor:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x, noise)
+            if i < last:
+                x = self.act(x)
+        return x
+
+
+class QNetwork:
+    """Q(s, ·) for every action: a torso MLP and a head of ``n_actions`` outputs, or ``1 + n_actions``
+    (value and advantages) when dueling. Plain layers are one :class:`StackedMLP` member with
+    nn.Linear's initialisation (as SB3's DQN); noisy layers a :class:`NoisyMLP`."""
+
+    def __init__(self, obs_dim: int, n_actions: int, config: D3QNConfig) -> None:
+        self.dueling = config.dueling
+        self.noisy = config.noisy
+        out_dim = n_actions + 1 if config.dueling else n_actions
+        self.net: nn.Module
+        if config.noisy:
+            self.net = NoisyMLP(obs_dim, config.net_arch, out_dim, config.activation, config.noisy_sigma)
+        else:
+            self.net = StackedMLP(1, obs_dim, config.net_arch, (out_dim,), config.activation, False, (1.0,))
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The trainable weights, in a fixed order (flattened into one buffer by the agent)."""
+        return list(self.net.parameters())
+
+    def reset_noise(self, generator: torch.Generator) -> None:
+        """Fresh noise for a noisy network (no-op otherwise)."""
+        if isinstance(self.net, NoisyMLP):
+            self.net.reset_noise(generator)
+
+    def __call__(self, obs: torch.Tensor, noise: bool = True) -> torch.Tensor:
+        """Q-values, shape (B, n_actions)."""
+        out = self.net(obs, noise) if isinstance(self.net, NoisyMLP) else self.net(obs)[0]
+        return dueling_q_values(out) if self.dueling else out
+
+    def q_numpy(self, obs: np.ndarray, noise: bool) -> np.ndarray:
+        """Q-values for acting, without autograd (numpy fast path for plain layers)."""
+        if isinstance(self.net, StackedMLP):
+            out = self.net.forward_numpy(obs.astype(np.float32, copy=False))[0]
+            return dueling_q_values_numpy(out) if self.dueling else out
+        with torch.no_grad():
+            return self(torch.as_tensor(obs, dtype=torch.float32), noise).numpy()
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. The agent
+# ----------------------------------------------------------------------------------------------------
+class D3QN:
+    """A D3QN agent bound to one environment id, one config and one seed.
+
+    Training envs are created here; evaluation runs on separate envs seeded per call. Same config and
+    seed on CPU give a bit-identical learning curve.
+    """
+
+    algorithm = "d3qn"
+    action_spaces: tuple[type[gym.Space], ...] = (gym.spaces.Discrete,)
+    loss_keys = ("td_loss", "q_values", "epsilon")
+
+    def __init__(
+        self,
+        env_id: str,
+        config: D3QNConfig,
+        seed: int = 0,
+        env_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.env_id = env_id
+        self.config = config
+        self.seed = seed
+        self.env_kwargs = dict(env_kwargs or {})
+        self.runner = OffPolicyRunner(
+            "D3QN",
+            env_id,
+            config.n_envs,
+            seed,
+            config.vectorization,
+            self.env_kwargs,
+            self.action_spaces,
+            config.buffer_size,
+            store_discounts=config.n_step > 1,
+        )
+        obs_dim, n_actions = self.runner.obs_dim, self.runner.n_actions
+        torch.manual_seed(seed)  # network initialisation
+        self.q_network = QNetwork(obs_dim, n_actions, config)
+        self.target_network = QNetwork(obs_dim, n_actions, config)
+        self.q_flat = flatten_parameters(self.q_network.parameters())
+        self.target_flat = flatten_parameters(self.target_network.parameters())
+        self.target_flat.requires_grad_(False)
+        for p in self.target_network.parameters():
+            p.requires_grad_(False)
+        with torch.no_grad():
+            self.target_flat.copy_(self.q_flat)
+        self.optimizer = FlatAdam(self.q_flat, lr=config.learning_rate, max_grad_norm=config.max_grad_norm)
+        self.noise_generator = torch.Generator().manual_seed(seed)
+        self.nstep = (
+            NStepAccumulator(config.n_step, config.gamma, config.n_envs, obs_dim, 1)
+            if config.n_step > 1
+            else None
+        )
+        self.sampler = (
+            PrioritizedSampler(config.buffer_size, config.per_alpha, config.per_eps)
+            if config.prioritized
+            else None
+        )
+        self.n_updates = 0
+        self.target_updates = 0  # target refreshes so far (one per target_update_interval env steps)
+        self._schedule = (0, 1)  # (first env step, env steps) of the current learn call
+        self._stats: list[torch.Tensor] = []
+
+    @property
+    def num_steps(self) -> int:
+        """Env steps taken so far, over all training envs."""
+        return self.runner.num_steps
+
+    # --- schedules ------------------------------------------------------------------------------
+    def _progress(self) -> float:
+        """Share of the current ``learn`` call's budget done, in [0, 1]."""
+        start, total = self._schedule
+        return min(1.0, max(0.0, (self.runner.num_steps - start) / total))
+
+    @property
+    def epsilon(self) -> float:
+        """Current ε of ε-greedy: linear from initial to final over ``exploration_fraction`` (0 if noisy)."""
+        cfg = self.config
+        if cfg.noisy:
+            return 0.0
+        if cfg.exploration_fraction == 0.0:
+            return cfg.exploration_final_eps
+        fraction = min(1.0, self._progress() / cfg.exploration_fraction)
+        start, end = cfg.exploration_initial_eps, cfg.exploration_final_eps
+        return start + fraction * (end - start)
+
+    def _beta(self) -> float:
+        """Importance-weight exponent, annealed linearly from ``per_beta`` to 1 over the budget."""
+        return self.config.per_beta + self._progress() * (1.0 - self.config.per_beta)
+
+    # --- acting ---------------------------------------------------------------------------------
+    def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """Greedy action indices for a batch of observations (mean weights of a noisy net); with
+        ``deterministic=False``, the exploration policy instead."""
+        if not deterministic:
+            return self._explore(np.asarray(obs))
+        return self.q_network.q_numpy(np.asarray(obs), noise=False).argmax(-1)
+
+    def _explore(self, obs: np.ndarray) -> np.ndarray:
+        if self.config.noisy:  # the noise explores: fresh noise every step, then greedy
+            self.q_network.reset_noise(self.noise_generator)
+            return self.q_network.q_numpy(obs, noise=True).argmax(-1)
+        actions = self.q_network.q_numpy(obs, noise=False).argmax(-1)
+        rng = self.runner.rng
+        explore = rng.random(actions.shape[0]) < self.epsilon
+        if explore.any():
+            actions = np.where(explore, rng.integers(0, self.runner.n_actions, actions.shape[0]), actions)
+        return actions
+
+    # --- storing --------------------------------------------------------------------------------
+    def _store(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        next_obs: np.ndarray,
+    ) -> None:
+        """Add one vectorised step to the replay: as n-step windows and/or with maximal priority."""
+        buffer = self.runner.buffer
+        if self.nstep is not None:
+            t = self.nstep.add(obs, actions, rewards, terminated, truncated, next_obs)
+            rows = buffer.add(t.obs, t.actions, t.returns, t.terminated, t.next_obs, t.discounts)
+        else:
+            rows = buffer.add(obs, actions, rewards, terminated, next_obs)
+        if self.sampler is not None and rows.size:
+            self.sampler.on_add(rows)
+
+    # --- training -------------------------------------------------------------------------------
+    def learn(self, total_steps: int, callback: Callback | None = None) -> TrainState:
+        """Train for ``total_steps`` env steps (rounded up to whole vectorised steps).
+
+        The ε and β schedules run over this call's budget. ``callback`` is called after every
+        iteration (about 1000 env steps) with the live :class:`TrainState`; it may call
+        ``state.request_stop()``. Raises NonFiniteLossError when the loss becomes NaN or infinite.
+        """
+        cfg = self.config
+        self._schedule = (self.runner.num_steps, max(1, total_steps))
+        custom_store = self.nstep is not None or self.sampler is not None
+        return self.runner.learn(
+            total_steps,
+            callback,
+            learning_starts=cfg.learning_starts,
+            train_freq=cfg.train_freq,
+            gradient_steps=cfg.gradient_steps,
+            explore=self._explore,
+            train=self._train,
+            pop_losses=self._pop_losses,
+            store=self._store if custom_store else None,
+        )
+
+    def _update_target(self) -> None:
+        """Refresh the target network once per ``target_update_interval`` env steps passed."""
+        due = self.runner.num_steps // self.config.target_update_interval
+        if due > self.target_updates:
+            polyak_update(self.target_flat, self.q_flat, self.config.tau)
+            self.target_updates = due
+
+    def _train(self, gradient_steps: int) -> None:
+        """``gradient_steps`` Q-learning updates, each on a fresh minibatch from the replay buffer."""
+        cfg = self.config
+        rng, buffer = self.runner.rng, self.runner.buffer
+        batch_size = cfg.batch_size
+        self._update_target()
+        for _ in range(gradient_steps):
+            if self.sampler is not None:
+                indices, weights_np = self.sampler.sample(batch_size, buffer.size, self._beta(), rng)
+                weights = torch.from_numpy(weights_np)
+            else:
+                indices = buffer.sample_indices(batch_size, rng)
+                weights = None
+            b = buffer.gather(indices)
+            actions = b.actions[:, 0].long()
+            discounts = b.discounts if b.discounts is not None else cfg.gamma
+            if cfg.noisy:
+                self.q_network.reset_noise(self.noise_generator)
+                self.target_network.reset_noise(self.noise_generator)
+
+            # Online Q on s (with gradient) and, for the double-Q argmax, on s' — one call.
+            if cfg.double_q:
+                q_both = self.q_network(torch.cat((b.observations, b.next_observations)))
+                q_all, next_q_online = q_both[:batch_size], q_both[batch_size:].detach()
+            else:
+                q_all, next_q_online = self.q_network(b.observations), None
+
+            with torch.no_grad():
+                next_q_target = self.target_network(b.next_observations)
+                td_target = td_targets(b.rewards, b.terminated, discounts, next_q_target, next_q_online)
+
+            old_val = q_all.gather(1, actions[:, None])[:, 0]
+            elementwise = F.smooth_l1_loss(old_val, td_target, reduction="none")  # Huber, δ = 1
+            loss = elementwise.mean() if weights is None else (weights * elementwise).mean()
+            if not bool(torch.isfinite(loss)):
+                raise NonFiniteLossError("td_loss", self.runner.num_steps)
+            loss.backward()
+            self.optimizer.step()
+            if self.sampler is not None:
+                self.sampler.update_priorities(indices, (old_val.detach() - td_target).numpy())
+            self.n_updates += 1
+            self._stats.append(torch.stack((loss.detach(), old_val.detach().mean())))
+
+    def _pop_losses(self) -> dict[str, float]:
+        losses = stats_to_dict(self._stats, self.loss_keys[:2])
+        self._stats = []
+        return losses | {"epsilon": self.epsilon}
+
+    # --- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, n_episodes: int, seed: int, deterministic: bool = True, n_envs: int = 4) -> EvalResult:
+        """Run ``n_episodes`` complete episodes on separate evaluation envs seeded with ``seed``.
+
+        Episodes are split evenly across ``min(n_envs, n_episodes)`` envs, so the result depends only
+        on the policy, ``seed`` and these counts.
+        """
+        return self.runner.evaluate(lambda obs: self.predict(obs, deterministic), n_episodes, seed, n_envs)
+
+    # --- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write weights, target weights, the optimizer state and the config to ``path``.
+
+        The replay buffer (and its priorities) is not saved.
+        """
+        header = checkpoint_header(self) | {"target_updates": self.target_updates}
+        save_checkpoint(path, header, self._tensors(), {"q": self.optimizer})
+
+    @classmethod
+    def load(cls, path: str | Path, seed: int | None = None) -> D3QN:
+        """Rebuild an agent saved by :meth:`save` (safe loading: tensors and plain data only)."""
+        payload = load_checkpoint(path)
+        config = D3QNConfig.from_dict(payload["config"])
+        agent = cls(
+            payload["env_id"], config, payload["seed"] if seed is None else seed, payload["env_kwargs"]
+        )
+        restore_checkpoint(payload, agent._tensors(), {"q": agent.optimizer})
+        restore_counters(agent, payload)
+        agent.target_updates = int(payload["target_updates"])
+        return agent
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {"q": self.q_flat, "target": self.target_flat}
+
+    def close(self) -> None:
+        """Close the training and evaluation envs."""
+        self.runner.close()
+
+    def __enter__(self) -> D3QN:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
