@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -44,19 +44,13 @@ from algorithms.common.errors import NonFiniteLossError
 from algorithms.common.networks import StackedMLP, activation_fn
 from algorithms.common.nstep import NStepAccumulator
 from algorithms.common.off_policy import (
-    OffPolicyRunner,
-    checkpoint_header,
-    load_checkpoint,
+    OffPolicyAgent,
     polyak_update,
     require_gradient_steps,
-    restore_checkpoint,
-    restore_counters,
-    save_checkpoint,
     stats_to_dict,
 )
 from algorithms.common.optim import FlatAdam, flatten_parameters
 from algorithms.common.prioritized import PrioritizedSampler
-from algorithms.common.types import Callback, EvalResult, TrainState
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -290,7 +284,7 @@ class QNetwork:
 # ----------------------------------------------------------------------------------------------------
 # 3. The agent
 # ----------------------------------------------------------------------------------------------------
-class D3QN:
+class D3QN(OffPolicyAgent):
     """A D3QN agent bound to one environment id, one config and one seed.
 
     Training envs are created here; evaluation runs on separate envs seeded per call. Same config and
@@ -298,6 +292,7 @@ class D3QN:
     """
 
     algorithm = "d3qn"
+    config_cls = D3QNConfig
     action_spaces: tuple[type[gym.Space], ...] = (gym.spaces.Discrete,)
     loss_keys = ("td_loss", "q_values", "epsilon")
 
@@ -308,21 +303,7 @@ class D3QN:
         seed: int = 0,
         env_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        self.env_id = env_id
-        self.config = config
-        self.seed = seed
-        self.env_kwargs = dict(env_kwargs or {})
-        self.runner = OffPolicyRunner(
-            "D3QN",
-            env_id,
-            config.n_envs,
-            seed,
-            config.vectorization,
-            self.env_kwargs,
-            self.action_spaces,
-            config.buffer_size,
-            store_discounts=config.n_step > 1,
-        )
+        self._setup(env_id, config, seed, env_kwargs, store_discounts=config.n_step > 1)
         obs_dim, n_actions = self.runner.obs_dim, self.runner.n_actions
         torch.manual_seed(seed)  # network initialisation
         self.q_network = QNetwork(obs_dim, n_actions, config)
@@ -346,15 +327,9 @@ class D3QN:
             if config.prioritized
             else None
         )
-        self.n_updates = 0
         self.target_updates = 0  # target refreshes so far (one per target_update_interval env steps)
         self._schedule = (0, 1)  # (first env step, env steps) of the current learn call
         self._stats: list[torch.Tensor] = []
-
-    @property
-    def num_steps(self) -> int:
-        """Env steps taken so far, over all training envs."""
-        return self.runner.num_steps
 
     # --- schedules ------------------------------------------------------------------------------
     def _progress(self) -> float:
@@ -418,27 +393,12 @@ class D3QN:
             self.sampler.on_add(rows)
 
     # --- training -------------------------------------------------------------------------------
-    def learn(self, total_steps: int, callback: Callback | None = None) -> TrainState:
-        """Train for ``total_steps`` env steps (rounded up to whole vectorised steps).
-
-        The ε and β schedules run over this call's budget. ``callback`` is called after every
-        iteration (about 1000 env steps) with the live :class:`TrainState`; it may call
-        ``state.request_stop()``. Raises NonFiniteLossError when the loss becomes NaN or infinite.
-        """
-        cfg = self.config
+    def _start_learning(self, total_steps: int) -> None:
+        """The ε and β schedules run over each ``learn`` call's budget."""
         self._schedule = (self.runner.num_steps, max(1, total_steps))
-        custom_store = self.nstep is not None or self.sampler is not None
-        return self.runner.learn(
-            total_steps,
-            callback,
-            learning_starts=cfg.learning_starts,
-            train_freq=cfg.train_freq,
-            gradient_steps=cfg.gradient_steps,
-            explore=self._explore,
-            train=self._train,
-            pop_losses=self._pop_losses,
-            store=self._store if custom_store else None,
-        )
+
+    def _custom_store(self) -> bool:
+        return self.nstep is not None or self.sampler is not None
 
     def _update_target(self) -> None:
         """Refresh the target network once per ``target_update_interval`` env steps passed."""
@@ -495,46 +455,15 @@ class D3QN:
         self._stats = []
         return losses | {"epsilon": self.epsilon}
 
-    # --- evaluation -----------------------------------------------------------------------------
-    def evaluate(self, n_episodes: int, seed: int, deterministic: bool = True, n_envs: int = 4) -> EvalResult:
-        """Run ``n_episodes`` complete episodes on separate evaluation envs seeded with ``seed``.
+    # --- persistence (OffPolicyAgent.save / load; the replay buffer and priorities are not saved) ---
+    def _extra_state(self) -> dict[str, Any]:
+        return {"target_updates": self.target_updates}
 
-        Episodes are split evenly across ``min(n_envs, n_episodes)`` envs, so the result depends only
-        on the policy, ``seed`` and these counts.
-        """
-        return self.runner.evaluate(lambda obs: self.predict(obs, deterministic), n_episodes, seed, n_envs)
-
-    # --- persistence ----------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write weights, target weights, the optimizer state and the config to ``path``.
-
-        The replay buffer (and its priorities) is not saved.
-        """
-        header = checkpoint_header(self) | {"target_updates": self.target_updates}
-        save_checkpoint(path, header, self._tensors(), {"q": self.optimizer})
-
-    @classmethod
-    def load(cls, path: str | Path, seed: int | None = None) -> D3QN:
-        """Rebuild an agent saved by :meth:`save` (safe loading: tensors and plain data only)."""
-        payload = load_checkpoint(path)
-        config = D3QNConfig.from_dict(payload["config"])
-        agent = cls(
-            payload["env_id"], config, payload["seed"] if seed is None else seed, payload["env_kwargs"]
-        )
-        restore_checkpoint(payload, agent._tensors(), {"q": agent.optimizer})
-        restore_counters(agent, payload)
-        agent.target_updates = int(payload["target_updates"])
-        return agent
+    def _restore_extra_state(self, payload: Mapping[str, Any]) -> None:
+        self.target_updates = int(payload["target_updates"])
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {"q": self.q_flat, "target": self.target_flat}
 
-    def close(self) -> None:
-        """Close the training and evaluation envs."""
-        self.runner.close()
-
-    def __enter__(self) -> D3QN:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _optimizers(self) -> dict[str, FlatAdam]:
+        return {"q": self.optimizer}

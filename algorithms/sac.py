@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -37,20 +36,14 @@ from algorithms.common.config import (
 from algorithms.common.errors import ConfigError, NonFiniteLossError
 from algorithms.common.networks import StackedMLP, activation_fn
 from algorithms.common.off_policy import (
-    OffPolicyRunner,
-    checkpoint_header,
-    load_checkpoint,
+    OffPolicyAgent,
     make_target,
     make_twin_critic,
     polyak_update,
     require_gradient_steps,
-    restore_checkpoint,
-    restore_counters,
-    save_checkpoint,
     stats_to_dict,
 )
 from algorithms.common.optim import FlatAdam, flatten_parameters
-from algorithms.common.types import Callback, EvalResult, TrainState
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 LOG_2 = math.log(2.0)
@@ -212,7 +205,7 @@ class Actor:
 # ----------------------------------------------------------------------------------------------------
 # 3. The agent
 # ----------------------------------------------------------------------------------------------------
-class SAC:
+class SAC(OffPolicyAgent):
     """A SAC agent bound to one environment id, one config and one seed.
 
     Training envs are created here; evaluation runs on separate envs seeded per call. Same config and
@@ -220,6 +213,7 @@ class SAC:
     """
 
     algorithm = "sac"
+    config_cls = SACConfig
     action_spaces: tuple[type[gym.Space], ...] = (gym.spaces.Box,)
     loss_keys = ("critic_loss", "actor_loss", "ent_coef", "ent_coef_loss", "entropy")
 
@@ -230,20 +224,7 @@ class SAC:
         seed: int = 0,
         env_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        self.env_id = env_id
-        self.config = config
-        self.seed = seed
-        self.env_kwargs = dict(env_kwargs or {})
-        self.runner = OffPolicyRunner(
-            "SAC",
-            env_id,
-            config.n_envs,
-            seed,
-            config.vectorization,
-            self.env_kwargs,
-            self.action_spaces,
-            config.buffer_size,
-        )
+        self._setup(env_id, config, seed, env_kwargs)
         obs_dim, act_dim = self.runner.obs_dim, self.runner.act_dim
         torch.manual_seed(seed)  # network initialisation
         self.actor = Actor(obs_dim, act_dim, config)
@@ -266,13 +247,7 @@ class SAC:
         self.log_alpha.grad = torch.zeros(1)
         self.alpha_optimizer = FlatAdam(self.log_alpha, lr=config.learning_rate)
         self.target_entropy = -config.target_entropy_scale * act_dim
-        self.n_updates = 0
         self._stats: list[torch.Tensor] = []
-
-    @property
-    def num_steps(self) -> int:
-        """Env steps taken so far, over all training envs."""
-        return self.runner.num_steps
 
     # --- acting ---------------------------------------------------------------------------------
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
@@ -284,25 +259,6 @@ class SAC:
         return self.actor.act_numpy(obs, self.runner.rng)
 
     # --- training -------------------------------------------------------------------------------
-    def learn(self, total_steps: int, callback: Callback | None = None) -> TrainState:
-        """Train for ``total_steps`` env steps (rounded up to whole vectorised steps).
-
-        ``callback`` is called after every iteration (about 1000 env steps) with the live
-        :class:`TrainState`; it may call ``state.request_stop()``. Raises NonFiniteLossError when a
-        loss becomes NaN or infinite.
-        """
-        cfg = self.config
-        return self.runner.learn(
-            total_steps,
-            callback,
-            learning_starts=cfg.learning_starts,
-            train_freq=cfg.train_freq,
-            gradient_steps=cfg.gradient_steps,
-            explore=self._explore,
-            train=self._train,
-            pop_losses=self._pop_losses,
-        )
-
     def _train(self, gradient_steps: int) -> None:
         """``gradient_steps`` SAC updates, each on a fresh minibatch from the replay buffer."""
         cfg = self.config
@@ -366,35 +322,7 @@ class SAC:
         self._stats = []
         return losses
 
-    # --- evaluation -----------------------------------------------------------------------------
-    def evaluate(self, n_episodes: int, seed: int, deterministic: bool = True, n_envs: int = 4) -> EvalResult:
-        """Run ``n_episodes`` complete episodes on separate evaluation envs seeded with ``seed``.
-
-        Episodes are split evenly across ``min(n_envs, n_episodes)`` envs, so the result depends only
-        on the policy, ``seed`` and these counts.
-        """
-        return self.runner.evaluate(lambda obs: self.predict(obs, deterministic), n_episodes, seed, n_envs)
-
-    # --- persistence ----------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write weights, target weights, optimizer states, log α and the config to ``path``.
-
-        The replay buffer is not saved.
-        """
-        save_checkpoint(path, checkpoint_header(self), self._tensors(), self._optimizers())
-
-    @classmethod
-    def load(cls, path: str | Path, seed: int | None = None) -> SAC:
-        """Rebuild an agent saved by :meth:`save` (safe loading: tensors and plain data only)."""
-        payload = load_checkpoint(path)
-        config = SACConfig.from_dict(payload["config"])
-        agent = cls(
-            payload["env_id"], config, payload["seed"] if seed is None else seed, payload["env_kwargs"]
-        )
-        restore_checkpoint(payload, agent._tensors(), agent._optimizers())
-        restore_counters(agent, payload)
-        return agent
-
+    # --- persistence (OffPolicyAgent.save / load) ------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {
             "actor": self.actor_flat,
@@ -405,13 +333,3 @@ class SAC:
 
     def _optimizers(self) -> dict[str, FlatAdam]:
         return {"actor": self.actor_optimizer, "critic": self.critic_optimizer, "alpha": self.alpha_optimizer}
-
-    def close(self) -> None:
-        """Close the training and evaluation envs."""
-        self.runner.close()
-
-    def __enter__(self) -> SAC:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -15,7 +15,6 @@ the actor step evaluates Q₁ only and computes no critic-weight gradients, and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -33,20 +32,14 @@ from algorithms.common.config import (
 from algorithms.common.errors import NonFiniteLossError
 from algorithms.common.networks import StackedMLP, activation_fn, narrow_linear
 from algorithms.common.off_policy import (
-    OffPolicyRunner,
-    checkpoint_header,
-    load_checkpoint,
+    OffPolicyAgent,
     make_target,
     make_twin_critic,
     polyak_update,
     require_gradient_steps,
-    restore_checkpoint,
-    restore_counters,
-    save_checkpoint,
     stats_to_dict,
 )
 from algorithms.common.optim import FlatAdam, flatten_parameters
-from algorithms.common.types import Callback, EvalResult, TrainState
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -137,7 +130,7 @@ def first_member(net: StackedMLP, x: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------
 # 3. The agent
 # ----------------------------------------------------------------------------------------------------
-class TD3:
+class TD3(OffPolicyAgent):
     """A TD3 agent bound to one environment id, one config and one seed.
 
     Training envs are created here; evaluation runs on separate envs seeded per call. Same config and
@@ -145,6 +138,7 @@ class TD3:
     """
 
     algorithm = "td3"
+    config_cls = TD3Config
     action_spaces: tuple[type[gym.Space], ...] = (gym.spaces.Box,)
     critic_keys = ("critic_loss",)
     actor_keys = ("actor_loss",)
@@ -156,20 +150,7 @@ class TD3:
         seed: int = 0,
         env_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        self.env_id = env_id
-        self.config = config
-        self.seed = seed
-        self.env_kwargs = dict(env_kwargs or {})
-        self.runner = OffPolicyRunner(
-            "TD3",
-            env_id,
-            config.n_envs,
-            seed,
-            config.vectorization,
-            self.env_kwargs,
-            self.action_spaces,
-            config.buffer_size,
-        )
+        self._setup(env_id, config, seed, env_kwargs)
         obs_dim, act_dim = self.runner.obs_dim, self.runner.act_dim
         arch, act = config.net_arch, config.activation
         torch.manual_seed(seed)  # network initialisation
@@ -186,14 +167,8 @@ class TD3:
         self._actor_params = list(self.actor.parameters())
         self.actor_optimizer = FlatAdam(self.actor_flat, lr=config.learning_rate)
         self.critic_optimizer = FlatAdam(self.critic_flat, lr=config.learning_rate)
-        self.n_updates = 0
         self._critic_stats: list[torch.Tensor] = []
         self._actor_stats: list[torch.Tensor] = []
-
-    @property
-    def num_steps(self) -> int:
-        """Env steps taken so far, over all training envs."""
-        return self.runner.num_steps
 
     # --- acting ---------------------------------------------------------------------------------
     def _act(self, obs: np.ndarray) -> np.ndarray:
@@ -209,25 +184,6 @@ class TD3:
         return np.clip(action + self.config.exploration_noise * noise, -1.0, 1.0)
 
     # --- training -------------------------------------------------------------------------------
-    def learn(self, total_steps: int, callback: Callback | None = None) -> TrainState:
-        """Train for ``total_steps`` env steps (rounded up to whole vectorised steps).
-
-        ``callback`` is called after every iteration (about 1000 env steps) with the live
-        :class:`TrainState`; it may call ``state.request_stop()``. Raises NonFiniteLossError when a
-        loss becomes NaN or infinite.
-        """
-        cfg = self.config
-        return self.runner.learn(
-            total_steps,
-            callback,
-            learning_starts=cfg.learning_starts,
-            train_freq=cfg.train_freq,
-            gradient_steps=cfg.gradient_steps,
-            explore=self._explore,
-            train=self._train,
-            pop_losses=self._pop_losses,
-        )
-
     def _train(self, gradient_steps: int) -> None:
         """``gradient_steps`` critic updates, with an actor and target update every ``policy_delay``."""
         cfg = self.config
@@ -278,32 +234,7 @@ class TD3:
         self._critic_stats, self._actor_stats = [], []
         return losses
 
-    # --- evaluation -----------------------------------------------------------------------------
-    def evaluate(self, n_episodes: int, seed: int, deterministic: bool = True, n_envs: int = 4) -> EvalResult:
-        """Run ``n_episodes`` complete episodes on separate evaluation envs seeded with ``seed``.
-
-        Episodes are split evenly across ``min(n_envs, n_episodes)`` envs, so the result depends only
-        on the policy, ``seed`` and these counts.
-        """
-        return self.runner.evaluate(lambda obs: self.predict(obs, deterministic), n_episodes, seed, n_envs)
-
-    # --- persistence ----------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write weights, target weights, optimizer states and the config to ``path`` (not the buffer)."""
-        save_checkpoint(path, checkpoint_header(self), self._tensors(), self._optimizers())
-
-    @classmethod
-    def load(cls, path: str | Path, seed: int | None = None) -> TD3:
-        """Rebuild an agent saved by :meth:`save` (safe loading: tensors and plain data only)."""
-        payload = load_checkpoint(path)
-        config = TD3Config.from_dict(payload["config"])
-        agent = cls(
-            payload["env_id"], config, payload["seed"] if seed is None else seed, payload["env_kwargs"]
-        )
-        restore_checkpoint(payload, agent._tensors(), agent._optimizers())
-        restore_counters(agent, payload)
-        return agent
-
+    # --- persistence (OffPolicyAgent.save / load) ------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {
             "actor": self.actor_flat,
@@ -314,13 +245,3 @@ class TD3:
 
     def _optimizers(self) -> dict[str, FlatAdam]:
         return {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
-
-    def close(self) -> None:
-        """Close the training and evaluation envs."""
-        self.runner.close()
-
-    def __enter__(self) -> TD3:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

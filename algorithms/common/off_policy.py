@@ -13,7 +13,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import gymnasium as gym
 import numpy as np
@@ -270,55 +270,185 @@ def stats_to_dict(stats: list[torch.Tensor], keys: tuple[str, ...]) -> dict[str,
     return dict(zip(keys, torch.stack(stats).mean(0).tolist(), strict=True))
 
 
-def save_checkpoint(
-    path: str | Path,
-    header: Mapping[str, Any],
-    tensors: Mapping[str, torch.Tensor],
-    optimizers: Mapping[str, FlatAdam],
-) -> None:
-    """Write an off-policy agent: plain ``header`` data, flat weight ``tensors`` and optimizer states.
+# --- the agent shell -----------------------------------------------------------------------------------
+class OffPolicyAgent:
+    """The surface SAC, TD3 and D3QN share around their algorithm: ``learn``, ``evaluate``, ``save``,
+    ``load``, ``close`` and the context manager, all delegating to an :class:`OffPolicyRunner`.
 
-    Tensors and plain data only, so :func:`load_checkpoint` can use ``torch.load(weights_only=True)``.
+    A subclass sets :attr:`algorithm`, :attr:`config_cls` and :attr:`action_spaces`, calls
+    :meth:`_setup` first in its constructor (signature ``(env_id, config, seed, env_kwargs)``), and
+    provides the algorithm: ``predict``, ``_explore`` (policy-space actions while training),
+    ``_train(gradient_steps)``, ``_pop_losses()``, and the checkpointed ``_tensors()`` and
+    ``_optimizers()``. Optional hooks: ``_start_learning``, ``_store`` (when :meth:`_custom_store`
+    is true) and ``_extra_state`` / ``_restore_extra_state`` for counters beyond the runner's.
     """
-    payload: dict[str, Any] = dict(header)
-    payload.update({name: tensor.detach().clone() for name, tensor in tensors.items()})
-    payload.update({f"{name}_optimizer": opt.state_dict() for name, opt in optimizers.items()})
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, path)
 
+    algorithm: str
+    config_cls: type
+    action_spaces: tuple[type[gym.Space], ...]
+    config: Any
+    runner: OffPolicyRunner
+    n_updates: int
 
-def checkpoint_header(agent: Any) -> dict[str, Any]:
-    """The plain data every off-policy checkpoint starts with: what to rebuild and where training stood."""
-    return {
-        "algorithm": agent.algorithm,
-        "env_id": agent.env_id,
-        "env_kwargs": agent.env_kwargs,
-        "config": dataclasses.asdict(agent.config),
-        "seed": agent.seed,
-        "num_steps": agent.runner.num_steps,
-        "num_vec_steps": agent.runner.num_vec_steps,
-        "n_updates": agent.n_updates,
-    }
+    def _setup(
+        self,
+        env_id: str,
+        config: Any,
+        seed: int,
+        env_kwargs: Mapping[str, Any] | None,
+        store_discounts: bool = False,
+    ) -> None:
+        """Record what the agent is bound to and create the runner (envs, buffer, generator)."""
+        self.env_id = env_id
+        self.config = config
+        self.seed = seed
+        self.env_kwargs = dict(env_kwargs or {})
+        self.runner = OffPolicyRunner(
+            self.algorithm.upper(),
+            env_id,
+            config.n_envs,
+            seed,
+            config.vectorization,
+            self.env_kwargs,
+            self.action_spaces,
+            config.buffer_size,
+            store_discounts,
+        )
+        self.n_updates = 0
 
+    @property
+    def num_steps(self) -> int:
+        """Env steps taken so far, over all training envs."""
+        return self.runner.num_steps
 
-def restore_counters(agent: Any, payload: Mapping[str, Any]) -> None:
-    """Put the step and update counters of :func:`checkpoint_header` back into ``agent``."""
-    agent.runner.num_steps = int(payload["num_steps"])
-    agent.runner.num_vec_steps = int(payload["num_vec_steps"])
-    agent.n_updates = int(payload["n_updates"])
+    # --- what each algorithm provides ------------------------------------------------------------
+    def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """Env actions for a batch of observations."""
+        raise NotImplementedError
 
+    def _explore(self, obs: np.ndarray) -> np.ndarray:
+        """Training actions (policy space: [-1, 1] for Box, indices for Discrete) for a batch of obs."""
+        raise NotImplementedError
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a file written by :func:`save_checkpoint` (safe loading)."""
-    return torch.load(path, weights_only=True)
+    def _train(self, gradient_steps: int) -> None:
+        """Run ``gradient_steps`` updates from the replay buffer."""
+        raise NotImplementedError
 
+    def _pop_losses(self) -> dict[str, float]:
+        """Mean loss statistics since the last call, then reset."""
+        raise NotImplementedError
 
-def restore_checkpoint(
-    payload: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], optimizers: Mapping[str, FlatAdam]
-) -> None:
-    """Copy saved weights into ``tensors`` in place (keeping parameter views intact) and optimizer states."""
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            tensor.copy_(payload[name])
-    for name, opt in optimizers.items():
-        opt.load_state_dict(payload[f"{name}_optimizer"])
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        """The flat weight buffers (and other tensors) a checkpoint holds, by name."""
+        raise NotImplementedError
+
+    def _optimizers(self) -> dict[str, FlatAdam]:
+        """The optimizers a checkpoint holds, by name."""
+        raise NotImplementedError
+
+    # --- hooks with defaults ----------------------------------------------------------------------
+    def _start_learning(self, total_steps: int) -> None:
+        """Called at the start of every ``learn`` call (schedules over its budget)."""
+
+    def _custom_store(self) -> bool:
+        """Whether transitions go through :meth:`_store` instead of a plain ``buffer.add``."""
+        return False
+
+    def _store(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        next_obs: np.ndarray,
+    ) -> None:
+        """Store one vectorised step (only called when :meth:`_custom_store` is true)."""
+        raise NotImplementedError
+
+    def _extra_state(self) -> dict[str, Any]:
+        """Plain data to checkpoint beyond the step and update counters."""
+        return {}
+
+    def _restore_extra_state(self, payload: Mapping[str, Any]) -> None:
+        """Put back what :meth:`_extra_state` saved."""
+
+    # --- the shared surface -----------------------------------------------------------------------
+    def learn(self, total_steps: int, callback: Callback | None = None) -> TrainState:
+        """Train for ``total_steps`` env steps (rounded up to whole vectorised steps).
+
+        ``callback`` is called after every iteration (about 1000 env steps) with the live
+        :class:`TrainState`; it may call ``state.request_stop()``. Raises NonFiniteLossError when a
+        loss becomes NaN or infinite.
+        """
+        cfg = self.config
+        self._start_learning(total_steps)
+        return self.runner.learn(
+            total_steps,
+            callback,
+            learning_starts=cfg.learning_starts,
+            train_freq=cfg.train_freq,
+            gradient_steps=cfg.gradient_steps,
+            explore=self._explore,
+            train=self._train,
+            pop_losses=self._pop_losses,
+            store=self._store if self._custom_store() else None,
+        )
+
+    def evaluate(self, n_episodes: int, seed: int, deterministic: bool = True, n_envs: int = 4) -> EvalResult:
+        """Run ``n_episodes`` complete episodes on separate evaluation envs seeded with ``seed``.
+
+        Episodes are split evenly across ``min(n_envs, n_episodes)`` envs, so the result depends only
+        on the policy, ``seed`` and these counts.
+        """
+        return self.runner.evaluate(lambda obs: self.predict(obs, deterministic), n_episodes, seed, n_envs)
+
+    def save(self, path: str | Path) -> None:
+        """Write the config, weights (online and target), optimizer states and counters to ``path``.
+
+        The replay buffer is not saved. Tensors and plain data only, so :meth:`load` can use
+        ``torch.load(weights_only=True)``.
+        """
+        payload: dict[str, Any] = {
+            "algorithm": self.algorithm,
+            "env_id": self.env_id,
+            "env_kwargs": self.env_kwargs,
+            "config": dataclasses.asdict(self.config),
+            "seed": self.seed,
+            "num_steps": self.runner.num_steps,
+            "num_vec_steps": self.runner.num_vec_steps,
+            "n_updates": self.n_updates,
+            **self._extra_state(),
+        }
+        payload.update({name: t.detach().clone() for name, t in self._tensors().items()})
+        payload.update({f"{name}_optimizer": opt.state_dict() for name, opt in self._optimizers().items()})
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, path)
+
+    @classmethod
+    def load(cls, path: str | Path, seed: int | None = None) -> Self:
+        """Rebuild an agent saved by :meth:`save` (safe loading: tensors and plain data only)."""
+        payload = torch.load(path, weights_only=True)
+        config = cls.config_cls.from_dict(payload["config"])
+        seed = payload["seed"] if seed is None else seed
+        agent = cls(payload["env_id"], config, seed, payload["env_kwargs"])  # type: ignore[call-arg]
+        with torch.no_grad():  # copy in place: parameter views into the flat buffers stay intact
+            for name, tensor in agent._tensors().items():
+                tensor.copy_(payload[name])
+        for name, opt in agent._optimizers().items():
+            opt.load_state_dict(payload[f"{name}_optimizer"])
+        agent.runner.num_steps = int(payload["num_steps"])
+        agent.runner.num_vec_steps = int(payload["num_vec_steps"])
+        agent.n_updates = int(payload["n_updates"])
+        agent._restore_extra_state(payload)
+        return agent
+
+    def close(self) -> None:
+        """Close the training and evaluation envs."""
+        self.runner.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

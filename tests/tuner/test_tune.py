@@ -288,15 +288,24 @@ def test_timeout_stops_claiming_trials_and_a_rerun_finishes_the_budget(tmp_path:
     assert second.returncode == 0, second.stderr
 
 
-@pytest.mark.parametrize("algo", ["sac", "td3"])
-def test_off_policy_algorithms_tune_with_their_own_search_space(tmp_path: Path, algo: str) -> None:
+@pytest.mark.parametrize(
+    "algo, env, own_param",
+    [
+        ("sac", "pendulum", "ent_coef"),
+        ("td3", "pendulum", "exploration_noise"),
+        ("d3qn", "cartpole", "n_step"),
+    ],
+)
+def test_off_policy_algorithms_tune_with_their_own_search_space(
+    tmp_path: Path, algo: str, env: str, own_param: str
+) -> None:
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "tuner.tune",
             f"algo={algo}",
-            "env=pendulum",
+            f"env={env}",
             "algo.net_arch=[32,32]",
             "algo.batch_size=64",
             "~search.params.net_arch",
@@ -321,6 +330,6 @@ def test_off_policy_algorithms_tune_with_their_own_search_space(tmp_path: Path, 
         timeout=240,
     )
     assert result.returncode == 0, result.stderr
-    study = load(tmp_path, f"{algo}_pendulum")
+    study = load(tmp_path, f"{algo}_{env}")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
-    assert "tau" in study.trials[0].params and "one_minus_gamma" in study.trials[0].params
+    assert own_param in study.trials[0].params and "one_minus_gamma" in study.trials[0].params
