@@ -11,7 +11,8 @@ Names follow CleanRL (``qf_loss``, ``log_alpha``); default hyperparameters follo
 Speed, without changing the algorithm: both critics are one two-member :class:`StackedMLP` (and so
 are the target critics); each optimised group (actor, critics, log α) lives in one flat buffer with
 :class:`FlatAdam`; the target update is one ``lerp_``; the policy step computes no critic-weight
-gradients; acting runs in numpy on zero-copy views of the weights.
+gradients and backpropagates each sample through the smaller critic only (``twin_min_q``); acting
+runs in numpy on zero-copy views of the weights.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from algorithms.common.off_policy import (
     polyak_update,
     require_gradient_steps,
     stats_to_dict,
+    twin_min_q,
 )
 from algorithms.common.optim import FlatAdam, flatten_parameters
 
@@ -288,7 +290,7 @@ class SAC(OffPolicyAgent):
             # Policy step: minimise E[α log π(a|s) − min Q(s, a)], a ~ π reparameterised. Only the
             # actor's gradient is computed; the critic passes gradients to the action, not its weights.
             pi_actions, log_prob = actor(b.observations, noise[0])
-            min_q_pi = critic(torch.cat((b.observations, pi_actions), 1)).amin(0)[:, 0]
+            min_q_pi = twin_min_q(critic, torch.cat((b.observations, pi_actions), 1))
             actor_loss = (alpha * log_prob - min_q_pi).mean()
             actor_loss.backward(inputs=self._actor_params)
             self.actor_optimizer.step()

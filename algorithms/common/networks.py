@@ -194,6 +194,7 @@ class StackedMLP(nn.Module):
         if len(out_dims) != n_members or len(out_gains) != n_members:
             raise ValueError("out_dims and out_gains need one entry per member")
         self.n_members = n_members
+        self.activation = activation
         self.out_dims = tuple(out_dims)
         self.act = INPLACE_ACTIVATIONS.get(activation, activation_fn(activation))
         sizes = (in_dim, *hidden, max(out_dims))

@@ -24,7 +24,7 @@ from algorithms import (
     get_algorithm,
 )
 from algorithms.common.networks import StackedMLP
-from algorithms.common.off_policy import polyak_update, scale_action, unscale_action
+from algorithms.common.off_policy import polyak_update, scale_action, twin_min_q, unscale_action
 from algorithms.sac import squashed_gaussian
 
 SMALL = dict(net_arch=(32, 32), batch_size=64, learning_starts=100)
@@ -297,3 +297,19 @@ def test_td3_learns_pendulum() -> None:
         agent.learn(6000)
         score = agent.evaluate(10, seed=10_000).mean_return
     assert score > -600, f"eval {score:.1f} vs random ≈ −1200"
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_twin_min_q_gives_autograds_input_gradient_through_the_smaller_critic(activation: str) -> None:
+    torch.manual_seed(0)
+    critic = StackedMLP(2, 5, (16, 8), (1, 1), activation, False, (1.0, 1.0), narrow_head=True)
+    x = torch.randn(64, 5, requires_grad=True)
+    weights = torch.randn(64)
+    # A plain backward: the ReLU path computes no weight gradients at all; others are asked not to.
+    (weights * twin_min_q(critic, x)).sum().backward(inputs=None if activation == "relu" else [x])
+    expected_x = x.detach().clone().requires_grad_(True)
+    reference = critic(expected_x).amin(0)[:, 0]
+    (weights * reference).sum().backward(inputs=[expected_x])
+    torch.testing.assert_close(twin_min_q(critic, x.detach()), reference.detach())
+    torch.testing.assert_close(x.grad, expected_x.grad)
+    assert all(p.grad is None for p in critic.parameters())
