@@ -41,7 +41,7 @@ from algorithms.common.config import (
     require_positive,
 )
 from algorithms.common.errors import NonFiniteLossError
-from algorithms.common.networks import StackedMLP, activation_fn
+from algorithms.common.networks import NUMPY_ACTIVATIONS, StackedMLP, activation_fn
 from algorithms.common.nstep import NStepAccumulator
 from algorithms.common.off_policy import (
     OffPolicyAgent,
@@ -227,6 +227,7 @@ class NoisyMLP(nn.Module):
         self.layers = nn.ModuleList(
             NoisyLinear(fan_in, fan_out, sigma0) for fan_in, fan_out in itertools.pairwise(sizes)
         )
+        self.activation = activation
         self.act = activation_fn(activation)
 
     def reset_noise(self, generator: torch.Generator) -> None:
@@ -240,6 +241,28 @@ class NoisyMLP(nn.Module):
             x = layer(x, noise)
             if i < last:
                 x = self.act(x)
+        return x
+
+    def forward_numpy(self, x: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        """The same function in numpy for acting: with fresh factorised noise from ``rng`` in every
+        layer, or with the mean weights when ``rng`` is None. Leaves the torch noise buffers alone."""
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            weight = layer.weight_mu.detach().numpy()
+            bias = layer.bias_mu.detach().numpy()
+            if rng is not None:
+                eps_in, eps_out = (
+                    np.sign(e) * np.sqrt(np.abs(e))
+                    for e in (
+                        rng.standard_normal(weight.shape[1], dtype=np.float32),
+                        rng.standard_normal(weight.shape[0], dtype=np.float32),
+                    )
+                )
+                weight = weight + layer.weight_sigma.detach().numpy() * np.outer(eps_out, eps_in)
+                bias = bias + layer.bias_sigma.detach().numpy() * eps_out
+            x = x @ weight.T + bias
+            if i < last:
+                x = NUMPY_ACTIVATIONS[self.activation](x)
         return x
 
 
@@ -272,13 +295,15 @@ class QNetwork:
         out = self.net(obs, noise) if isinstance(self.net, NoisyMLP) else self.net(obs)[0]
         return dueling_q_values(out) if self.dueling else out
 
-    def q_numpy(self, obs: np.ndarray, noise: bool) -> np.ndarray:
-        """Q-values for acting, without autograd (numpy fast path for plain layers)."""
-        if isinstance(self.net, StackedMLP):
-            out = self.net.forward_numpy(obs.astype(np.float32, copy=False))[0]
-            return dueling_q_values_numpy(out) if self.dueling else out
-        with torch.no_grad():
-            return self(torch.as_tensor(obs, dtype=torch.float32), noise).numpy()
+    def q_numpy(self, obs: np.ndarray, noise_rng: np.random.Generator | None = None) -> np.ndarray:
+        """Q-values for acting, in numpy without autograd. A noisy net draws fresh noise from
+        ``noise_rng`` (None: its mean weights); plain layers ignore it."""
+        obs = obs.astype(np.float32, copy=False)
+        if isinstance(self.net, NoisyMLP):
+            out = self.net.forward_numpy(obs, noise_rng)
+        else:
+            out = self.net.forward_numpy(obs)[0]
+        return dueling_q_values_numpy(out) if self.dueling else out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -359,13 +384,12 @@ class D3QN(OffPolicyAgent):
         ``deterministic=False``, the exploration policy instead."""
         if not deterministic:
             return self._explore(np.asarray(obs))
-        return self.q_network.q_numpy(np.asarray(obs), noise=False).argmax(-1)
+        return self.q_network.q_numpy(np.asarray(obs)).argmax(-1)
 
     def _explore(self, obs: np.ndarray) -> np.ndarray:
         if self.config.noisy:  # the noise explores: fresh noise every step, then greedy
-            self.q_network.reset_noise(self.noise_generator)
-            return self.q_network.q_numpy(obs, noise=True).argmax(-1)
-        actions = self.q_network.q_numpy(obs, noise=False).argmax(-1)
+            return self.q_network.q_numpy(obs, self.runner.rng).argmax(-1)
+        actions = self.q_network.q_numpy(obs).argmax(-1)
         rng = self.runner.rng
         explore = rng.random(actions.shape[0]) < self.epsilon
         if explore.any():

@@ -85,11 +85,21 @@ class PrioritizedSampler:
         self.alpha = alpha
         self.eps = eps
         self.max_priority = 1.0
+        self._new_rows: list[np.ndarray] = []  # written since the last sample, priority not yet set
 
     def on_add(self, rows: np.ndarray) -> None:
-        """Give freshly written rows the largest priority so far."""
-        rows = np.asarray(rows, dtype=np.int64)
-        self.tree.update(rows, np.full(rows.shape, self.max_priority**self.alpha))
+        """Give freshly written rows the largest priority so far.
+
+        Deferred until the next :meth:`sample`, so the tree is updated once per training phase for
+        all rows written since, not once per env step.
+        """
+        self._new_rows.append(np.asarray(rows, dtype=np.int64))
+
+    def _flush_new_rows(self) -> None:
+        if self._new_rows:
+            rows = np.concatenate(self._new_rows)
+            self._new_rows = []
+            self.tree.update(rows, np.full(rows.shape, self.max_priority**self.alpha))
 
     def sample(
         self, batch_size: int, size: int, beta: float, rng: np.random.Generator
@@ -99,6 +109,7 @@ class PrioritizedSampler:
         Stratified: the total priority is cut into ``batch_size`` equal slices and one prefix sum is
         drawn uniformly in each. Weights ``(size · P(i))^-β`` are divided by their batch maximum.
         """
+        self._flush_new_rows()
         total = self.tree.total
         if size == 0 or total <= 0.0:
             raise ValueError("cannot sample from an empty replay buffer")
@@ -111,6 +122,7 @@ class PrioritizedSampler:
 
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
         """Set the priorities of replayed rows from their absolute TD errors."""
+        self._flush_new_rows()  # rows sampled from must not be overwritten by a stale max priority
         priorities = np.abs(np.asarray(td_errors, dtype=np.float64)) + self.eps
         self.max_priority = max(self.max_priority, float(priorities.max()))
         self.tree.update(indices, priorities**self.alpha)

@@ -282,3 +282,23 @@ def test_d3qn_learns_cartpole() -> None:
         agent.learn(20_000)
         result = agent.evaluate(10, seed=10_001)
     assert result.mean_return >= 150, result
+
+
+def test_noisy_network_acts_in_numpy_with_the_same_function_as_in_torch() -> None:
+    from algorithms.d3qn import NoisyMLP
+
+    net = NoisyMLP(4, (16, 16), 3, "relu", sigma0=0.5)
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    with torch.no_grad():
+        mean = net(torch.from_numpy(x), noise=False).numpy()
+    np.testing.assert_allclose(net.forward_numpy(x, None), mean, rtol=1e-5, atol=1e-6)
+    # With noise: numpy draws eps_in then eps_out per layer; put the same draws into the torch buffers.
+    rng, replay = np.random.default_rng(1), np.random.default_rng(1)
+    noisy = net.forward_numpy(x, rng)
+    for layer in net.layers:
+        for eps in (layer.eps_in, layer.eps_out):
+            e = torch.from_numpy(replay.standard_normal(eps.shape[0], dtype=np.float32))
+            eps.copy_(e.sign() * e.abs().sqrt())
+    with torch.no_grad():
+        np.testing.assert_allclose(noisy, net(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(noisy, mean)
