@@ -281,7 +281,10 @@ class OffPolicyRunner:
                 obs = next_obs
                 self.num_steps += n_envs
                 self.num_vec_steps += 1
-                if self.num_steps >= learning_starts and self.num_vec_steps % train_freq == 0:
+                # An n-step store holds transitions back until their window closes: the buffer can
+                # still be empty here when learning_starts is 0.
+                due = self.num_steps >= learning_starts and self.num_vec_steps % train_freq == 0
+                if due and buffer.size > 0:
                     train(gradient_steps)
             self._obs = obs
 

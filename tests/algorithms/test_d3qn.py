@@ -302,3 +302,10 @@ def test_noisy_network_acts_in_numpy_with_the_same_function_as_in_torch() -> Non
     with torch.no_grad():
         np.testing.assert_allclose(noisy, net(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)
     assert not np.allclose(noisy, mean)
+
+
+def test_n_step_returns_with_learning_starts_zero_wait_for_the_first_stored_window() -> None:
+    config = D3QNConfig(**{**SMALL, "learning_starts": 0, "train_freq": 1, "n_step": 3, "prioritized": True})
+    with D3QN("CartPole-v1", config, seed=0) as agent:
+        agent.learn(10)  # the first two steps complete no 3-step window yet: nothing to train on
+        assert len(agent.runner.buffer) == 8 and agent.n_updates == 8
