@@ -273,7 +273,6 @@ class QNetwork:
 
     def __init__(self, obs_dim: int, n_actions: int, config: D3QNConfig) -> None:
         self.dueling = config.dueling
-        self.noisy = config.noisy
         out_dim = n_actions + 1 if config.dueling else n_actions
         self.net: nn.Module
         if config.noisy:

@@ -27,7 +27,7 @@ from algorithms.common.config import (
     require_non_negative,
     require_positive,
 )
-from algorithms.common.envs import EpisodeTracker, check_spaces, evaluate_episodes, make_vec_env
+from algorithms.common.envs import EpisodeTracker, check_spaces, eval_envs, evaluate_episodes, make_vec_env
 from algorithms.common.errors import ConfigError, NonFiniteLossError
 from algorithms.common.networks import StackedMLP, activation_fn
 from algorithms.common.normalize import ObsNormalizer, RewardNormalizer
@@ -503,11 +503,9 @@ class PPO:
         """
         if n_episodes < 1:
             raise ConfigError(f"n_episodes must be >= 1, got {n_episodes}")
-        n_envs = min(n_envs, n_episodes)
-        if self._eval_envs is None or self._eval_envs.num_envs != n_envs:
-            if self._eval_envs is not None:
-                self._eval_envs.close()
-            self._eval_envs = make_vec_env(self.env_id, n_envs, seed, "sync", self.env_kwargs)
+        self._eval_envs = eval_envs(
+            self._eval_envs, self.env_id, min(n_envs, n_episodes), seed, self.env_kwargs
+        )
         return evaluate_episodes(
             self._eval_envs, lambda obs: self.predict(obs, deterministic), n_episodes, seed
         )

@@ -108,9 +108,11 @@ def cases() -> list[Case]:
     return cases
 
 
-def sb3_off_policy_kwargs(algo: str, config: Any, env_id: str) -> dict[str, Any]:
-    """The Stable-Baselines3 SAC / TD3 arguments equal to rltune's ``config``."""
-    common = dict(
+def sb3_replay_kwargs(config: Any) -> dict[str, Any]:
+    """The Stable-Baselines3 arguments every replay-based agent (SAC, TD3, DQN) shares with ``config``."""
+    if config.activation != "relu":
+        raise ValueError("the SB3 comparison uses ReLU, as both libraries default to")
+    return dict(
         learning_rate=config.learning_rate,
         buffer_size=config.buffer_size,
         learning_starts=config.learning_starts,
@@ -121,8 +123,11 @@ def sb3_off_policy_kwargs(algo: str, config: Any, env_id: str) -> dict[str, Any]
         gradient_steps=config.gradient_steps,
         policy_kwargs=dict(net_arch=list(config.net_arch), activation_fn=torch.nn.ReLU),
     )
-    if config.activation != "relu":
-        raise ValueError("the SB3 comparison uses ReLU, as both libraries default to")
+
+
+def sb3_off_policy_kwargs(algo: str, config: Any, env_id: str) -> dict[str, Any]:
+    """The Stable-Baselines3 SAC / TD3 arguments equal to rltune's ``config``."""
+    common = sb3_replay_kwargs(config)
     if algo == "sac":
         if config.actor_learning_rate is not None or config.critic_learning_rate is not None:
             raise ValueError("SB3's SAC has one learning rate")
@@ -159,23 +164,13 @@ def sb3_dqn_kwargs(config: Any) -> dict[str, Any]:
     }
     if any(options.values()):
         raise ValueError(f"SB3's DQN has none of: {[k for k, v in options.items() if v]}")
-    if config.activation != "relu":
-        raise ValueError("the SB3 comparison uses ReLU, as both libraries default to")
     return dict(
-        learning_rate=config.learning_rate,
-        buffer_size=config.buffer_size,
-        learning_starts=config.learning_starts,
-        batch_size=config.batch_size,
-        tau=config.tau,
-        gamma=config.gamma,
-        train_freq=config.train_freq,
-        gradient_steps=config.gradient_steps,
+        sb3_replay_kwargs(config),
         target_update_interval=config.target_update_interval,
         exploration_fraction=config.exploration_fraction,
         exploration_initial_eps=config.exploration_initial_eps,
         exploration_final_eps=config.exploration_final_eps,
         max_grad_norm=config.max_grad_norm,
-        policy_kwargs=dict(net_arch=list(config.net_arch), activation_fn=torch.nn.ReLU),
     )
 
 

@@ -112,6 +112,22 @@ class EpisodeTracker:
         return out
 
 
+def eval_envs(
+    current: gym.vector.VectorEnv | None,
+    env_id: str,
+    n_envs: int,
+    seed: int,
+    env_kwargs: dict[str, Any],
+) -> gym.vector.VectorEnv:
+    """Evaluation envs with ``n_envs`` copies: ``current`` when it has that many (kept between
+    evaluations; :func:`evaluate_episodes` reseeds them), else new sync envs, closing ``current``."""
+    if current is not None and current.num_envs == n_envs:
+        return current
+    if current is not None:
+        current.close()
+    return make_vec_env(env_id, n_envs, seed, "sync", env_kwargs)
+
+
 def evaluate_episodes(
     envs: gym.vector.VectorEnv,
     predict: Callable[[np.ndarray], np.ndarray],
