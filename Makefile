@@ -8,16 +8,24 @@ BENCH_STAMP := $(VENV)/.installed-bench
 ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
+DASHBOARD_PORT ?= 8080
+MLFLOW_ARTIFACTS ?= $(CURDIR)/runs/mlflow-server-artifacts
+DASHBOARD_STAMP := $(VENV)/.installed-dashboard
+# `make tracking-server`: the MLflow server's backend store. Put a password in the environment, not on the
+# command line: MLFLOW_BACKEND_STORE_URI=postgresql://user:pw@host/mlflow make tracking-server
+tracking-server: export MLFLOW_BACKEND_STORE_URI ?= postgresql://postgres@127.0.0.1:5432/mlflow
+# `make dashboard`: the Optuna storage to show, from RLTUNE_STORAGE as storage=postgres reads it.
+dashboard: export RLTUNE_STORAGE ?= sqlite:///$(CURDIR)/runs/optuna.db
 # The torch wheel that lies on these machines (CPU build); installed before anything can pull a CUDA build.
 TORCH_PIN := torch==2.13.0
 # MLflow 3 starts a usage-telemetry client on import; these machines have no route for it.
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full sweep worker train replay bench bench-scores ui lint format clean
+.PHONY: help install test test-full sweep worker train replay benchmark report bench bench-scores ui tracking-server dashboard lint format clean
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -55,6 +63,12 @@ replay: install ## re-train one trial from its stored overrides: make replay ARG
 train: install ## train one agent: make train ARGS="env=pendulum algo.learning_rate=1e-3"
 	$(PY) -m tuner.train $(ARGS)
 
+benchmark: install ## algorithms × envs × seeds in MLflow (resumable); no ARGS: benchmark=quick. make benchmark ARGS="benchmark=classic"
+	$(PY) -m tuner.benchmark $(ARGS)
+
+report: install ## tables and plots of the newest benchmark from MLflow: make report ARGS="report.benchmark=classic"
+	$(PY) -m tuner.report $(ARGS)
+
 bench: $(BENCH_STAMP) ## throughput against Stable-Baselines3 (same hyperparameters), prints the ratios
 	$(PY) bench/throughput.py $(ARGS)
 
@@ -64,6 +78,18 @@ bench-scores: install ## final eval return over 5 seeds for a preset: make bench
 ui: install ## serve the MLflow UI for runs/mlflow.db on http://127.0.0.1:5000 (HOST=…, PORT=… to change)
 	mkdir -p runs
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host $(HOST) --port $(PORT) --workers 1
+
+tracking-server: install ## MLflow server for many workers (PostgreSQL store), 127.0.0.1:5000 (HOST, PORT); workers: tracking=server
+	$(PY) -m tuner.postgres MLFLOW_BACKEND_STORE_URI
+	mkdir -p $(MLFLOW_ARTIFACTS)
+	$(VENV)/bin/mlflow server --artifacts-destination $(MLFLOW_ARTIFACTS) --host $(HOST) --port $(PORT)
+
+$(DASHBOARD_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,dashboard]"
+	touch $(DASHBOARD_STAMP)
+
+dashboard: $(DASHBOARD_STAMP) ## optuna-dashboard on RLTUNE_STORAGE (default runs/optuna.db), 127.0.0.1:8080 (DASHBOARD_PORT)
+	$(VENV)/bin/optuna-dashboard "$$RLTUNE_STORAGE" --host $(HOST) --port $(DASHBOARD_PORT)
 
 lint: install ## ruff check and format check
 	$(VENV)/bin/ruff check .

@@ -19,7 +19,7 @@ seed must be dealt with explicitly by the caller, not averaged in as NaN.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +86,64 @@ def bootstrap_ci(
         rng=np.random.default_rng(seed),
     )
     return (float(result.confidence_interval.low), float(result.confidence_interval.high))
+
+
+def stratified_bootstrap_ci(
+    groups: Sequence[npt.ArrayLike],
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the IQM of all ``groups`` pooled, resampling within each group.
+
+    rliable's stratified bootstrap for an aggregate over tasks: each group (e.g. the normalized final
+    scores of one environment's seeds) is resampled on its own (``scipy.stats.bootstrap`` with several
+    unpaired samples), so every resample keeps every task with its number of runs, and the IQM is taken
+    over the pooled resample. Groups with a single value or all-equal values are kept fixed (every
+    resample of them is themselves). ``(nan, nan)`` if every group has one value.
+
+    Raises:
+        ValueError: no groups, a group empty or non-finite, or settings out of range.
+    """
+    samples = [_as_sample(group) for group in groups]
+    if not samples:
+        raise ValueError("expected at least one group")
+    _check_settings(confidence, n_resamples)
+    resampled = [sample for sample in samples if sample.size > 1 and not np.all(sample == sample[0])]
+    fixed = [sample for sample in samples if not any(sample is r for r in resampled)]
+    pooled = np.concatenate(samples)
+    if all(sample.size == 1 for sample in samples):
+        return (math.nan, math.nan)
+    if not resampled:  # every group constant: each resample is the sample itself
+        point = iqm(pooled)
+        return (point, point)
+
+    def pooled_iqm(*drawn: np.ndarray, axis: int = -1) -> np.ndarray:
+        shape = drawn[0].shape[:-1]
+        constants = [np.broadcast_to(sample, (*shape, sample.size)) for sample in fixed]
+        return _iqm_along(np.concatenate([*drawn, *constants], axis=-1), axis=-1)
+
+    result = sps.bootstrap(
+        tuple(resampled),
+        pooled_iqm,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        paired=False,  # each group (stratum) resampled on its own
+        vectorized=True,
+        rng=np.random.default_rng(seed),
+    )
+    return (float(result.confidence_interval.low), float(result.confidence_interval.high))
+
+
+def performance_profile(scores: npt.ArrayLike, thresholds: npt.ArrayLike) -> np.ndarray:
+    """Share of runs whose (normalized) score exceeds each threshold τ: rliable's performance profile.
+
+    Returns an array shaped like ``thresholds``; it falls from 1 towards 0 as τ grows.
+    """
+    sample = _as_sample(scores)
+    taus = np.asarray(thresholds, dtype=float)
+    return (sample[None, :] > taus.reshape(-1, 1)).mean(axis=1).reshape(taus.shape)
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,10 @@ def make_storage(
     url = settings.storage
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif url.startswith("postgresql"):
+        from tuner.postgres import ensure_database
+
+        ensure_database(url)
     with warnings.catch_warnings():  # heartbeats and retries are marked experimental in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry)

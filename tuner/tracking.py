@@ -14,6 +14,7 @@ import logging
 import math
 import re
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -126,7 +127,7 @@ class RunRecorder:
 def start_run(
     uri: str,
     experiment: str,
-    artifact_dir: str | Path,
+    artifact_dir: str | Path | None,
     run_name: str | None = None,
     tags: Mapping[str, Any] | None = None,
     parent_run_id: str | None = None,
@@ -137,7 +138,8 @@ def start_run(
     Args:
         uri: tracking URI, e.g. ``sqlite:////abs/runs/mlflow.db`` (the file's folder is created).
         experiment: experiment name; a new experiment stores artifacts under ``artifact_dir/<name>``.
-        artifact_dir: local folder for artifacts of newly created experiments.
+        artifact_dir: local folder for artifacts of newly created experiments; None leaves the location
+            to the tracking server (``mlflow server --artifacts-destination``).
         run_name: display name of the run.
         tags: initial tags (masked).
         parent_run_id: makes this run a child of that run (same experiment, for the UI to nest it).
@@ -148,7 +150,8 @@ def start_run(
     while the run is open) or FAILED (any other exception, re-raised). Raises ConfigError when the
     tracking store or the experiment cannot be used; no run exists then.
     """
-    client, experiment_id = _open_experiment(uri, experiment, Path(artifact_dir))
+    local_dir = None if artifact_dir is None else Path(artifact_dir)
+    client, experiment_id = _open_experiment(uri, experiment, local_dir)
     all_tags = dict(tags or {})
     if parent_run_id is not None:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
@@ -214,7 +217,7 @@ def end_runs(uri: str, run_ids: Sequence[str], status: str, reason: str) -> list
     return ended
 
 
-def _open_experiment(uri: str, name: str, artifact_dir: Path) -> tuple[MlflowClient, str]:
+def _open_experiment(uri: str, name: str, artifact_dir: Path | None) -> tuple[MlflowClient, str]:
     """A client on ``uri`` and the id of the active experiment ``name``, created if missing."""
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +226,7 @@ def _open_experiment(uri: str, name: str, artifact_dir: Path) -> tuple[MlflowCli
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             safe_name = re.sub(r"[^\w.-]", "_", name)
-            location = (artifact_dir.resolve() / safe_name).as_uri()
+            location = None if artifact_dir is None else (artifact_dir.resolve() / safe_name).as_uri()
             try:
                 return client, client.create_experiment(name, artifact_location=location)
             except MlflowException:  # created meanwhile by another process
@@ -274,6 +277,67 @@ class _RunSignals:
         if signum == signal.SIGTERM:
             raise RunTerminated(signum)
         raise KeyboardInterrupt
+
+
+class RunReader:
+    """Read-only queries on a tracking store, for jobs that resume from it and reports built from it.
+
+    Runs are found by their tags (exact values) across all active experiments or in one; results are
+    MLflow ``Run`` objects, newest first. MLflow errors become ConfigError naming the masked URI.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+
+    def find_runs(
+        self, tags: Mapping[str, str], experiment: str | None = None, finished_only: bool = False
+    ) -> list[Any]:
+        """Runs whose tags equal ``tags``, in experiment ``experiment`` (a name) or in any; newest first."""
+        if any("'" in str(value) for value in tags.values()):
+            raise ValueError(f"tag values to search for cannot contain a quote: {dict(tags)}")
+        conditions = [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+        if finished_only:
+            conditions.append("attributes.status = 'FINISHED'")
+        try:
+            if experiment is None:
+                ids = [e.experiment_id for e in self.client.search_experiments()]
+            else:
+                found = self.client.get_experiment_by_name(experiment)
+                ids = [found.experiment_id] if found is not None else []
+            runs: list[Any] = []
+            token = None
+            while ids:
+                page = self.client.search_runs(
+                    ids,
+                    filter_string=" and ".join(conditions),
+                    order_by=["attributes.start_time DESC"],
+                    max_results=1000,
+                    page_token=token,
+                )
+                runs.extend(page)
+                token = page.token
+                if not token:
+                    break
+        except MlflowException as exc:
+            raise ConfigError(
+                f"cannot read MLflow tracking store {mask_secrets(self.uri)}: {exc.message}"
+            ) from exc
+        return runs
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """``(step, value)`` of metric ``key`` sorted by step; of several values at a step, the latest."""
+        history = sorted(self.client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+        return sorted({m.step: m.value for m in history}.items())
+
+    def read_text(self, run_id: str, artifact_file: str) -> str:
+        """The text artifact ``artifact_file`` of run ``run_id``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(self.client.download_artifacts(run_id, artifact_file, tmp)).read_text()
+
+    def experiment_name(self, experiment_id: str) -> str:
+        """The name of experiment ``experiment_id``."""
+        return self.client.get_experiment(experiment_id).name
 
 
 def _describe(exc: BaseException) -> str:

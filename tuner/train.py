@@ -102,7 +102,8 @@ class RunSettings:
     progress: bool
     tracking_uri: str
     experiment: str
-    artifact_dir: str
+    artifact_dir: str | None
+    """Local artifact folder of new MLflow experiments; None: the tracking server's artifact store."""
 
     @property
     def eval_seed(self) -> int:
@@ -130,7 +131,7 @@ class RunSettings:
             progress=bool(_lookup(config, "progress")),
             tracking_uri=_string(config, "tracking.uri"),
             experiment=_string(config, "tracking.experiment"),
-            artifact_dir=_string(config, "tracking.artifact_dir"),
+            artifact_dir=_optional_string(config, "tracking.artifact_dir"),
         )
 
 
@@ -232,6 +233,7 @@ def run_training(
     parent_run_id: str | None = None,
     on_eval: EvalHook | None = None,
     run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Validate ``cfg`` (composed from conf/train.yaml), then train, evaluate and record one MLflow run.
 
@@ -241,6 +243,7 @@ def run_training(
         on_eval: called after each evaluation during training and after the final one; returning True
             during training stops it there (that evaluation is then the final one).
         run_name: MLflow run name (default ``<algo>-<env>-seed<seed>``).
+        tags: extra MLflow tags of the run (e.g. a benchmark cell's identity).
 
     Raises:
         ConfigError, UnsupportedSpaceError: before any MLflow run exists.
@@ -252,7 +255,7 @@ def run_training(
     set_torch_threads(settings.torch_threads)
     agent = build_agent(config, settings)
     try:
-        return _train_and_record(agent, config, settings, parent_run_id, on_eval, run_name)
+        return _train_and_record(agent, config, settings, parent_run_id, on_eval, run_name, tags or {})
     finally:
         agent.close()
 
@@ -264,6 +267,7 @@ def _train_and_record(
     parent_run_id: str | None,
     on_eval: EvalHook | None,
     run_name: str | None,
+    extra_tags: Mapping[str, Any],
 ) -> TrainResult:
     """Open the MLflow run, learn with the monitor, evaluate, store config, model and learning curve."""
     # Imported only once the config is valid: MLflow and matplotlib take ~2 s to import, which a bad
@@ -271,7 +275,7 @@ def _train_and_record(
     from tuner.plots import learning_curve
     from tuner.tracking import start_run
 
-    tags = {"algo": settings.algo, "env_id": settings.env_id, "seed": settings.seed}
+    tags = {"algo": settings.algo, "env_id": settings.env_id, "seed": settings.seed, **extra_tags}
     if HydraConfig.initialized():
         tags["overrides"] = " ".join(HydraConfig.get().overrides.task)
     run_name = run_name or f"{settings.algo}-{settings.env_name}-seed{settings.seed}"
@@ -341,6 +345,10 @@ def _reference_lines(config: Mapping[str, Any], algo: str) -> list[tuple[str, fl
     if reference:
         lines.append((f"rl-zoo3 {algo} at {reference['budget']} steps", float(reference["score"])))
     return lines
+
+
+def _optional_string(config: Mapping[str, Any], key: str) -> str | None:
+    return None if _lookup(config, key) is None else _string(config, key)
 
 
 def _lookup(config: Mapping[str, Any], key: str) -> Any:

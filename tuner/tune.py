@@ -57,11 +57,15 @@ from tuner.study import (
 )
 from tuner.train import RunSettings, build_agent, resolve_config
 from tuner.worker import StaleTrialRunCloser, run_worker
+from tuner.worker import describe as describe_outcome
 
 log = logging.getLogger(__name__)
 
 EXIT_CONFIG_ERROR = 2
-TUNE_GROUPS = ("tune", "search", "sampler", "pruner")  # config nodes that are not part of a training run
+JOIN_TIMEOUT_S = 600.0  # a multirun worker job waits this long for job 0 to create the study
+JOIN_POLL_S = 2.0
+# Config nodes that are not part of a training run.
+TUNE_GROUPS = ("tune", "search", "sampler", "pruner", "storage", "worker")
 NOT_FORWARDED = ("hydra", "seed", "total_steps", *TUNE_GROUPS)  # overrides the trials set themselves
 
 
@@ -106,7 +110,7 @@ def prepare(cfg: DictConfig, create: bool) -> Prepared:
     tracking = {
         "uri": str(config["tracking"]["uri"]),
         "experiment": str(config["tracking"]["experiment"]),
-        "artifact_dir": str(config["tracking"]["artifact_dir"]),
+        "artifact_dir": config["tracking"]["artifact_dir"],  # None: the tracking server's store
     }
     storage = make_storage(settings, StaleTrialRunCloser(tracking["uri"]))
     study = open_study(settings, storage, sampler, pruner, create=create)
@@ -234,13 +238,61 @@ def run_local_workers(prepared: Prepared, overrides: Sequence[str], progress: Sw
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="tune")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: one clear message and exit code 2 for a bad config, otherwise run the sweep."""
+    """Hydra entry point: one clear message and exit code 2 for a bad config, otherwise run the sweep
+    (or, with ``worker=<index>`` in a multirun, one worker job of it)."""
+    overrides = HydraConfig.get().overrides.task
     try:
-        prepared = prepare(cfg, create=True)
+        index = worker_index(cfg.get("worker"))
+        joining = index is not None and index > 0
+        prepared = wait_for_study(cfg) if joining else prepare(cfg, create=True)
     except (ConfigError, UnsupportedSpaceError) as exc:
         print(mask_secrets(f"error: {exc}"), file=sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)
-    run_sweep(prepared, HydraConfig.get().overrides.task)
+    if index is None:
+        run_sweep(prepared, overrides)
+    elif index == 0:  # the job that owns the study: in-process worker, then the tables and validation
+        prepared.settings = replace(prepared.settings, n_workers=1)
+        run_sweep(prepared, overrides)
+    else:
+        outcomes = run_worker(
+            prepared.study,
+            prepared.storage,
+            prepared.setup,
+            prepared.settings,
+            on_outcome=lambda outcome: print(describe_outcome(outcome), flush=True),
+        )
+        print(f"worker {index} done: {len(outcomes)} trials", flush=True)
+
+
+def worker_index(value: Any) -> int | None:
+    """The ``worker`` setting: None, or a job index >= 0; ConfigError otherwise."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(
+            f"worker must be null or an index >= 0 (worker='range(N)' in a multirun), got {value!r}"
+        )
+    return value
+
+
+def wait_for_study(cfg: DictConfig, timeout_s: float = JOIN_TIMEOUT_S) -> Prepared:
+    """Open the study once job 0 has created it, topped up its budget and opened its sweep run (the jobs
+    of a multirun may start in any order, or far apart on a cluster's queue)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            prepared = prepare(cfg, create=False)
+            sweep_run_id = prepared.study.user_attrs.get(SWEEP_RUN_ATTR)
+            # A resumed study has a sweep run already; its topped-up budget says job 0 got there too.
+            topped_up = budget_status(prepared.study).counted >= prepared.settings.n_trials
+            if sweep_run_id and topped_up:
+                return replace(prepared, setup=replace(prepared.setup, sweep_run_id=sweep_run_id))
+        except ConfigError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise ConfigError(f"job worker=0 did not open the study's sweep run within {timeout_s:.0f} s")
+        time.sleep(JOIN_POLL_S)
 
 
 def run_sweep(prepared: Prepared, overrides: Sequence[str]) -> None:

@@ -1,0 +1,209 @@
+"""The benchmark driven as a user drives it (``python -m tuner.benchmark``), and its cell planning."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from algorithms import ConfigError
+from tuner.benchmark import BenchmarkSettings, plan_cells
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+BASE = {
+    "name": "t",
+    "algos": ["ppo", "sac"],
+    "envs": ["cartpole", "pendulum"],
+    "sources": {},
+    "seeds": 2,
+    "first_seed": 2001,
+    "budget_steps": {"cartpole": 2048, "pendulum": 2000},
+    "eval_points": 2,
+    "n_workers": 1,
+}
+
+
+def settings(**changes: object) -> BenchmarkSettings:
+    return BenchmarkSettings.from_config({**BASE, **changes})
+
+
+def tracking(tmp_path: Path) -> dict[str, str]:
+    return {"uri": f"sqlite:///{tmp_path}/m.db", "experiment": "benchmark_t", "artifact_dir": str(tmp_path)}
+
+
+def test_incompatible_pairs_are_skipped_with_a_note(tmp_path: Path) -> None:
+    plan = plan_cells(settings(), tracking(tmp_path), str(ROOT))
+    assert [c.key for c in plan.cells] == [
+        "ppo/cartpole/2001",
+        "ppo/cartpole/2002",
+        "ppo/pendulum/2001",
+        "ppo/pendulum/2002",
+        "sac/pendulum/2001",
+        "sac/pendulum/2002",
+    ]
+    assert plan.skipped_pairs == ("sac on cartpole: sac needs Box actions, cartpole has Discrete(2)",)
+    cell = plan.cells[0]
+    assert cell.budget_steps == 2048
+    assert "env.eval.freq_steps=1024" in cell.overrides and "seed=2001" in cell.overrides
+
+
+def test_fingerprints_follow_the_trained_config_not_the_tracking(tmp_path: Path) -> None:
+    plan = plan_cells(settings(), tracking(tmp_path), str(ROOT))
+    assert len({c.fingerprint for c in plan.cells}) == len(plan.cells)  # seeds differ
+    elsewhere = plan_cells(settings(), {**tracking(tmp_path), "uri": "sqlite:////other/m.db"}, str(ROOT))
+    assert [c.fingerprint for c in elsewhere.cells] == [c.fingerprint for c in plan.cells]
+    longer = plan_cells(
+        settings(budget_steps={"cartpole": 4096, "pendulum": 2000}), tracking(tmp_path), str(ROOT)
+    )
+    assert longer.cells[0].fingerprint != plan.cells[0].fingerprint
+    assert longer.cells[2].fingerprint == plan.cells[2].fingerprint  # pendulum unchanged
+
+
+def test_sources_select_presets(tmp_path: Path) -> None:
+    plan = plan_cells(settings(sources={"ppo": "preset", "sac": "preset"}), tracking(tmp_path), str(ROOT))
+    sources = {c.key: c.source for c in plan.cells}
+    assert sources["ppo/cartpole/2001"] == "preset:ppo_cartpole"
+    assert sources["sac/pendulum/2001"] == "preset:sac_pendulum"
+    assert "experiment=ppo_cartpole" in plan.cells[0].overrides
+    tuned = settings(
+        algos=["td3"], envs=["mountaincarcontinuous"], sources={"td3": "tuned"}, budget_steps=None
+    )
+    with pytest.raises(
+        ConfigError, match=r"sources\.td3=tuned, but there is no conf/experiment/td3_mountaincar"
+    ):
+        plan_cells(tuned, tracking(tmp_path), str(ROOT))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"algos": ["ppo", "dqn"]}, "unknown algorithm 'dqn'; choose one of: d3qn, ppo, sac, td3"),
+        ({"envs": ["cartpol"]}, "unknown env 'cartpol'; choose: acrobot, cartpole"),
+        (
+            {"sources": {"ppo": "best"}},
+            "benchmark.sources.ppo: unknown source 'best'; choose: default, preset, tuned",
+        ),
+        ({"budget_steps": {"hoper": 10}}, "benchmark.budget_steps: unknown env hoper; choose: acrobot"),
+        ({"budget_steps": -5}, "budget_steps.cartpole must be an integer >= 1 or null"),
+        ({"seeds": 0}, "benchmark.seeds must be an integer >= 1"),
+        ({"name": "a/b"}, "benchmark.name must be letters, digits"),
+    ],
+)
+def test_bad_settings_name_the_problem_and_the_choices(change: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        settings(**change)
+
+
+def bench_cli(tmp_path: Path, *overrides: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        bench_args(tmp_path, *overrides), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def bench_args(tmp_path: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "tuner.benchmark",
+        "benchmark.name=t",
+        "benchmark.algos=[ppo]",
+        "benchmark.first_seed=2001",
+        "benchmark.eval_points=2",
+        "benchmark.n_workers=1",
+        f"paths.runs_dir={tmp_path}",
+        *overrides,
+    ]
+
+
+def cell_runs(tmp_path: Path) -> list:
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("benchmark_t")
+    return client.search_runs([experiment.experiment_id], filter_string="tags.kind = 'benchmark_cell'")
+
+
+def test_interrupted_benchmark_resumes_without_retraining_finished_cells(tmp_path: Path) -> None:
+    # Two quick CartPole cells, then a Pendulum cell far too long to finish: interrupt it with SIGTERM.
+    long_run = bench_args(
+        tmp_path, "benchmark.envs=[cartpole,pendulum]", "benchmark.seeds=2",
+        "benchmark.budget_steps={cartpole: 2048, pendulum: 10000000}",
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        long_run, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    finished_lines = []
+    deadline = time.monotonic() + 180
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until both CartPole cells report, and give the Pendulum cell a moment
+        if "final eval return" in line:
+            finished_lines.append(line)
+        if len(finished_lines) == 2 or time.monotonic() > deadline:
+            break
+    time.sleep(8)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+    assert len(finished_lines) == 2, output
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert "re-run the same command" in output
+
+    runs = cell_runs(tmp_path)
+    status = {r.data.tags["cell"]: r.info.status for r in runs}
+    assert status == {
+        "ppo/cartpole/2001": "FINISHED",
+        "ppo/cartpole/2002": "FINISHED",
+        "ppo/pendulum/2001": "KILLED",
+    }
+
+    # The same benchmark with a Pendulum budget that fits: only the Pendulum cells are trained.
+    resumed = bench_cli(
+        tmp_path, "benchmark.envs=[cartpole,pendulum]", "benchmark.seeds=2",
+        "benchmark.budget_steps={cartpole: 2048, pendulum: 1024}",
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "4 cells, 2 already finished in MLflow" in resumed.stdout
+    runs = cell_runs(tmp_path)
+    per_cell = Counter(r.data.tags["cell"] for r in runs if r.info.status == "FINISHED")
+    assert per_cell == {
+        c: 1 for c in ("ppo/cartpole/2001", "ppo/cartpole/2002", "ppo/pendulum/2001", "ppo/pendulum/2002")
+    }
+    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parents) == 1  # the resumed cells nest under the same benchmark run
+
+    # Nothing left to do: a third run trains nothing, and the report reads all four cells back.
+    again = bench_cli(
+        tmp_path, "benchmark.envs=[cartpole,pendulum]", "benchmark.seeds=2",
+        "benchmark.budget_steps={cartpole: 2048, pendulum: 1024}",
+    )  # fmt: skip
+    assert again.returncode == 0 and "0 to train" in again.stdout, again.stdout + again.stderr
+    assert len(cell_runs(tmp_path)) == len(runs)
+    report = subprocess.run(
+        [sys.executable, "-m", "tuner.report", f"paths.runs_dir={tmp_path}", "report.n_resamples=500"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "cartpole" in report.stdout and "pendulum" in report.stdout
+    assert (tmp_path / "reports" / "t" / "summary.csv").read_text().count("\n") == 3  # header + 2 rows
+
+
+def test_bad_benchmark_config_exits_2_before_any_run(tmp_path: Path) -> None:
+    result = bench_cli(
+        tmp_path,
+        "benchmark.algos=[td3]",
+        "benchmark.envs=[mountaincarcontinuous]",
+        "benchmark.sources.td3=tuned",
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: benchmark.sources.td3=tuned, but there is no")
+    )
+    assert not (tmp_path / "mlflow.db").exists()

@@ -1,0 +1,248 @@
+"""Studies on the real PostgreSQL server: a fresh database per test, dropped afterwards.
+
+When PostgreSQL is unreachable these tests skip, except with RLTUNE_REQUIRE_POSTGRES=1 (as in CI), where
+they fail: a green CI must have exercised them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from mlflow import MlflowClient
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from tests.tuner.test_tune import ENV, ROOT, counted, tune_args
+
+SERVER = os.environ.get("RLTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+PASSWORD = "pg-s3cret-pw"  # trust auth accepts any password, so it can ride along in every URL
+
+
+def _admin() -> sqlalchemy.engine.Engine:
+    return sqlalchemy.create_engine(f"{SERVER}/postgres", isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """URL of a database that does not exist yet (the storage creates it); dropped after the test."""
+    engine = _admin()
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        engine.dispose()
+        message = f"PostgreSQL at {SERVER} is unreachable: {str(exc).splitlines()[0]}"
+        if os.environ.get("RLTUNE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"rltune_test_{uuid.uuid4().hex[:10]}"
+    yield f"{SERVER}/{name}"
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def with_password(url: str) -> str:
+    return url.replace("postgresql://postgres@", f"postgresql://postgres:{PASSWORD}@")
+
+
+def run(
+    tmp_path: Path,
+    storage_url: str,
+    *extra: str,
+    timeout: float = 300,
+    multirun: bool = False,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """A tiny sweep on storage=postgres, the URL passed the recommended way (RLTUNE_STORAGE)."""
+    args = tune_args(tmp_path, "storage=postgres", *extra)
+    if multirun:
+        args.insert(3, "--multirun")  # after `python -m tuner.tune`, before the overrides
+    return subprocess.run(
+        args,
+        cwd=ROOT,
+        env={**ENV, "RLTUNE_STORAGE": storage_url, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path, pg_url: str) -> Iterator[str]:
+    """An MLflow tracking server on a fresh PostgreSQL database, as `make tracking-server` starts it."""
+    backend = f"{pg_url}_mlflow"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    subprocess.run(
+        [sys.executable, "-m", "tuner.postgres", "MLFLOW_BACKEND_STORE_URI"],
+        env={**ENV, "MLFLOW_BACKEND_STORE_URI": backend},
+        check=True,
+        cwd=ROOT,
+    )
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        env={**ENV, "MLFLOW_BACKEND_STORE_URI": backend},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (
+                    "the MLflow server did not start"
+                )
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        engine = _admin()
+        with engine.connect() as connection:
+            name = backend.rsplit("/", 1)[1]
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+def test_four_workers_finish_exactly_the_budget_and_log_to_the_server(
+    tmp_path: Path, pg_url: str, mlflow_server: str
+) -> None:
+    result = run(
+        tmp_path, pg_url, "tune.n_trials=12", "tune.n_workers=4", "tracking=server",
+        env={"MLFLOW_TRACKING_URI": mlflow_server},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    study = optuna.load_study(study_name="ppo_cartpole", storage=pg_url)
+    assert sorted(t.number for t in study.trials) == list(range(12))  # exact, no duplicate numbers
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    logs = list((tmp_path / "logs" / "ppo_cartpole").glob("worker-*.log"))
+    assert len(logs) == 4 and all("trial " in p.read_text() for p in logs), (
+        "every worker must have run trials"
+    )
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()  # nothing local
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("ppo_cartpole")
+    runs = client.search_runs([experiment.experiment_id])
+    names = Counter(r.info.run_name for r in runs)
+    assert {f"trial-{n}" for n in range(12)} <= set(names) and names["sweep-ppo_cartpole"] == 1
+    assert all(r.info.status == "FINISHED" for r in runs)
+    seed_run = next(r for r in runs if r.info.run_name == "trial-7-seed1")
+    assert "model.pt" in {a.path for a in client.list_artifacts(seed_run.info.run_id)}  # via the server
+
+
+def test_a_password_in_the_storage_url_is_never_written_or_printed(tmp_path: Path, pg_url: str) -> None:
+    result = run(tmp_path, with_password(pg_url), "tune.n_trials=2", "tune.validate_seeds=2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert PASSWORD not in result.stdout + result.stderr
+    assert "***" in result.stdout + result.stderr  # the URL was shown, masked
+    for path in tmp_path.rglob("*"):  # logs, MLflow's database and artifacts, exported presets
+        if path.is_file():
+            assert PASSWORD.encode() not in path.read_bytes(), path
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    for mlflow_run in client.search_runs(experiments):
+        values = [*mlflow_run.data.params.values(), *mlflow_run.data.tags.values()]
+        assert not [v for v in values if PASSWORD in v], mlflow_run.info.run_name
+
+
+def test_unreachable_storage_is_one_masked_message_and_nothing_starts(tmp_path: Path) -> None:
+    url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/rltune"  # nothing listens on port 1
+    result = run(tmp_path, url, "tune.n_trials=2", timeout=120)
+    assert result.returncode == 2
+    assert PASSWORD not in result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot reach PostgreSQL at postgresql://postgres:***@127.0.0.1:1/rltune")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_submitit_multirun_workers_share_one_study(tmp_path: Path, pg_url: str) -> None:
+    # Hydra's submitit launcher starts the workers as jobs; submitit_local runs them here, submitit_slurm
+    # on a cluster with the same command.
+    result = run(
+        tmp_path,
+        pg_url,
+        "tune.n_trials=8",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        f"hydra.sweep.dir={tmp_path}/multirun",
+        "worker=range(2)",
+        timeout=400,
+        multirun=True,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    study = optuna.load_study(study_name="ppo_cartpole", storage=pg_url)
+    assert sorted(t.number for t in study.trials) == list(range(8))
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    logs = {p.name: p.read_text() for p in (tmp_path / "multirun" / ".submitit").rglob("*_log.out")}
+    assert len(logs) == 2, sorted(logs)
+    joined = [text for text in logs.values() if "worker 1 done:" in text]
+    assert len(joined) == 1 and "worker 1 done: 0 trials" not in joined[0], logs
+    assert any("best trial" in text for text in logs.values())  # job 0 wrote the study's tables
+
+
+def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path, pg_url: str) -> None:
+    args = tune_args(tmp_path, "storage=postgres", "tune.n_trials=2", "tune.budget_steps=30000")
+    env = {**ENV, "RLTUNE_STORAGE": pg_url}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # wait until a trial runs and has its MLflow run, then kill the sweep outright
+            assert time.monotonic() < deadline, "no trial started"
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            try:
+                study = optuna.load_study(study_name="ppo_cartpole", storage=pg_url)
+                running = [
+                    t
+                    for t in study.get_trials(states=(TrialState.RUNNING,))
+                    if "mlflow_run_id" in t.user_attrs
+                ]
+            except (
+                KeyError,
+                ValueError,
+                sqlalchemy.exc.SQLAlchemyError,
+                optuna.exceptions.StorageInternalError,
+            ):
+                running = []  # the database or the study is not created yet
+            if running:
+                break
+            time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    killed = running[0]
+
+    again = run(tmp_path, pg_url, "tune.n_trials=2")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    study = optuna.load_study(study_name="ppo_cartpole", storage=pg_url)
+    trials = {t.number: t for t in study.trials}
+    assert trials[killed.number].state == TrialState.FAIL
+    retries = [
+        t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number
+    ]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == trials[killed.number].params
+    assert [t.state for t in counted(study)] == [TrialState.COMPLETE] * 2  # exact budget
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert client.get_run(killed.user_attrs["mlflow_run_id"]).info.status == "KILLED"

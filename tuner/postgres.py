@@ -1,0 +1,77 @@
+"""PostgreSQL helpers for the scale-out set-up: create a study's or the MLflow server's database on first use.
+
+    python -m tuner.postgres MLFLOW_BACKEND_STORE_URI     # create the database named by that variable's URL
+
+The URL is read from the named environment variable rather than the command line, so a password in it is
+neither echoed by make nor visible in the process list.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from algorithms import ConfigError
+from tuner.secrets import mask_secrets
+
+log = logging.getLogger(__name__)
+
+
+def ensure_database(url: str) -> None:
+    """Create the database named in a PostgreSQL ``url`` if the server does not have it yet.
+
+    Connects to the server's ``postgres`` maintenance database with the same credentials; a role that may
+    not create databases gets a ConfigError saying to create it (``createdb``). Unreachable servers raise
+    ConfigError too, with any password masked.
+    """
+    import sqlalchemy
+
+    target = sqlalchemy.engine.make_url(url)
+    name = target.database
+    if not name:
+        raise ConfigError(f"the PostgreSQL URL {mask_secrets(url)} names no database (…/dbname)")
+    engine = sqlalchemy.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            exists = connection.execute(
+                sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).scalar()
+            if not exists:
+                log.info("creating PostgreSQL database %r", name)
+                quoted = connection.dialect.identifier_preparer.quote(name)
+                connection.execute(sqlalchemy.text(f"CREATE DATABASE {quoted}"))
+    except sqlalchemy.exc.ProgrammingError as exc:
+        if "already exists" in str(exc):  # another worker created it meanwhile
+            return
+        raise ConfigError(
+            f"PostgreSQL database {name!r} does not exist and cannot be created with {mask_secrets(url)}: "
+            f"{mask_secrets(str(exc.orig).strip())}; create it with `createdb {name}`"
+        ) from exc
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = mask_secrets(str(getattr(exc, "orig", exc)).strip().splitlines()[0])
+        raise ConfigError(f"cannot reach PostgreSQL at {mask_secrets(url)}: {reason}") from exc
+    finally:
+        engine.dispose()
+
+
+def main(argv: list[str]) -> int:
+    """Create the database of the URL in environment variable ``argv[0]``; exit 2 with a message if not."""
+    if len(argv) != 1 or not os.environ.get(argv[0]):
+        print(
+            "usage: python -m tuner.postgres ENV_VAR   (ENV_VAR holds a postgresql:// URL)", file=sys.stderr
+        )
+        return 2
+    url = os.environ[argv[0]]
+    if not url.startswith("postgresql"):
+        return 0  # another backend (e.g. sqlite): nothing to create
+    try:
+        ensure_database(url)
+    except ConfigError as exc:
+        print(mask_secrets(f"error: {exc}"), file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,390 @@
+"""Comparison tables and plots of a benchmark, read back from MLflow: ``python -m tuner.report``.
+
+    python -m tuner.report                               # the most recently started benchmark
+    python -m tuner.report report.benchmark=classic
+
+Reads the benchmark's parent run (its ``plan.json``: which cells, with which config fingerprint) and the
+newest FINISHED run of every planned cell through MLflow (:class:`tuner.tracking.RunReader`) — no side
+files. Per environment and
+algorithm: final return IQM with a 95 % bootstrap interval, mean ± std, normalized score, time to the env's
+threshold, normalized area under the learning curve, wall time and env-steps/s, beside the rl-zoo3
+reference score. Across environments: the IQM of normalized scores with a stratified bootstrap interval,
+and a performance profile. Writes CSV, markdown and PNG files under ``runs/reports/<name>/`` and logs the
+same files as artifacts of a ``report`` run in the benchmark's MLflow experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import hydra
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from algorithms import ConfigError
+from tuner.compose import CONF_DIR
+from tuner.curves import normalize, normalized_auc, time_to_threshold
+from tuner.secrets import mask_secrets
+from tuner.stats import bootstrap_ci, iqm, stratified_bootstrap_ci
+from tuner.train import resolve_config
+
+if TYPE_CHECKING:
+    from tuner.tracking import RunReader
+
+log = logging.getLogger(__name__)
+
+EXIT_CONFIG_ERROR = 2
+KIND_REPORT = "benchmark_report"
+EVAL_METRIC = "eval/mean_return"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the report needs from one finished cell run.
+
+    Attributes:
+        algo, env, seed, source: the cell (``env`` is the conf/env name).
+        steps, returns: the evaluation curve (env step, mean eval return), the final evaluation last.
+        budget_steps: the cell's training budget.
+        threshold: the env's solved threshold, None where it has none.
+        random_score: mean return of a random policy on the env.
+        reference: the env's rl-zoo3 reference score for this algorithm, None where it has none.
+        env_reference: the env's normalization reference: the best rl-zoo3 score of any algorithm.
+        wall_time_s: training plus evaluation time; sps: training env-steps per second.
+    """
+
+    algo: str
+    env: str
+    seed: int
+    source: str
+    steps: tuple[float, ...]
+    returns: tuple[float, ...]
+    budget_steps: int
+    threshold: float | None
+    random_score: float
+    reference: float | None
+    env_reference: float
+    wall_time_s: float
+    sps: float
+
+    @property
+    def final_return(self) -> float:
+        """Mean return of the final evaluation."""
+        return self.returns[-1]
+
+    def normalized(self, values: Sequence[float] | float) -> np.ndarray:
+        """``values`` on the env's normalized scale (0 random, 1 the env's reference)."""
+        return normalize(values, self.random_score, self.env_reference)
+
+
+@dataclass(frozen=True)
+class Report:
+    """A benchmark's tables; ``missing`` lists planned cells with no finished run."""
+
+    name: str
+    experiment: str
+    """The benchmark's MLflow experiment (where the report run goes too)."""
+    summary: pd.DataFrame
+    aggregate: pd.DataFrame
+    records: tuple[RunRecord, ...]
+    missing: tuple[str, ...]
+
+
+# --- reading MLflow ----------------------------------------------------------------------------------------
+def find_benchmark(reader: RunReader, name: str | None) -> tuple[str, str, str]:
+    """(benchmark name, experiment name, parent run id) of benchmark ``name``, or the newest if None.
+
+    Raises ConfigError naming the benchmarks that exist when there is no match.
+    """
+    from tuner.benchmark import KIND_PARENT
+
+    runs = reader.find_runs({"kind": KIND_PARENT, **({"benchmark": name} if name else {})})
+    if not runs:
+        names = sorted(
+            {run.data.tags.get("benchmark", "?") for run in reader.find_runs({"kind": KIND_PARENT})}
+        )
+        hint = f"benchmarks here: {', '.join(names)}" if names else "run `python -m tuner.benchmark` first"
+        wanted = f"benchmark {name!r}" if name else "benchmark"
+        raise ConfigError(f"no {wanted} in the MLflow tracking store; {hint}")
+    run = runs[0]
+    return run.data.tags["benchmark"], reader.experiment_name(run.info.experiment_id), run.info.run_id
+
+
+def read_records(
+    reader: RunReader, name: str, experiment: str, parent_id: str
+) -> tuple[list[RunRecord], list[str]]:
+    """The newest FINISHED run of every cell in the parent's plan, and the cells that have none."""
+    from tuner.benchmark import KIND_CELL, PLAN_ARTIFACT
+
+    plan = json.loads(reader.read_text(parent_id, PLAN_ARTIFACT))
+    newest: dict[str, Any] = {}
+    for run in reader.find_runs({"kind": KIND_CELL, "benchmark": name}, experiment, finished_only=True):
+        key = run.data.tags.get("cell", "")
+        if plan.get(key) == run.data.tags.get("fingerprint") and key not in newest:
+            newest[key] = run  # runs come newest first
+    records = [_record(reader, run) for _, run in sorted(newest.items())]
+    return records, sorted(set(plan) - set(newest))
+
+
+def _record(reader: RunReader, run: Any) -> RunRecord:
+    params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+    curve = reader.metric_history(run.info.run_id, EVAL_METRIC)
+    if not curve:
+        raise ConfigError(f"run {run.info.run_id} ({tags.get('cell')}) has no {EVAL_METRIC} metric")
+    algo = params["algo.name"]
+    references = {
+        key.removeprefix("env.reference.").removesuffix(".score"): float(value)
+        for key, value in params.items()
+        if key.startswith("env.reference.") and key.endswith(".score")
+    }
+    if not references:
+        raise ConfigError(f"env {params.get('env.name')!r} has no reference scores to normalize with")
+    return RunRecord(
+        algo=algo,
+        env=params["env.name"],
+        seed=int(params["seed"]),
+        source=tags.get("source", "default"),
+        steps=tuple(float(step) for step, _ in curve),
+        returns=tuple(value for _, value in curve),
+        budget_steps=int(params["total_steps"]),
+        threshold=_optional_float(params.get("env.threshold")),
+        random_score=float(params["env.random_score"]),
+        reference=references.get(algo),
+        env_reference=max(references.values()),
+        wall_time_s=float(metrics.get("time/wall_time_s", math.nan)),
+        sps=float(metrics.get("time/sps", math.nan)),
+    )
+
+
+def _optional_float(value: str | None) -> float | None:
+    return None if value in (None, "None", "null", "") else float(value)
+
+
+# --- tables ------------------------------------------------------------------------------------------------
+def summary_table(
+    records: Sequence[RunRecord], confidence: float = 0.95, n_resamples: int = 10_000
+) -> pd.DataFrame:
+    """One row per (env, algo): final-return statistics, curve summaries, cost, the reference score."""
+    rows = []
+    for (env, algo), group in _groups(records, lambda r: (r.env, r.algo)).items():
+        finals = np.array([r.final_return for r in group])
+        low, high = bootstrap_ci(finals, confidence=confidence, n_resamples=n_resamples)
+        first = group[0]
+        threshold = first.threshold
+        crossings = (
+            [time_to_threshold(r.steps, r.returns, threshold) for r in group] if threshold is not None else []
+        )
+        reached = [steps for steps in crossings if not math.isnan(steps)]
+        rows.append(
+            {
+                "env": env,
+                "algo": algo,
+                "source": first.source,
+                "seeds": len(group),
+                "budget_steps": first.budget_steps,
+                "iqm": iqm(finals),
+                "ci_low": low,
+                "ci_high": high,
+                "mean": float(finals.mean()),
+                "std": float(finals.std(ddof=1)) if finals.size > 1 else math.nan,
+                "normalized_iqm": iqm(first.normalized(finals)),
+                "threshold": first.threshold,
+                "reached": f"{len(reached)}/{len(group)}" if first.threshold is not None else "-",
+                "median_steps_to_threshold": float(np.median(reached)) if reached else math.nan,
+                "normalized_auc": _mean_auc(group),
+                "wall_time_s": float(np.mean([r.wall_time_s for r in group])),
+                "sps": float(np.mean([r.sps for r in group])),
+                "reference": first.reference,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def aggregate_table(
+    records: Sequence[RunRecord], confidence: float = 0.95, n_resamples: int = 10_000
+) -> pd.DataFrame:
+    """One row per algorithm: IQM of normalized final scores over all its envs and seeds, with a
+    stratified bootstrap interval (seeds resampled within each env), and the mean normalized AUC."""
+    rows = []
+    for algo, group in _groups(records, lambda r: r.algo).items():
+        by_env = _groups(group, lambda r: r.env)
+        scores = [np.array([float(r.normalized(r.final_return)) for r in runs]) for runs in by_env.values()]
+        low, high = stratified_bootstrap_ci(scores, confidence=confidence, n_resamples=n_resamples)
+        rows.append(
+            {
+                "algo": algo,
+                "envs": len(by_env),
+                "runs": len(group),
+                "normalized_iqm": iqm(np.concatenate(scores)),
+                "ci_low": low,
+                "ci_high": high,
+                "normalized_auc": _mean_auc(group),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def build_report(
+    reader: RunReader, name: str | None, confidence: float = 0.95, n_resamples: int = 10_000
+) -> Report:
+    """Read benchmark ``name`` (None: the newest) from MLflow and compute its tables."""
+    bench, experiment, parent_id = find_benchmark(reader, name)
+    records, missing = read_records(reader, bench, experiment, parent_id)
+    if not records:
+        raise ConfigError(
+            f"benchmark {bench!r} has no finished cell yet; run `python -m tuner.benchmark` first"
+        )
+    return Report(
+        bench,
+        experiment,
+        summary_table(records, confidence, n_resamples),
+        aggregate_table(records, confidence, n_resamples),
+        tuple(records),
+        tuple(missing),
+    )
+
+
+def _mean_auc(runs: Sequence[RunRecord]) -> float:
+    """Mean normalized area under the learning curve of ``runs``."""
+    return float(np.mean([normalized_auc(r.steps, r.normalized(r.returns), r.budget_steps) for r in runs]))
+
+
+def _groups(records: Sequence[RunRecord], key: Any) -> dict[Any, list[RunRecord]]:
+    groups: dict[Any, list[RunRecord]] = {}
+    for record in records:
+        groups.setdefault(key(record), []).append(record)
+    return dict(sorted(groups.items()))
+
+
+# --- output ------------------------------------------------------------------------------------------------
+def write_outputs(report: Report, directory: Path, confidence: float = 0.95) -> list[Path]:
+    """CSV and markdown tables and PNG plots of ``report`` in ``directory``; returns the files."""
+    from tuner.report_plots import aggregate_figure, curves_figure, profile_figure
+    from tuner.sweep_report import markdown_table
+
+    directory.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    for stem, table in (("summary", report.summary), ("aggregate", report.aggregate)):
+        csv_path, md_path = directory / f"{stem}.csv", directory / f"{stem}.md"
+        table.to_csv(csv_path, index=False)
+        md_path.write_text(markdown_table(table) + "\n")
+        files += [csv_path, md_path]
+    envs = report.summary["env"].unique()
+    figures = {f"curves_{env}.png": curves_figure(report.records, env, confidence) for env in envs}
+    figures["aggregate_iqm.png"] = aggregate_figure(report.aggregate)
+    figures["performance_profile.png"] = profile_figure(report.records)
+    for filename, figure in figures.items():
+        path = directory / filename
+        figure.savefig(path, dpi=110)
+        files.append(path)
+    return files
+
+
+def print_report(report: Report, console: Console) -> None:
+    """The summary and aggregate tables on the terminal (the CSV files hold every column unrounded)."""
+    summary = Table(title=f"benchmark {report.name}: final evaluation return per env and algorithm")
+    for column in (
+        "env", "algo", "source", "seeds", "IQM", "95% CI", "mean ± std", "rl-zoo3",
+        "norm. IQM", "solved", "steps to solve", "norm. AUC", "wall s", "sps",
+    ):  # fmt: skip
+        summary.add_column(column)
+    for row in report.summary.itertuples():
+        summary.add_row(
+            row.env,
+            row.algo,
+            row.source,
+            str(row.seeds),
+            _fmt(row.iqm, "{:.1f}"),
+            f"[{_fmt(row.ci_low, '{:.1f}')}, {_fmt(row.ci_high, '{:.1f}')}]",
+            f"{_fmt(row.mean, '{:.1f}')} ± {_fmt(row.std, '{:.1f}')}",
+            _fmt(row.reference, "{:.1f}"),
+            _fmt(row.normalized_iqm, "{:.2f}"),
+            row.reached,
+            _fmt(row.median_steps_to_threshold, "{:,.0f}"),
+            _fmt(row.normalized_auc, "{:.2f}"),
+            _fmt(row.wall_time_s, "{:.0f}"),
+            _fmt(row.sps, "{:,.0f}"),
+        )
+    console.print(summary)
+    aggregate = Table(
+        title="across envs: IQM of normalized final scores (0 random policy, 1 best rl-zoo3 score)"
+    )
+    for column in ("algo", "envs", "runs", "norm. IQM", "95% CI (stratified)", "norm. AUC"):
+        aggregate.add_column(column)
+    for row in report.aggregate.itertuples():
+        aggregate.add_row(
+            row.algo,
+            str(row.envs),
+            str(row.runs),
+            _fmt(row.normalized_iqm, "{:.2f}"),
+            f"[{_fmt(row.ci_low, '{:.2f}')}, {_fmt(row.ci_high, '{:.2f}')}]",
+            _fmt(row.normalized_auc, "{:.2f}"),
+        )
+    console.print(aggregate)
+    if report.missing:
+        missing = ", ".join(report.missing)
+        console.print(f"[yellow]{len(report.missing)} planned cells have no finished run: {missing}")
+
+
+def _fmt(value: Any, fmt: str) -> str:
+    """``value`` formatted, or ``-`` when it is missing (None or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return fmt.format(value)
+
+
+def publish(report: Report, files: Sequence[Path], uri: str, artifact_dir: str) -> str:
+    """Log ``files`` as artifacts of a new ``report`` run in the benchmark's experiment; returns its id."""
+    from tuner.tracking import start_run
+
+    with start_run(
+        uri,
+        report.experiment,
+        artifact_dir,
+        run_name=f"report-{report.name}",
+        tags={"kind": KIND_REPORT, "benchmark": report.name},
+    ) as run:
+        for path in files:
+            run.log_artifact(path)
+        for _, row in report.aggregate.iterrows():
+            run.log_metrics({f"normalized_iqm/{row['algo']}": float(row["normalized_iqm"])}, 0)
+        return run.run_id
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="report")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: build, print, write and publish the report; exit code 2 if there is none."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one file: no progress bar
+    from tuner.tracking import RunReader
+
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    try:
+        config = resolve_config(cfg)
+        settings, tracking = config["report"], config["tracking"]
+        confidence, resamples = float(settings["confidence"]), int(settings["n_resamples"])
+        report = build_report(RunReader(tracking["uri"]), settings["benchmark"], confidence, resamples)
+    except ConfigError as exc:
+        print(mask_secrets(f"error: {exc}"), file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
+    print_report(report, console)
+    directory = Path(settings["out_dir"]) / report.name
+    files = write_outputs(report, directory, float(settings["confidence"]))
+    run_id = publish(report, files, tracking["uri"], tracking["artifact_dir"])
+    console.print(
+        f"wrote {len(files)} files to {directory}; MLflow run {run_id} in {report.experiment!r} (make ui)"
+    )
+
+
+if __name__ == "__main__":
+    main()
