@@ -368,7 +368,7 @@ def main(cfg: DictConfig) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one file: no progress bar
     from tuner.tracking import RunReader
 
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console = Console() if sys.stdout.isatty() else Console(width=200)  # logs: tables unwrapped
     try:
         config = resolve_config(cfg)
         settings, tracking = config["report"], config["tracking"]
