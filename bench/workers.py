@@ -4,7 +4,7 @@ Runs the same small study (random sampler with a fixed seed, no pruning, so ever
 work) through ``python -m tuner.tune`` in fresh directories and fresh databases, and prints trials/hour
 from the first trial's start to the last trial's end, and the speed-up of 2 workers over 1.
 
-    python bench/workers.py                                   # sqlite and postgres, 8 trials each
+    python bench/workers.py                                   # sqlite and postgres, 8 trials of 50k steps
     python bench/workers.py --storages postgres --trials 12
 """
 
@@ -26,7 +26,6 @@ POSTGRES = os.environ.get("RLTUNE_BENCH_POSTGRES", "postgresql://postgres@127.0.
 STUDY = [
     "experiment=ppo_cartpole",
     "tune.n_seeds=1",
-    "tune.budget_steps=20000",
     "sampler=random",
     "sampler.seed=0",
     "pruner=none",
@@ -36,7 +35,7 @@ STUDY = [
 ]
 
 
-def run_study(storage: str, n_workers: int, n_trials: int) -> tuple[float, float]:
+def run_study(storage: str, n_workers: int, n_trials: int, budget_steps: int) -> tuple[float, float]:
     """(trials per hour over the trials' span, command wall seconds) of one fresh study."""
     with tempfile.TemporaryDirectory() as tmp:
         if storage == "sqlite":
@@ -45,7 +44,7 @@ def run_study(storage: str, n_workers: int, n_trials: int) -> tuple[float, float
             url, extra = f"{POSTGRES}/rltune_bench_{uuid.uuid4().hex[:8]}", ["storage=postgres"]
         args = [
             sys.executable, "-m", "tuner.tune", *STUDY, *extra, f"paths.runs_dir={tmp}",
-            f"tune.n_trials={n_trials}", f"tune.n_workers={n_workers}",
+            f"tune.n_trials={n_trials}", f"tune.n_workers={n_workers}", f"tune.budget_steps={budget_steps}",
         ]  # fmt: skip
         env = {**os.environ, "RLTUNE_STORAGE": url, "MLFLOW_DISABLE_TELEMETRY": "true"}
         start = time.perf_counter()
@@ -75,13 +74,16 @@ def main() -> None:
     )
     parser.add_argument("--storages", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--trials", type=int, default=8, help="trials per study (same work each)")
+    parser.add_argument("--budget-steps", type=int, default=50000, help="env steps per trial")
     args = parser.parse_args()
-    print(f"study: {' '.join(STUDY)}, {args.trials} trials; {os.cpu_count()} CPUs")
+    print(
+        f"study: {' '.join(STUDY)}, {args.trials} trials of {args.budget_steps} steps; {os.cpu_count()} CPUs"
+    )
     print(f"{'storage':<9} {'workers':>7} {'trials/hour':>12} {'wall s':>7} {'speed-up':>9}")
     for storage in args.storages.split(","):
         base = None
         for n_workers in (1, 2):
-            rate, wall = run_study(storage, n_workers, args.trials)
+            rate, wall = run_study(storage, n_workers, args.trials, args.budget_steps)
             base = base or rate
             print(f"{storage:<9} {n_workers:>7} {rate:>12,.0f} {wall:>7.0f} {rate / base:>8.2f}×", flush=True)
 
