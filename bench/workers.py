@@ -1,8 +1,9 @@
 """Trials per hour of one study with 1 and with 2 workers, on the embedded storage and on PostgreSQL.
 
-Runs the same small study (random sampler with a fixed seed, no pruning, so every trial does the same
-work) through ``python -m tuner.tune`` in fresh directories and fresh databases, and prints trials/hour
-from the first trial's start to the last trial's end, and the speed-up of 2 workers over 1.
+Runs the same small study through ``python -m tuner.tune`` in fresh directories and fresh databases, and
+prints trials/hour from the first trial's start to the last trial's end, and the speed-up of 2 workers
+over 1. Every trial costs the same: only the learning rate is searched (structural knobs such as n_steps
+or n_epochs would make the sampled trials, not the workers, decide the time), and nothing is pruned.
 
     python bench/workers.py                                   # sqlite and postgres, 8 trials of 50k steps
     python bench/workers.py --storages postgres --trials 12
@@ -25,9 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 POSTGRES = os.environ.get("RLTUNE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 STUDY = [
     "experiment=ppo_cartpole",
+    "~search.params",
+    "+search.params={learning_rate:{type:float,low:0.0001,high:0.003,log:true}}",
     "tune.n_seeds=1",
     "sampler=random",
-    "sampler.seed=0",
     "pruner=none",
     "tune.validate_seeds=0",
     "tune.export=false",

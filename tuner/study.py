@@ -158,9 +158,20 @@ def make_storage(
         ) from exc
 
 
-def build_sampler(node: DictConfig | Mapping[str, Any]) -> optuna.samplers.BaseSampler:
-    """Instantiate the ``sampler`` config node (``_target_`` + arguments)."""
-    return _instantiate(node, "sampler")
+def build_sampler(node: DictConfig | Mapping[str, Any], seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """Instantiate the ``sampler`` config node (``_target_`` + arguments).
+
+    A fixed ``seed`` is shifted by ``seed_offset`` (the worker's index): workers with the same seed would
+    otherwise sample the same configurations in parallel. One worker stays reproducible.
+    """
+    values = (
+        OmegaConf.to_container(OmegaConf.create(dict(node)), resolve=True)
+        if isinstance(node, DictConfig)
+        else dict(node)
+    )
+    if values.get("seed") is not None and seed_offset:
+        values["seed"] = int(values["seed"]) + seed_offset
+    return _instantiate(values, "sampler")
 
 
 def build_pruner(node: DictConfig | Mapping[str, Any]) -> optuna.pruners.BasePruner:

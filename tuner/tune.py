@@ -105,7 +105,7 @@ def prepare(cfg: DictConfig, create: bool) -> Prepared:
     base_config["seed"] = settings.seeds[0]
     build_agent(base_config, RunSettings.from_config(base_config)).close()
 
-    sampler = build_sampler(cfg.sampler)
+    sampler = build_sampler(cfg.sampler, seed_offset=worker_index(cfg.get("worker")) or 0)
     pruner = build_pruner(cfg.pruner)
     tracking = {
         "uri": str(config["tracking"]["uri"]),
@@ -215,7 +215,8 @@ def run_local_workers(prepared: Prepared, overrides: Sequence[str], progress: Sw
             log_file = (log_dir / f"worker-{index}.log").open("ab")
             workers.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "tuner.worker", *overrides],
+                    # worker=<index> gives each worker its own sampler seed (when one is fixed)
+                    [sys.executable, "-m", "tuner.worker", *overrides, f"worker={index + 1}"],
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"},

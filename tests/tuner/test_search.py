@@ -310,3 +310,18 @@ def test_pow2_two_layers_maps_to_two_equal_hidden_layers_and_back() -> None:
     assert spec.to_value(8) == [256, 256]
     assert spec.to_sampled([256, 256]) == 8
     assert spec.contains((64, 64)) and not spec.contains([1024, 1024]) and not spec.contains([64, 128])
+
+
+def test_a_fixed_sampler_seed_is_offset_per_worker() -> None:
+    from optuna.distributions import FloatDistribution
+
+    from tuner.study import build_sampler
+
+    node = {"_target_": "optuna.samplers.RandomSampler", "seed": 0}
+
+    def first_draw(sampler: optuna.samplers.BaseSampler) -> float:
+        study = optuna.create_study(sampler=sampler)
+        return study.ask({"x": FloatDistribution(0.0, 1.0)}).params["x"]
+
+    assert first_draw(build_sampler(node)) == first_draw(build_sampler(node, seed_offset=0))  # reproducible
+    assert first_draw(build_sampler(node)) != first_draw(build_sampler(node, seed_offset=1))

@@ -111,6 +111,8 @@ def test_two_workers_share_the_budget_exactly(tmp_path: Path) -> None:
     numbers = [t.number for t in study.trials]
     assert sorted(numbers) == list(range(5))  # exact count, no surplus trial, no duplicate numbers
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    # sampler.seed=0 is fixed (RANDOM_NO_PRUNING): each worker offsets it, so no config is sampled twice.
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 5
     logs = list((tmp_path / "logs" / "ppo_cartpole").glob("worker-*.log"))
     worked = [p for p in logs if "trial " in p.read_text()]
     assert len(logs) == 2 and len(worked) == 2, "both workers must have run trials"
