@@ -6,6 +6,7 @@ they fail: a green CI must have exercised them.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -201,6 +202,25 @@ def test_submitit_multirun_workers_share_one_study(tmp_path: Path, pg_url: str) 
     assert any("best trial" in text for text in logs.values())  # job 0 wrote the study's tables
 
 
+def running_trial_with_run(url: str) -> tuple[int, str] | None:
+    """(number, MLflow run id) of a RUNNING trial that has started its run, read with plain SQL: opening
+    an Optuna storage here would create the schema and race the sweep that is creating it."""
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(
+                sqlalchemy.text(
+                    "SELECT t.number, a.value_json FROM trials t JOIN trial_user_attributes a "
+                    "ON a.trial_id = t.trial_id WHERE t.state = 'RUNNING' AND a.key = 'mlflow_run_id'"
+                )
+            ).first()
+    except sqlalchemy.exc.SQLAlchemyError:  # the database or its tables do not exist yet
+        return None
+    finally:
+        engine.dispose()
+    return None if row is None else (int(row[0]), json.loads(row[1]))
+
+
 def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path, pg_url: str) -> None:
     args = tune_args(tmp_path, "storage=postgres", "tune.n_trials=2", "tune.budget_steps=30000")
     env = {**ENV, "RLTUNE_STORAGE": pg_url}
@@ -210,39 +230,26 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path, 
         while True:  # wait until a trial runs and has its MLflow run, then kill the sweep outright
             assert time.monotonic() < deadline, "no trial started"
             assert proc.poll() is None, "the sweep ended before it could be killed"
-            try:
-                study = optuna.load_study(study_name="ppo_cartpole", storage=pg_url)
-                running = [
-                    t
-                    for t in study.get_trials(states=(TrialState.RUNNING,))
-                    if "mlflow_run_id" in t.user_attrs
-                ]
-            except (
-                KeyError,
-                ValueError,
-                sqlalchemy.exc.SQLAlchemyError,
-                optuna.exceptions.StorageInternalError,
-            ):
-                running = []  # the database or the study is not created yet
-            if running:
+            running = running_trial_with_run(pg_url)
+            if running is not None:
                 break
             time.sleep(0.5)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait()
-    killed = running[0]
+    killed_number, killed_run_id = running
 
     again = run(tmp_path, pg_url, "tune.n_trials=2")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     study = optuna.load_study(study_name="ppo_cartpole", storage=pg_url)
     trials = {t.number: t for t in study.trials}
-    assert trials[killed.number].state == TrialState.FAIL
+    assert trials[killed_number].state == TrialState.FAIL
     retries = [
-        t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number
+        t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed_number
     ]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
-    assert retries[0].params == trials[killed.number].params
+    assert retries[0].params == trials[killed_number].params
     assert [t.state for t in counted(study)] == [TrialState.COMPLETE] * 2  # exact budget
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    assert client.get_run(killed.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert client.get_run(killed_run_id).info.status == "KILLED"
