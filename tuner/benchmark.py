@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import multiprocessing
 import re
 import signal
@@ -40,8 +39,6 @@ from tuner.train import RunSettings, resolve_config
 
 if TYPE_CHECKING:
     from tuner.tracking import RunReader
-
-log = logging.getLogger(__name__)
 
 EXIT_CONFIG_ERROR = 2
 EXIT_CELLS_FAILED = 1

@@ -16,7 +16,6 @@ same files as artifacts of a ``report`` run in the benchmark's MLflow experiment
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import sys
@@ -41,8 +40,6 @@ from tuner.train import resolve_config
 
 if TYPE_CHECKING:
     from tuner.tracking import RunReader
-
-log = logging.getLogger(__name__)
 
 EXIT_CONFIG_ERROR = 2
 KIND_REPORT = "benchmark_report"
@@ -199,8 +196,8 @@ def summary_table(
                 "mean": float(finals.mean()),
                 "std": float(finals.std(ddof=1)) if finals.size > 1 else math.nan,
                 "normalized_iqm": iqm(first.normalized(finals)),
-                "threshold": first.threshold,
-                "reached": f"{len(reached)}/{len(group)}" if first.threshold is not None else "-",
+                "threshold": threshold,
+                "reached": f"{len(reached)}/{len(group)}" if threshold is not None else "-",
                 "median_steps_to_threshold": float(np.median(reached)) if reached else math.nan,
                 "normalized_auc": _mean_auc(group),
                 "wall_time_s": float(np.mean([r.wall_time_s for r in group])),

@@ -328,7 +328,7 @@ class RunReader:
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         """``(step, value)`` of metric ``key`` sorted by step; of several values at a step, the latest."""
         history = sorted(self.client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
-        return sorted({m.step: m.value for m in history}.items())
+        return list({m.step: m.value for m in history}.items())  # dict keeps step order, latest value
 
     def read_text(self, run_id: str, artifact_file: str) -> str:
         """The text artifact ``artifact_file`` of run ``run_id``."""

@@ -56,8 +56,7 @@ from tuner.study import (
     top_up_budget,
 )
 from tuner.train import RunSettings, build_agent, resolve_config
-from tuner.worker import StaleTrialRunCloser, run_worker
-from tuner.worker import describe as describe_outcome
+from tuner.worker import StaleTrialRunCloser, run_worker, work_and_report
 
 log = logging.getLogger(__name__)
 
@@ -255,14 +254,7 @@ def main(cfg: DictConfig) -> None:
         prepared.settings = replace(prepared.settings, n_workers=1)
         run_sweep(prepared, overrides)
     else:
-        outcomes = run_worker(
-            prepared.study,
-            prepared.storage,
-            prepared.setup,
-            prepared.settings,
-            on_outcome=lambda outcome: print(describe_outcome(outcome), flush=True),
-        )
-        print(f"worker {index} done: {len(outcomes)} trials", flush=True)
+        work_and_report(prepared, f"worker {index}")
 
 
 def worker_index(value: Any) -> int | None:
@@ -280,17 +272,20 @@ def wait_for_study(cfg: DictConfig, timeout_s: float = JOIN_TIMEOUT_S) -> Prepar
     """Open the study once job 0 has created it, topped up its budget and opened its sweep run (the jobs
     of a multirun may start in any order, or far apart on a cluster's queue)."""
     deadline = time.monotonic() + timeout_s
-    while True:
+    while True:  # until the study exists: prepare() raises ConfigError naming it missing
         try:
             prepared = prepare(cfg, create=False)
-            sweep_run_id = prepared.study.user_attrs.get(SWEEP_RUN_ATTR)
-            # A resumed study has a sweep run already; its topped-up budget says job 0 got there too.
-            topped_up = budget_status(prepared.study).counted >= prepared.settings.n_trials
-            if sweep_run_id and topped_up:
-                return replace(prepared, setup=replace(prepared.setup, sweep_run_id=sweep_run_id))
+            break
         except ConfigError:
             if time.monotonic() > deadline:
                 raise
+        time.sleep(JOIN_POLL_S)
+    while True:  # then only re-read the study, not the whole config, agent and storage
+        sweep_run_id = prepared.study.user_attrs.get(SWEEP_RUN_ATTR)
+        # A resumed study has a sweep run already; its topped-up budget says job 0 got there too.
+        topped_up = budget_status(prepared.study).counted >= prepared.settings.n_trials
+        if sweep_run_id and topped_up:
+            return replace(prepared, setup=replace(prepared.setup, sweep_run_id=sweep_run_id))
         if time.monotonic() > deadline:
             raise ConfigError(f"job worker=0 did not open the study's sweep run within {timeout_s:.0f} s")
         time.sleep(JOIN_POLL_S)

@@ -11,6 +11,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import hydra
 import optuna
@@ -31,6 +32,9 @@ from tuner.study import (
     time_left,
 )
 from tuner.tracking import end_runs
+
+if TYPE_CHECKING:
+    from tuner.tune import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,18 @@ def describe(outcome: TrialOutcome) -> str:
     return f"trial {outcome.number} {outcome.state.name}{value}{reason}"
 
 
+def work_and_report(prepared: Prepared, name: str) -> None:
+    """Run trials of a joined study until its budget is used, printing a line per trial and a summary."""
+    outcomes = run_worker(
+        prepared.study,
+        prepared.storage,
+        prepared.setup,
+        prepared.settings,
+        on_outcome=lambda outcome: print(describe(outcome), flush=True),
+    )
+    print(f"{name} done: {len(outcomes)} trials", flush=True)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="tune")
 def main(cfg: DictConfig) -> None:
     """Join the study named by the config and work on it until its budget is used up."""
@@ -121,14 +137,7 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, UnsupportedSpaceError) as exc:
         print(mask_secrets(f"error: {exc}"), file=sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)
-    outcomes = run_worker(
-        prepared.study,
-        prepared.storage,
-        prepared.setup,
-        prepared.settings,
-        on_outcome=lambda outcome: print(describe(outcome), flush=True),
-    )
-    print(f"worker done: {len(outcomes)} trials", flush=True)
+    work_and_report(prepared, "worker")
 
 
 if __name__ == "__main__":
