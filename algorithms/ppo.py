@@ -12,7 +12,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -197,20 +197,42 @@ class ActorCritic(nn.Module):
 
     def sample(self, head: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Sample actions from the actor head's output; returns (actions, log π(a|s))."""
-        if self.dist == "categorical":
-            return D.categorical_sample(head, rng)
-        if self.dist == "gaussian":
-            return D.gaussian_sample(head, self.log_std.detach().numpy(), rng)
-        return D.beta_sample(torch.from_numpy(np.ascontiguousarray(head)), rng)
+        return sample_actions(self.dist, head, self.log_std.detach().numpy(), rng)
 
     def deterministic(self, head: np.ndarray) -> np.ndarray:
         """The most likely action (categorical), the mean (Gaussian) or the mean in (0, 1) (Beta)."""
-        if self.dist == "categorical":
-            return head.argmax(-1)
-        if self.dist == "gaussian":
-            return head
-        alpha, beta = D.beta_params(torch.from_numpy(np.ascontiguousarray(head)))
-        return (alpha / (alpha + beta)).numpy()
+        return deterministic_actions(self.dist, head)
+
+
+def sample_actions(
+    dist: str, head: np.ndarray, log_std: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample from distribution ``dist`` given the actor head's output (and the Gaussian's log-std)."""
+    if dist == "categorical":
+        return D.categorical_sample(head, rng)
+    if dist == "gaussian":
+        return D.gaussian_sample(head, log_std, rng)
+    return D.beta_sample(torch.from_numpy(np.ascontiguousarray(head)), rng)
+
+
+def deterministic_actions(dist: str, head: np.ndarray) -> np.ndarray:
+    """The most likely action (categorical), the mean (Gaussian) or the mean in (0, 1) (Beta)."""
+    if dist == "categorical":
+        return head.argmax(-1)
+    if dist == "gaussian":
+        return head
+    alpha, beta = D.beta_params(torch.from_numpy(np.ascontiguousarray(head)))
+    return (alpha / (alpha + beta)).numpy()
+
+
+def to_env_action(dist: str, actions: np.ndarray, action_space: gym.Space) -> np.ndarray:
+    """Map policy outputs to what the env accepts: integers, clipped Box values, or scaled Beta draws."""
+    if dist == "categorical":
+        return actions
+    low, high = action_space.low, action_space.high
+    if dist == "beta":
+        return (low + actions * (high - low)).astype(action_space.dtype)
+    return np.clip(actions, low, high).astype(action_space.dtype)
 
 
 def resolve_policy_dist(policy_dist: str, action_space: gym.Space) -> str:
@@ -235,10 +257,13 @@ def compute_gae(
     values: np.ndarray,
     dones: np.ndarray,
     last_values: np.ndarray,
-    gamma: float,
-    gae_lambda: float,
+    gamma: float | np.ndarray,
+    gae_lambda: float | np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Advantages and returns (targets for V) of a rollout, arrays of shape (n_steps, n_envs).
+
+    ``gamma`` and ``gae_lambda`` may be arrays that broadcast against the last axes, e.g. one row per
+    member of a population with rollouts of shape (n_steps, K, n_envs) and coefficients (K, 1).
 
     ``dones[t]`` marks an episode that ended at step t (terminated or truncated): nothing after it is
     propagated back. A truncated step must already carry its bootstrap ``gamma * V(final_obs)`` in
@@ -248,20 +273,91 @@ def compute_gae(
         δ_t = r_t + γ (1 − d_t) V(s_{t+1}) − V(s_t),     A_t = δ_t + γ λ (1 − d_t) A_{t+1}
     """
     n_steps = rewards.shape[0]
+    # The coefficients in the rollout's precision; γλ is formed before rounding, so per-agent arrays
+    # (a population's rows) give exactly what the same plain floats give.
+    discount = np.asarray(gamma, dtype=rewards.dtype)
+    discount_lambda = np.asarray(np.multiply(gamma, gae_lambda), dtype=rewards.dtype)
     advantages = np.zeros_like(rewards)
     last_gae = np.zeros_like(last_values)
     next_values = last_values
     for t in reversed(range(n_steps)):
         not_done = 1.0 - dones[t]
-        delta = rewards[t] + gamma * next_values * not_done - values[t]
-        last_gae = delta + gamma * gae_lambda * not_done * last_gae
+        delta = rewards[t] + discount * next_values * not_done - values[t]
+        last_gae = delta + discount_lambda * not_done * last_gae
         advantages[t] = last_gae
         next_values = values[t]
     return advantages, advantages + values
 
 
 # ----------------------------------------------------------------------------------------------------
-# 4. The agent
+# 4. The clipped surrogate objective
+# ----------------------------------------------------------------------------------------------------
+class SurrogateLosses(NamedTuple):
+    """PPO's loss terms and diagnostics, each averaged over the last (sample) dimension."""
+
+    pg_loss: torch.Tensor
+    """Clipped-surrogate policy loss (to minimise)."""
+    v_loss: torch.Tensor
+    """Half the mean squared error of V against the returns."""
+    entropy: torch.Tensor
+    """Mean policy entropy."""
+    approx_kl: torch.Tensor
+    """k3 estimate of KL(old ‖ new) (Schulman 2020); no gradient."""
+    clipfrac: torch.Tensor
+    """Fraction of samples whose ratio left [1 − clip, 1 + clip]; no gradient."""
+
+    def stacked(self) -> torch.Tensor:
+        """The five terms stacked on a new first dimension, in field order."""
+        return torch.stack(tuple(self))
+
+    def first_non_finite(self) -> str:
+        """Name of the first loss term that is NaN or infinite (``loss`` if none is)."""
+        named = {"policy_loss": self.pg_loss, "value_loss": self.v_loss, "entropy": self.entropy}
+        return next((k for k, v in named.items() if not bool(torch.isfinite(v).all())), "loss")
+
+
+def clipped_surrogate_losses(
+    newlogprob: torch.Tensor,
+    oldlogprob: torch.Tensor,
+    advantages: torch.Tensor,
+    newvalue: torch.Tensor,
+    oldvalue: torch.Tensor,
+    returns: torch.Tensor,
+    entropy: torch.Tensor,
+    clip: float | torch.Tensor,
+    clip_vf: float | None,
+    normalize_advantage: bool,
+) -> SurrogateLosses:
+    """PPO's loss terms for one minibatch, shaped (..., batch) → (...).
+
+    Leading dimensions are independent agents (a population); ``clip`` is a number or a tensor that
+    broadcasts against them, e.g. shape (K, 1). Advantages are standardised per agent.
+    """
+    logratio = newlogprob - oldlogprob
+    ratio = logratio.exp()
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - logratio).mean(-1)
+        clipfrac = ((ratio - 1.0).abs() > clip).float().mean(-1)
+
+    if normalize_advantage and advantages.shape[-1] > 1:
+        advantages = (advantages - advantages.mean(-1, keepdim=True)) / (
+            advantages.std(-1, keepdim=True) + 1e-8
+        )
+
+    # Policy loss: the pessimistic (max of negatives) of the unclipped and clipped surrogates.
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)
+    pg_loss = torch.max(pg_loss1, pg_loss2).mean(-1)
+
+    # Value loss, optionally clipped around the rollout's value estimate.
+    if clip_vf is not None:
+        newvalue = oldvalue + torch.clamp(newvalue - oldvalue, -clip_vf, clip_vf)
+    v_loss = 0.5 * (newvalue - returns).pow(2).mean(-1)
+    return SurrogateLosses(pg_loss, v_loss, entropy.mean(-1), approx_kl, clipfrac)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 5. The agent
 # ----------------------------------------------------------------------------------------------------
 class PPO:
     """A PPO agent bound to one environment id, one config and one seed.
@@ -319,13 +415,7 @@ class PPO:
         return self.obs_normalizer(obs, update)
 
     def _to_env_action(self, actions: np.ndarray) -> np.ndarray:
-        """Map policy outputs to what the env accepts: integers, clipped Box values, or scaled Beta draws."""
-        if self.policy.dist == "categorical":
-            return actions
-        low, high = self.action_space.low, self.action_space.high
-        if self.policy.dist == "beta":
-            return (low + actions * (high - low)).astype(self.action_space.dtype)
-        return np.clip(actions, low, high).astype(self.action_space.dtype)
+        return to_env_action(self.policy.dist, actions, self.action_space)
 
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """Env actions for a batch of raw observations (normaliser statistics are not updated)."""
@@ -447,43 +537,23 @@ class PPO:
                 mb = slice(start, start + cfg.batch_size)
                 head, newvalue = self.policy(e_obs[mb])
                 newlogprob, entropy = self.policy.log_prob_entropy(head, e_actions[mb])
-                logratio = newlogprob - e_logprobs[mb]
-                ratio = logratio.exp()
-
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - logratio).mean()  # k3 estimator (Schulman 2020)
-                    clipfrac = ((ratio - 1.0).abs() > clip).float().mean()
-                if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl:
+                out = clipped_surrogate_losses(
+                    newlogprob, e_logprobs[mb], e_advantages[mb], newvalue, e_values[mb], e_returns[mb],
+                    entropy, clip, cfg.clip_range_vf, cfg.normalize_advantage,
+                )  # fmt: skip
+                if cfg.target_kl is not None and out.approx_kl > 1.5 * cfg.target_kl:
                     stop = True  # as SB3: skip this step and end the update
                     break
 
-                mb_advantages = e_advantages[mb]
-                if cfg.normalize_advantage and mb_advantages.numel() > 1:
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-
-                # Policy loss: the pessimistic (max of negatives) of the unclipped and clipped surrogates.
-                pg_loss1 = -mb_advantages * ratio
-                pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - clip, 1 + clip)
-                pg_loss = torch.max(pg_loss1, pg_loss2).mean()
-
-                # Value loss, optionally clipped around the rollout's value estimate.
-                if cfg.clip_range_vf is not None:
-                    old_v = e_values[mb]
-                    newvalue = old_v + torch.clamp(newvalue - old_v, -cfg.clip_range_vf, cfg.clip_range_vf)
-                v_loss = 0.5 * (newvalue - e_returns[mb]).pow(2).mean()
-
-                entropy_loss = entropy.mean()
-                loss = pg_loss + cfg.vf_coef * v_loss
+                loss = out.pg_loss + cfg.vf_coef * out.v_loss
                 if cfg.ent_coef > 0:  # with a zero coefficient, keep the entropy out of the backward pass
-                    loss = loss - cfg.ent_coef * entropy_loss
+                    loss = loss - cfg.ent_coef * out.entropy
                 if not torch.isfinite(loss):
-                    named = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy_loss}
-                    bad = next((k for k, v in named.items() if not torch.isfinite(v)), "loss")
-                    raise NonFiniteLossError(bad, self.num_steps)
+                    raise NonFiniteLossError(out.first_non_finite(), self.num_steps)
 
                 loss.backward()
                 self.optimizer.step()  # clips the global gradient norm to max_grad_norm first
-                stats.append(torch.stack([pg_loss, v_loss, entropy_loss, approx_kl, clipfrac]).detach())
+                stats.append(out.stacked().detach())
             if stop:
                 break
 

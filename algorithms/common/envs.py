@@ -128,6 +128,46 @@ def eval_envs(
     return make_vec_env(env_id, n_envs, seed, "sync", env_kwargs)
 
 
+class EvalEpisodes:
+    """One evaluation in progress: exactly ``n_episodes`` complete episodes, split evenly over ``envs``.
+
+    The caller reads :attr:`obs`, chooses actions and calls :meth:`step` until :attr:`done`; several of
+    these can advance side by side (a population evaluates all its members with one batched forward).
+    """
+
+    def __init__(self, envs: gym.vector.VectorEnv, n_episodes: int, seed: int) -> None:
+        n_envs = envs.num_envs
+        self.envs = envs
+        self.quota = np.array([(n_episodes + i) // n_envs for i in range(n_envs)])  # sums to n_episodes
+        self.returns: list[float] = []
+        self.lengths: list[int] = []
+        self._ep_return = np.zeros(n_envs)
+        self._ep_length = np.zeros(n_envs, dtype=np.int64)
+        self._done_count = np.zeros(n_envs, dtype=np.int64)
+        self.obs, _ = envs.reset(seed=seed)
+
+    @property
+    def done(self) -> bool:
+        """Every env has finished its share of episodes."""
+        return not (self._done_count < self.quota).any()
+
+    def step(self, actions: np.ndarray) -> None:
+        """Step every env with ``actions`` and record the episodes that end."""
+        self.obs, reward, terminated, truncated, _ = self.envs.step(actions)
+        self._ep_return += reward
+        self._ep_length += 1
+        for i in np.flatnonzero(terminated | truncated):
+            if self._done_count[i] < self.quota[i]:
+                self.returns.append(float(self._ep_return[i]))
+                self.lengths.append(int(self._ep_length[i]))
+                self._done_count[i] += 1
+            self._ep_return[i], self._ep_length[i] = 0.0, 0
+
+    def result(self) -> EvalResult:
+        """The finished episodes' returns and lengths."""
+        return EvalResult(returns=np.asarray(self.returns), lengths=np.asarray(self.lengths))
+
+
 def evaluate_episodes(
     envs: gym.vector.VectorEnv,
     predict: Callable[[np.ndarray], np.ndarray],
@@ -135,22 +175,7 @@ def evaluate_episodes(
     seed: int,
 ) -> EvalResult:
     """Run exactly ``n_episodes`` complete episodes, split evenly over the ``envs`` (reset with ``seed``)."""
-    n_envs = envs.num_envs
-    quota = np.array([(n_episodes + i) // n_envs for i in range(n_envs)])  # sums to n_episodes
-    returns: list[float] = []
-    lengths: list[int] = []
-    ep_return = np.zeros(n_envs)
-    ep_length = np.zeros(n_envs, dtype=np.int64)
-    done_count = np.zeros(n_envs, dtype=np.int64)
-    obs, _ = envs.reset(seed=seed)
-    while (done_count < quota).any():
-        obs, reward, terminated, truncated, _ = envs.step(predict(obs))
-        ep_return += reward
-        ep_length += 1
-        for i in np.flatnonzero(terminated | truncated):
-            if done_count[i] < quota[i]:
-                returns.append(float(ep_return[i]))
-                lengths.append(int(ep_length[i]))
-                done_count[i] += 1
-            ep_return[i], ep_length[i] = 0.0, 0
-    return EvalResult(returns=np.asarray(returns), lengths=np.asarray(lengths))
+    run = EvalEpisodes(envs, n_episodes, seed)
+    while not run.done:
+        run.step(predict(run.obs))
+    return run.result()

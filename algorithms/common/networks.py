@@ -222,20 +222,29 @@ class StackedMLP(nn.Module):
         self._numpy_layers: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None
         self._numpy_ptr = 0
 
-    def forward_numpy(self, x: np.ndarray) -> np.ndarray:
-        """The same function as :meth:`forward`, in numpy on the current weights, without autograd.
-
-        For acting on a handful of observations numpy's per-call cost is a fraction of torch's. The
-        weights are read through zero-copy views, so optimizer steps are seen at once.
-        """
+    def _numpy_weights(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        """Zero-copy numpy views of the weights, so optimizer steps are seen at once."""
         if self._numpy_layers is None or self._numpy_ptr != self.weights[0].data_ptr():
             self._numpy_layers = tuple((w.detach().numpy(), b.detach().numpy()) for w, b in self._layers)
             self._numpy_ptr = self.weights[0].data_ptr()
+        return self._numpy_layers
+
+    def forward_numpy(self, x: np.ndarray, members: slice | None = None) -> np.ndarray:
+        """The same function as :meth:`forward`, in numpy on the current weights, without autograd.
+
+        For acting on a handful of observations numpy's per-call cost is a fraction of torch's. With
+        ``members``, only that slice of the MLPs is evaluated.
+        """
+        layers = self._numpy_weights()
         h = x
-        last = len(self._numpy_layers) - 1
-        for i, (weight, bias) in enumerate(self._numpy_layers):
-            h = np.matmul(h, weight)
-            h += bias
+        last = len(layers) - 1
+        for i, (weight, bias) in enumerate(layers):
+            if members is None:
+                h = np.matmul(h, weight)
+                h += bias
+            else:
+                h = np.matmul(h, weight[members])
+                h += bias[members]
             if i < last:
                 h = self._numpy_act(h)
         return h

@@ -12,7 +12,7 @@ ops; ~30 % less time a step for SAC's 134k-weight critics), called directly on t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -127,3 +127,103 @@ class FlatAdam:
         self.exp_avg_sq.copy_(state["exp_avg_sq"])  # type: ignore[arg-type]
         self._step.fill_(int(state["step"]))  # type: ignore[arg-type]
         self.lr = float(state["lr"])  # type: ignore[arg-type]
+
+
+def flatten_by_member(params: Sequence[nn.Parameter], n_members: int) -> nn.Parameter:
+    """Re-home the parameters of ``n_members`` stacked members into one flat buffer, member by member.
+
+    Each parameter's first dimension holds either one row per member (shape (K, ...)) or the same
+    number ``u`` of rows per member, member-major (shape (u·K, ...), e.g. the actor and critic of every
+    member of a :class:`~algorithms.common.networks.StackedMLP`). The buffer is ``u·K`` blocks of equal
+    size, and every parameter keeps its shape as a strided view into it, so the layers still run as
+    batched matmuls; viewed as (K, -1), each row of the buffer is one member's weights, which makes
+    per-member clipping and optimizer steps single broadcast operations. Space a (K, ...) parameter
+    takes in the blocks of rows ``1 … u-1`` stays zero. Gradients are re-homed the same way.
+    """
+    params = [p for p in params if p.requires_grad]
+    units = max(p.shape[0] for p in params)
+    if units % n_members or any(p.shape[0] not in (n_members, units) for p in params):
+        raise ValueError(f"every parameter needs {n_members} or {units} rows in its first dimension")
+    offsets, block = [], 0
+    for p in params:
+        offsets.append(block)
+        block += p[0].numel()
+    flat = nn.Parameter(torch.zeros(units * block))
+    flat.grad = torch.zeros(units * block)
+    with torch.no_grad():
+        for p, offset in zip(params, offsets, strict=True):
+            row_stride = block if p.shape[0] == units else block * (units // n_members)
+            inner = torch.empty(p.shape[1:]).stride()
+            size, stride = p.shape, (row_stride, *inner)
+            view = flat.data.as_strided(size, stride, offset)
+            view.copy_(p)
+            p.data = view
+            p.grad = flat.grad.as_strided(size, stride, offset)
+    return flat
+
+
+class MemberAdam:
+    """Adam on a flat buffer that holds the weights of ``K`` independent members, one row each.
+
+    Every member has its own learning rate, gradient-norm clip, moment estimates and step count, so
+    one member's update is what :class:`FlatAdam` on that member's weights alone would do (up to
+    rounding). The buffer comes from :func:`flatten_by_member`; a member is a row of ``param.view(K, -1)``.
+
+    Args:
+        param: the flat parameter.
+        n_members: K.
+        betas: decay rates of the moment estimates (shared).
+        eps: added to the denominator (shared).
+    """
+
+    def __init__(
+        self,
+        param: nn.Parameter,
+        n_members: int,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        self.param = param
+        self.n_members = n_members
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.rows = param.data.view(n_members, -1)
+        self.grad_rows = param.grad.view(n_members, -1)
+        self.lr = torch.zeros(n_members, 1)
+        """Step size per member (K, 1); 0 freezes a member's weights."""
+        self.max_grad_norm = torch.full((n_members, 1), math.inf)
+        """Gradient L2-norm clip per member (K, 1); inf: no clipping."""
+        self.steps = torch.zeros(n_members, 1, dtype=torch.float64)
+        self.exp_avg = torch.zeros_like(self.rows)
+        self.exp_avg_sq = torch.zeros_like(self.rows)
+
+    def reset_member(self, member: int) -> None:
+        """Forget member ``member``'s moments and step count (a fresh optimizer for a new member)."""
+        self.exp_avg[member] = 0.0
+        self.exp_avg_sq[member] = 0.0
+        self.steps[member] = 0.0
+
+    def grad_norms(self) -> torch.Tensor:
+        """The L2 norm of each member's gradient, shape (K, 1)."""
+        return torch.linalg.vector_norm(self.grad_rows, dim=1, keepdim=True)
+
+    @torch.no_grad()
+    def step(self, active: torch.Tensor) -> None:
+        """Clip each member's gradient, update the members where ``active`` (bool, (K,)), zero the gradient.
+
+        An inactive member's weights, moments and step count stay exactly as they were.
+        """
+        grad = self.grad_rows
+        on = active[:, None]
+        scale = torch.clamp(self.max_grad_norm / (self.grad_norms() + 1e-6), max=1.0)
+        # An inactive member's gradient is zeroed, not scaled: it may hold NaN from a diverged loss.
+        grad.copy_(torch.where(on, grad * scale, 0.0))
+        self.steps += on
+        bias_correction1 = 1 - self.beta1**self.steps
+        bias_correction2_sqrt = torch.sqrt(1 - self.beta2**self.steps)
+        self.exp_avg.mul_(torch.where(on, self.beta1, 1.0)).add_(grad, alpha=1 - self.beta1)
+        self.exp_avg_sq.mul_(torch.where(on, self.beta2, 1.0)).addcmul_(grad, grad, value=1 - self.beta2)
+        step_size = torch.where(on, self.lr / bias_correction1.clamp(min=1e-12), 0.0).float()
+        denom = self.exp_avg_sq.sqrt().div_(bias_correction2_sqrt.float().clamp(min=1e-12)).add_(self.eps)
+        self.rows.addcdiv_(self.exp_avg * step_size, denom, value=-1.0)
+        grad.zero_()

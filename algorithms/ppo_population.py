@@ -1,0 +1,566 @@
+"""A population of PPO agents trained in lockstep as one batched model.
+
+On a CPU, a small PPO spends most of its time in the fixed cost of each call on tiny tensors, not in
+arithmetic. K agents that share a network shape, a rollout shape and an update schedule can instead be
+stacked: one batched matmul per layer computes all K actors and K critics, one backward pass yields all
+K gradients, and one optimizer call updates all K weight sets. Each member is still an ordinary PPO
+(:mod:`algorithms.ppo`) with its own weights, Adam state, envs, random generator and normalisers, and
+its own values of the hyperparameters in :data:`MEMBER_HYPERPARAMETERS`; nothing flows between members.
+A population of one computes what :class:`algorithms.ppo.PPO` computes for the same config and seed.
+
+Slots are filled with :meth:`PopulationPPO.start_member` and emptied with :meth:`~PopulationPPO.stop_member`;
+restarting a slot gives it fresh weights, optimizer state, envs and generator, leaving the others as
+they were (a tuner refills a pruned trial's slot this way). The loop: :meth:`~PopulationPPO.learn_iteration`
+collects one rollout per active member and updates them all; :meth:`~PopulationPPO.evaluate` runs
+evaluation episodes for several members side by side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from algorithms.common import distributions as D
+from algorithms.common.envs import EpisodeTracker, EvalEpisodes, check_spaces, eval_envs, make_vec_env
+from algorithms.common.errors import ConfigError, NonFiniteLossError
+from algorithms.common.networks import StackedMLP
+from algorithms.common.normalize import ObsNormalizer, RewardNormalizer
+from algorithms.common.optim import MemberAdam, flatten_by_member
+from algorithms.common.types import EvalResult, TrainState
+from algorithms.ppo import (
+    PPO,
+    ActorCritic,
+    PPOConfig,
+    clipped_surrogate_losses,
+    compute_gae,
+    deterministic_actions,
+    resolve_policy_dist,
+    sample_actions,
+    to_env_action,
+)
+
+MEMBER_HYPERPARAMETERS = (
+    "learning_rate",
+    "clip_range",
+    "gae_lambda",
+    "gamma",
+    "ent_coef",
+    "vf_coef",
+    "max_grad_norm",
+)
+"""PPOConfig fields each member sets for itself. Every other field (n_envs, n_steps, batch_size,
+n_epochs, net_arch, normalisation, ...) is structural: shared by the whole population."""
+
+
+def structural_fields(config: PPOConfig) -> dict[str, Any]:
+    """The config's structural settings: every field but :data:`MEMBER_HYPERPARAMETERS`."""
+    values = dataclasses.asdict(config)
+    return {k: v for k, v in values.items() if k not in MEMBER_HYPERPARAMETERS}
+
+
+@dataclass
+class Member:
+    """One slot's agent: what a single :class:`~algorithms.ppo.PPO` would hold, minus the weights.
+
+    Attributes:
+        config: the member's full config (its structural fields equal the population's).
+        seed: seeds the envs, the network initialisation and the generator.
+        total_steps: the member's budget in env steps; it stops rolling out once reached.
+        envs: its training envs.
+        rng: action sampling and minibatch order.
+        obs: raw observation its next rollout starts from.
+        tracker: its finished training episodes.
+        obs_normalizer: running observation statistics, when the population normalises observations.
+        reward_normalizer: running return statistics, when the population normalises rewards.
+        num_steps: env steps trained so far.
+        iteration: rollouts + updates done so far.
+        started: ``time.perf_counter()`` when the member was started (for its steps per second).
+        eval_envs: its evaluation envs, kept between evaluations.
+    """
+
+    config: PPOConfig
+    seed: int
+    total_steps: int
+    envs: gym.vector.VectorEnv
+    rng: np.random.Generator
+    obs: np.ndarray
+    tracker: EpisodeTracker
+    obs_normalizer: ObsNormalizer | None
+    reward_normalizer: RewardNormalizer | None
+    num_steps: int = 0
+    iteration: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    eval_envs: gym.vector.VectorEnv | None = None
+
+    @property
+    def finished(self) -> bool:
+        """The member has used its budget."""
+        return self.num_steps >= self.total_steps
+
+    def normalize_obs(self, obs: np.ndarray, update: bool) -> np.ndarray:
+        """Observations as the network sees them (standardised when the population normalises)."""
+        if self.obs_normalizer is None:
+            return obs.astype(np.float32, copy=False)
+        return self.obs_normalizer(obs, update)
+
+    def close(self) -> None:
+        """Close the member's envs."""
+        self.envs.close()
+        if self.eval_envs is not None:
+            self.eval_envs.close()
+
+
+@dataclass(frozen=True)
+class IterationResult:
+    """What one :meth:`PopulationPPO.learn_iteration` did.
+
+    Attributes:
+        states: per slot that trained, its :class:`TrainState` after the iteration (step, episodes,
+            losses, steps per second), as a single PPO's callback would see it.
+        diverged: slots whose loss became NaN or infinite; they did not update, and are now empty.
+    """
+
+    states: dict[int, TrainState]
+    diverged: dict[int, NonFiniteLossError]
+
+
+class PopulationPPO:
+    """K PPO agents on one environment id, sharing a structure, trained as one batched model.
+
+    Args:
+        env_id: the Gymnasium id every member trains on.
+        config: the structural settings (its member hyperparameters are only defaults).
+        n_members: K, the number of slots.
+        env_kwargs: keyword arguments for ``gymnasium.make``.
+    """
+
+    algorithm = "ppo"
+    action_spaces: tuple[type[gym.Space], ...] = PPO.action_spaces
+
+    def __init__(
+        self,
+        env_id: str,
+        config: PPOConfig,
+        n_members: int,
+        env_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(n_members, int) or isinstance(n_members, bool) or n_members < 1:
+            raise ConfigError(f"n_members must be an integer >= 1, got {n_members!r}")
+        self.env_id = env_id
+        self.config = config
+        self.n_members = n_members
+        self.env_kwargs = dict(env_kwargs or {})
+        probe = make_vec_env(env_id, 1, 0, "sync", self.env_kwargs)
+        try:
+            check_spaces("PPO", probe.single_observation_space, probe.single_action_space, self.action_spaces)
+            self.action_space = probe.single_action_space
+            self.obs_dim = int(probe.single_observation_space.shape[0])
+        finally:
+            probe.close()
+        self.dist = resolve_policy_dist(config.policy_dist, self.action_space)
+        head_dim = ActorCritic(self.obs_dim, self.action_space, config).head_dim
+        self.head_dim = head_dim
+
+        # Member k's actor is stacked network 2k and its critic 2k + 1: the same pairing as PPO's
+        # two-member ActorCritic, so a member's weights copy over slice for slice.
+        self.net = StackedMLP(
+            n_members=2 * n_members,
+            in_dim=self.obs_dim,
+            hidden=config.net_arch,
+            out_dims=(head_dim, 1) * n_members,
+            activation=config.activation,
+            ortho_init=config.ortho_init,
+            out_gains=(0.01, 1.0) * n_members,
+        )
+        self.log_std = nn.Parameter(
+            torch.full((n_members, head_dim), float(config.log_std_init)),
+            requires_grad=self.dist == "gaussian",
+        )
+        # Member k's weights (actor, critic, log-std) are row k of the flat buffer viewed as (K, -1).
+        self.flat_params = flatten_by_member([*self.net.parameters(), self.log_std], n_members)
+        self.optimizer = MemberAdam(self.flat_params, n_members, eps=config.adam_eps)
+
+        # Member hyperparameters as arrays, one row per slot.
+        self._gamma = np.zeros((n_members, 1))
+        self._gae_lambda = np.zeros((n_members, 1))
+        self._clip = torch.zeros(n_members, 1)
+        self._ent_coef = torch.zeros(n_members)
+        self._vf_coef = torch.zeros(n_members)
+        self.members: list[Member | None] = [None] * n_members
+
+    # --- slots ----------------------------------------------------------------------------------
+    @property
+    def active_slots(self) -> list[int]:
+        """Slots holding a member that has not used its budget yet."""
+        return [k for k, m in enumerate(self.members) if m is not None and not m.finished]
+
+    def start_member(self, slot: int, config: PPOConfig, seed: int, total_steps: int) -> None:
+        """(Re)start ``slot`` as a new member: fresh weights, Adam state, envs, generator and normalisers.
+
+        ConfigError when ``config``'s structural fields differ from the population's, naming them.
+        """
+        self._check_slot(slot)
+        if total_steps < 1:
+            raise ConfigError(f"total_steps must be >= 1, got {total_steps}")
+        ours, theirs = structural_fields(self.config), structural_fields(config)
+        differing = sorted(k for k in ours if ours[k] != theirs[k])
+        if differing:
+            shown = ", ".join(f"{k}={theirs[k]!r} (population: {ours[k]!r})" for k in differing)
+            raise ConfigError(
+                f"a member may differ from the population only in {', '.join(MEMBER_HYPERPARAMETERS)}; "
+                f"got {shown}"
+            )
+        self.stop_member(slot)
+        envs = make_vec_env(self.env_id, config.n_envs, seed, config.vectorization, self.env_kwargs)
+        torch.manual_seed(seed)  # the network initialisation of PPO with this seed
+        fresh = ActorCritic(self.obs_dim, self.action_space, config)
+        with torch.no_grad():
+            pair = slice(2 * slot, 2 * slot + 2)
+            for ours_w, theirs_w in zip(self.net.weights, fresh.net.weights, strict=True):
+                ours_w[pair] = theirs_w
+            for ours_b, theirs_b in zip(self.net.biases, fresh.net.biases, strict=True):
+                ours_b[pair] = theirs_b
+            self.log_std[slot] = fresh.log_std
+        self.optimizer.reset_member(slot)
+        self.optimizer.lr[slot] = config.learning_rate
+        self.optimizer.max_grad_norm[slot] = config.max_grad_norm
+        self._gamma[slot] = config.gamma
+        self._gae_lambda[slot] = config.gae_lambda
+        self._clip[slot] = config.clip_range
+        self._ent_coef[slot] = config.ent_coef
+        self._vf_coef[slot] = config.vf_coef
+        obs, _ = envs.reset(seed=seed)
+        self.members[slot] = Member(
+            config=config,
+            seed=seed,
+            total_steps=total_steps,
+            envs=envs,
+            rng=np.random.default_rng(seed),
+            obs=obs,
+            tracker=EpisodeTracker(config.n_envs),
+            obs_normalizer=ObsNormalizer((self.obs_dim,), config.obs_clip) if config.normalize_obs else None,
+            reward_normalizer=(
+                RewardNormalizer(config.n_envs, config.gamma, config.reward_clip)
+                if config.normalize_reward
+                else None
+            ),
+        )
+
+    def stop_member(self, slot: int) -> None:
+        """Empty ``slot``: close its envs; its weights stay but no longer train."""
+        self._check_slot(slot)
+        member = self.members[slot]
+        if member is not None:
+            member.close()
+            self.members[slot] = None
+
+    def _check_slot(self, slot: int) -> None:
+        if not 0 <= slot < self.n_members:
+            raise ConfigError(f"slot must be in 0 … {self.n_members - 1}, got {slot}")
+
+    def _member(self, slot: int) -> Member:
+        member = self.members[slot]
+        if member is None:
+            raise ConfigError(f"slot {slot} is empty")
+        return member
+
+    # --- one iteration: rollouts, advantages, update -----------------------------------------
+    def learn_iteration(self) -> IterationResult:
+        """Collect one rollout per active member, compute advantages, update them all at once."""
+        slots = self.active_slots
+        if not slots:
+            return IterationResult({}, {})
+        cfg = self.config
+        n_members, n_envs, n_steps = self.n_members, cfg.n_envs, cfg.n_steps
+        act_shape = () if self.dist == "categorical" else self.action_space.shape
+        act_dtype = np.int64 if self.dist == "categorical" else np.float32
+        obs_buf = np.zeros((n_steps, n_members, n_envs, self.obs_dim), dtype=np.float32)
+        actions_buf = np.zeros((n_steps, n_members, n_envs, *act_shape), dtype=act_dtype)
+        logprobs_buf = np.zeros((n_steps, n_members, n_envs), dtype=np.float32)
+        rewards_buf = np.zeros((n_steps, n_members, n_envs), dtype=np.float32)
+        dones_buf = np.zeros((n_steps, n_members, n_envs), dtype=np.float32)
+        values_buf = np.zeros((n_steps, n_members, n_envs), dtype=np.float32)
+        members = {k: self._member(k) for k in slots}
+        log_std = self.log_std.detach().numpy()
+
+        # --- collect a rollout per member with its current policy ---
+        obs = np.zeros((n_members, n_envs, self.obs_dim), dtype=np.float32)
+        for k, m in members.items():
+            obs[k] = m.normalize_obs(m.obs, update=True)
+        for t in range(n_steps):
+            heads, values = self._act_numpy(obs)
+            for k, m in members.items():
+                action, logprob = sample_actions(self.dist, heads[k], log_std[k], m.rng)
+                env_action = to_env_action(self.dist, action, self.action_space)
+                next_obs, reward, terminated, truncated, infos = m.envs.step(env_action)
+                done = np.logical_or(terminated, truncated)
+                m.tracker.update(reward, done)
+                if m.reward_normalizer is not None:
+                    reward = m.reward_normalizer(reward, done)
+                reward = reward.astype(np.float32)
+                # Time-limit truncation is not termination: bootstrap with the value of the last state.
+                bootstrap = truncated & ~terminated
+                if bootstrap.any():
+                    final_obs = np.stack([infos["final_obs"][i] for i in np.flatnonzero(bootstrap)])
+                    # Through the member's actor-critic pair, as PPO computes it (same rounding).
+                    pair = slice(2 * k, 2 * k + 2)
+                    final_v = self.net.forward_numpy(m.normalize_obs(final_obs, update=False), pair)[1, :, 0]
+                    reward[bootstrap] += np.float32(self._gamma[k, 0]) * final_v
+                obs_buf[t, k] = obs[k]
+                actions_buf[t, k] = action
+                logprobs_buf[t, k] = logprob
+                rewards_buf[t, k] = reward
+                dones_buf[t, k] = done
+                values_buf[t, k] = values[k]
+                m.obs = next_obs
+                obs[k] = m.normalize_obs(next_obs, update=True)
+        for m in members.values():
+            m.num_steps += n_envs * n_steps
+
+        _, last_values = self._act_numpy(obs)
+        advantages, returns = compute_gae(
+            rewards_buf, values_buf, dones_buf, last_values, self._gamma, self._gae_lambda
+        )
+
+        # --- optimise every member's clipped surrogate on its own rollout ---
+        active = torch.zeros(n_members, dtype=torch.bool)
+        active[slots] = True
+        lr = self.optimizer.lr.clone()
+        clip = self._clip.clone()
+        for k, m in members.items():
+            progress_remaining = max(0.0, 1.0 - m.num_steps / m.total_steps)
+            lr[k] = m.config.learning_rate * (progress_remaining if cfg.anneal_lr else 1.0)
+            clip[k] = m.config.clip_range * (progress_remaining if cfg.anneal_clip_range else 1.0)
+        self.optimizer.lr = lr
+
+        def per_member(buf: np.ndarray) -> torch.Tensor:  # (n_steps, K, n_envs, ...) → (K, batch, ...)
+            moved = np.moveaxis(buf, 1, 0)
+            return torch.from_numpy(
+                np.ascontiguousarray(moved).reshape(n_members, n_steps * n_envs, *buf.shape[3:])
+            )
+
+        stats, counts, diverged = self._update(
+            members,
+            active,
+            per_member(obs_buf),
+            per_member(actions_buf),
+            per_member(logprobs_buf),
+            per_member(advantages),
+            per_member(returns),
+            per_member(values_buf),
+            clip,
+        )
+
+        states: dict[int, TrainState] = {}
+        keys = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
+        now = time.perf_counter()
+        for k, m in members.items():
+            if k in diverged:
+                self.stop_member(k)
+                continue
+            m.iteration += 1
+            y_true = returns[:, k].reshape(-1)
+            y_pred = values_buf[:, k].reshape(-1)
+            var_y = np.var(y_true)
+            explained_var = float("nan") if var_y == 0 else float(1 - np.var(y_true - y_pred) / var_y)
+            means = (stats[:, k] / counts[k]).tolist() if counts[k] > 0 else [float("nan")] * 5
+            losses = {"explained_variance": explained_var, **dict(zip(keys, means, strict=True))}
+            losses["learning_rate"] = float(lr[k])
+            losses["clip_range"] = float(clip[k])
+            episode_returns, episode_lengths = m.tracker.pop()
+            states[k] = TrainState(
+                step=m.num_steps,
+                iteration=m.iteration,
+                total_steps=m.total_steps,
+                episode_returns=episode_returns,
+                episode_lengths=episode_lengths,
+                losses=losses,
+                sps=m.num_steps / max(now - m.started, 1e-9),
+            )
+        return IterationResult(states, diverged)
+
+    def _act_numpy(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(actor head outputs (K, B, head), values (K, B)) for per-member observations (K, B, obs)."""
+        out = self.net.forward_numpy(np.repeat(obs, 2, axis=0))
+        return out[0::2, :, : self.head_dim], out[1::2, :, 0]
+
+    def _forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The autograd form of :meth:`_act_numpy`."""
+        out = self.net(obs.repeat_interleave(2, dim=0))
+        return out[0::2, :, : self.head_dim], out[1::2, :, 0]
+
+    def _log_prob_entropy(
+        self, head: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """log π(a|s) and entropy per member and sample, shape (K, batch)."""
+        n_members, batch = head.shape[:2]
+        flat_head = head.reshape(n_members * batch, -1)
+        flat_actions = actions.reshape(n_members * batch, *actions.shape[2:])
+        if self.dist == "categorical":
+            log_prob, entropy = D.categorical_log_prob_entropy(flat_head, flat_actions)
+        elif self.dist == "gaussian":
+            log_std = (
+                self.log_std[:, None, :]
+                .expand(n_members, batch, self.head_dim)
+                .reshape(n_members * batch, -1)
+            )
+            log_prob, entropy = D.gaussian_log_prob_entropy(flat_head, log_std, flat_actions)
+        else:
+            log_prob, entropy = D.beta_log_prob_entropy(flat_head, flat_actions)
+        return log_prob.view(n_members, batch), entropy.view(n_members, batch)
+
+    def _update(
+        self,
+        members: Mapping[int, Member],
+        active: torch.Tensor,
+        b_obs: torch.Tensor,
+        b_actions: torch.Tensor,
+        b_logprobs: torch.Tensor,
+        b_advantages: torch.Tensor,
+        b_returns: torch.Tensor,
+        b_values: torch.Tensor,
+        clip: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[int, NonFiniteLossError]]:
+        """``n_epochs`` passes of minibatch steps for every active member, each on its own rollout.
+
+        Returns the summed diagnostics (5, K), the number of steps each member took, and the members
+        whose loss turned non-finite (they stop updating at once; the others go on).
+        """
+        cfg = self.config
+        n_members, batch = b_obs.shape[:2]
+        members_idx = torch.arange(n_members)[:, None]
+        stats = torch.zeros(5, n_members)
+        counts = torch.zeros(n_members)
+        diverged: dict[int, NonFiniteLossError] = {}
+        active = active.clone()
+        for _epoch in range(cfg.n_epochs):
+            # Each member shuffles with its own generator, as a single PPO would.
+            perm = np.tile(np.arange(batch), (n_members, 1))
+            for k, m in members.items():
+                perm[k] = m.rng.permutation(batch)
+            idx = torch.from_numpy(perm)
+            e_obs, e_actions = b_obs[members_idx, idx], b_actions[members_idx, idx]
+            e_logprobs, e_advantages = b_logprobs[members_idx, idx], b_advantages[members_idx, idx]
+            e_returns, e_values = b_returns[members_idx, idx], b_values[members_idx, idx]
+            for start in range(0, batch, cfg.batch_size):
+                mb = slice(start, start + cfg.batch_size)
+                head, newvalue = self._forward(e_obs[:, mb])
+                newlogprob, entropy = self._log_prob_entropy(head, e_actions[:, mb])
+                out = clipped_surrogate_losses(
+                    newlogprob, e_logprobs[:, mb], e_advantages[:, mb], newvalue, e_values[:, mb],
+                    e_returns[:, mb], entropy, clip, cfg.clip_range_vf, cfg.normalize_advantage,
+                )  # fmt: skip
+                if cfg.target_kl is not None:  # as SB3: a member past the KL limit ends its update here
+                    active &= ~(out.approx_kl > 1.5 * cfg.target_kl)
+
+                loss = out.pg_loss + self._vf_coef * out.v_loss - self._ent_coef * out.entropy
+                finite = torch.isfinite(loss)
+                for k in torch.nonzero(active & ~finite).flatten().tolist():
+                    one = type(out)(*(term[k] for term in out))
+                    diverged[k] = NonFiniteLossError(one.first_non_finite(), members[k].num_steps)
+                active &= finite
+                if not bool(active.any()):
+                    break
+                with warnings.catch_warnings():
+                    # The weights are strided views into the member-major buffer, by design; autograd
+                    # accumulates into them in place and only notes that the layout is unusual.
+                    warnings.filterwarnings("ignore", message="grad and param do not obey")
+                    torch.where(active, loss, 0.0).sum().backward()
+                self.optimizer.step(active)  # each member's gradient norm clipped to its own limit
+                stats += torch.where(active, out.stacked().detach(), 0.0)
+                counts += active.float()
+            if not bool(active.any()):
+                break
+        return stats, counts, diverged
+
+    # --- evaluation -----------------------------------------------------------------------------
+    def evaluate(
+        self,
+        seeds: Mapping[int, int],
+        n_episodes: int,
+        deterministic: bool = True,
+        n_envs: int = 4,
+    ) -> dict[int, EvalResult]:
+        """Evaluate the members of ``seeds`` (slot → eval seed) side by side, one batched forward a step.
+
+        Each member runs exactly the episodes :meth:`algorithms.ppo.PPO.evaluate` would run with that
+        seed: ``n_episodes`` on its own ``min(n_envs, n_episodes)`` envs, normaliser statistics frozen.
+        """
+        if n_episodes < 1:
+            raise ConfigError(f"n_episodes must be >= 1, got {n_episodes}")
+        runs: dict[int, EvalEpisodes] = {}
+        for k, seed in seeds.items():
+            m = self._member(k)
+            m.eval_envs = eval_envs(m.eval_envs, self.env_id, min(n_envs, n_episodes), seed, self.env_kwargs)
+            runs[k] = EvalEpisodes(m.eval_envs, n_episodes, seed)
+        width = min(n_envs, n_episodes)
+        obs = np.zeros((self.n_members, width, self.obs_dim), dtype=np.float32)
+        log_std = self.log_std.detach().numpy()
+        while any(not run.done for run in runs.values()):
+            running = {k: run for k, run in runs.items() if not run.done}
+            for k, run in running.items():
+                obs[k] = self._member(k).normalize_obs(run.obs, update=False)
+            heads, _ = self._act_numpy(obs)
+            for k, run in running.items():
+                if deterministic:
+                    action = deterministic_actions(self.dist, heads[k])
+                else:
+                    action = sample_actions(self.dist, heads[k], log_std[k], self._member(k).rng)[0]
+                run.step(to_env_action(self.dist, action, self.action_space))
+        return {k: run.result() for k, run in runs.items()}
+
+    # --- a member as a single agent ---------------------------------------------------------------
+    def member_agent(self, slot: int) -> PPO:
+        """A single-agent :class:`PPO` holding a copy of member ``slot`` (to save, replay or compare).
+
+        Weights, Adam moments of its own and normaliser statistics are copied; the caller closes it.
+        """
+        m = self._member(slot)
+        agent = PPO(self.env_id, m.config, m.seed, self.env_kwargs)
+        pair = slice(2 * slot, 2 * slot + 2)
+        with torch.no_grad():
+            for theirs, ours in zip(agent.policy.net.weights, self.net.weights, strict=True):
+                theirs.copy_(ours[pair])
+            for theirs, ours in zip(agent.policy.net.biases, self.net.biases, strict=True):
+                theirs.copy_(ours[pair])
+            agent.policy.log_std.copy_(self.log_std[slot])
+        agent.num_steps = m.num_steps
+        if m.obs_normalizer is not None and agent.obs_normalizer is not None:
+            agent.obs_normalizer.rms.load_state(m.obs_normalizer.rms.state())
+        if m.reward_normalizer is not None and agent.reward_normalizer is not None:
+            agent.reward_normalizer.rms.load_state(m.reward_normalizer.rms.state())
+        return agent
+
+    def close(self) -> None:
+        """Close every member's envs."""
+        for slot in range(self.n_members):
+            self.stop_member(slot)
+
+    def __enter__(self) -> PopulationPPO:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def member_configs(base: PPOConfig, overrides: Sequence[Mapping[str, Any]]) -> list[PPOConfig]:
+    """One config per member: ``base`` with each mapping of member hyperparameters applied."""
+    configs = []
+    for values in overrides:
+        unknown = sorted(set(values) - set(MEMBER_HYPERPARAMETERS))
+        if unknown:
+            raise ConfigError(
+                f"{', '.join(unknown)} cannot differ between members; "
+                f"choose from {', '.join(MEMBER_HYPERPARAMETERS)}"
+            )
+        configs.append(dataclasses.replace(base, **values))
+    return configs
