@@ -22,7 +22,7 @@ TORCH_PIN := torch==2.13.0
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full sweep worker train replay benchmark report bench bench-scores ui tracking-server dashboard lint format clean
+.PHONY: help install test test-full sweep worker train replay benchmark report bench bench-sweep bench-population bench-scores ui tracking-server dashboard lint format clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -71,6 +71,12 @@ report: install ## tables and plots of the newest benchmark from MLflow: make re
 
 bench: $(BENCH_STAMP) ## throughput against Stable-Baselines3 (same hyperparameters), prints the ratios
 	$(PY) bench/throughput.py $(ARGS)
+
+bench-sweep: $(BENCH_STAMP) ## one PPO CartPole study: rltune sequential, population mode, rl-zoo3 (slow: ~1 h)
+	$(PY) bench/sweep_speed.py $(ARGS)
+
+bench-population: install ## K population members vs K single agents, same preset: final-return IQMs and CIs
+	$(PY) bench/population_check.py $(ARGS)
 
 bench-scores: install ## final eval return over 5 seeds for a preset: make bench-scores ARGS="experiment=ppo_cartpole"
 	$(PY) bench/scores.py $(ARGS)

@@ -128,7 +128,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, setup: TrialSetup) -> Tr
     try:
         algorithm_config(trial_config(setup, values, setup.seeds[0])["algo"])
     except ConfigError as exc:
-        return _fail(study, trial, f"invalid sampled config: {exc}", setup)
+        return fail_trial(study, trial, f"invalid sampled config: {exc}", setup)
 
     tags = _trial_tags(study, trial)
     scores: list[float] = []
@@ -163,9 +163,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, setup: TrialSetup) -> Tr
         study.tell(trial, state=TrialState.PRUNED)
         return TrialOutcome(trial.number, TrialState.PRUNED, None)
     except NonFiniteLossError as exc:
-        return _fail(study, trial, f"training diverged: {exc}", None)
+        return fail_trial(study, trial, f"training diverged: {exc}", None)
     except (ConfigError, UnsupportedSpaceError) as exc:
-        return _fail(study, trial, f"invalid config: {exc}", None)
+        return fail_trial(study, trial, f"invalid config: {exc}", None)
 
     trial.set_user_attr(SEED_RETURNS_ATTR, scores)
     if setup.multi_objective:
@@ -175,7 +175,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, setup: TrialSetup) -> Tr
     return TrialOutcome(trial.number, TrialState.COMPLETE, objective)
 
 
-def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, setup: TrialSetup | None) -> TrialOutcome:
+def fail_trial(
+    study: optuna.Study, trial: optuna.Trial, reason: str, setup: TrialSetup | None
+) -> TrialOutcome:
     """End the trial FAIL with ``reason``; with ``setup``, also record it as a FAILED MLflow trial run."""
     log.warning("trial %d failed: %s", trial.number, reason)
     trial.set_user_attr(FAIL_REASON_ATTR, reason)

@@ -49,7 +49,7 @@ _REPARAM_PREFIX = {"one_minus": "one_minus_", "pow2": "log2_", "pow2_two_layers"
 _KEYS: dict[str, frozenset[str]] = {
     "float": frozenset({"type", "low", "high", "log", "step", "reparam"}),
     "int": frozenset({"type", "low", "high", "log", "step", "reparam"}),
-    "categorical": frozenset({"type", "choices", "reparam"}),
+    "categorical": frozenset({"type", "choices", "values", "reparam"}),
 }
 _SPACE_KEYS = ("algo", "params")
 
@@ -83,6 +83,9 @@ class ParamSpec:
     """The values of a categorical parameter: scalars (str, int, float, bool) or None."""
     reparam: str | None = None
     """A key of :data:`REPARAMS` mapping the sampled quantity to the config value, or None."""
+    values: tuple[tuple[Any, Any], ...] | None = None
+    """Categorical only: (choice, config value) pairs, for values Optuna cannot hold as choices
+    (``choices: [tiny, small]`` with ``values: {tiny: [64], small: [64, 64]}`` for ``net_arch``)."""
 
     def __post_init__(self) -> None:
         where = f"search.params.{self.name}"
@@ -113,10 +116,17 @@ class ParamSpec:
         for choice in self.choices:
             if choice is not None and not isinstance(choice, str | int | float | bool):
                 raise ConfigError(
-                    f"{where}: choices must be scalars (str, int, float, bool) or null, got {choice!r}"
+                    f"{where}: choices must be scalars (str, int, float, bool) or null, got {choice!r}; "
+                    "name them and give their config values under values: {name: value}"
                 )
+        if self.values is not None and sorted(map(str, dict(self.values))) != sorted(map(str, self.choices)):
+            raise ConfigError(
+                f"{where}: values must give exactly one config value per choice {list(self.choices)}"
+            )
 
     def _check_numeric(self, where: str) -> None:
+        if self.values is not None:
+            raise ConfigError(f"{where}: values belong to a categorical parameter")
         if self.choices is not None:
             raise ConfigError(f"{where}: a {self.type} parameter takes low/high, not choices")
         for key in ("low", "high"):
@@ -173,6 +183,13 @@ class ParamSpec:
             if isinstance(choices, str) or not isinstance(choices, Sequence):
                 raise ConfigError(f"{where}: choices must be a list, got {choices!r}")
             choices = tuple(choices)
+        values = node.get("values")
+        if values is not None:
+            if not isinstance(values, Mapping):
+                raise ConfigError(
+                    f"{where}: values must be a mapping {{choice: config value}}, got {values!r}"
+                )
+            values = tuple((k, _plain(v)) for k, v in values.items())
         low, high = node.get("low"), node.get("high")
         if kind == "float":  # YAML's `1` is an int; a float range takes it as 1.0
             low = float(low) if _is_number(low) else low
@@ -186,6 +203,7 @@ class ParamSpec:
             step=node.get("step"),
             choices=choices,
             reparam=node.get("reparam"),
+            values=values,
         )
 
     @property
@@ -218,7 +236,7 @@ class ParamSpec:
         """The config value for a sampled quantity (applies ``reparam``), as a plain Python scalar."""
         sampled = _plain(sampled)
         if self.type == "categorical":
-            return sampled
+            return dict(self.values)[sampled] if self.values is not None else sampled
         if self.type == "int":
             k = int(sampled)
             if self.reparam == "pow2_two_layers":
@@ -253,7 +271,10 @@ class ParamSpec:
         if self.type == "categorical":
             assert self.choices is not None
             for choice in self.choices:
-                if choice == value and isinstance(choice, bool) == isinstance(value, bool):
+                mapped = self.to_value(choice)
+                if isinstance(mapped, list | tuple) and isinstance(value, list | tuple):
+                    mapped, value = list(mapped), list(value)
+                if mapped == value and isinstance(mapped, bool) == isinstance(value, bool):
                     return choice
             raise ConfigError(f"{where}: {value!r} is not one of the choices {list(self.choices)!r}")
         if self.type == "int" and self.reparam == "pow2_two_layers":

@@ -55,6 +55,10 @@ class TuneSettings:
     export: bool
     export_dir: str
     export_name: str
+    population: int = 0
+    """Slots of a population-mode worker (0: off; trials run one after another)."""
+    population_trials: int = 0
+    """Trials one population starts before it retires and the next samples a new structure."""
 
     @classmethod
     def from_config(cls, tune: Mapping[str, Any]) -> TuneSettings:
@@ -87,6 +91,18 @@ class TuneSettings:
             raise ConfigError(
                 f"tune.grace_period ({grace}) must exceed tune.heartbeat_interval ({heartbeat})"
             )
+        population = integer("population", 0)
+        population_trials = tune.get("population_trials")
+        if population_trials is None:
+            population_trials = 2 * population
+        elif (
+            not isinstance(population_trials, int)
+            or isinstance(population_trials, bool)
+            or population_trials < 1
+        ):
+            raise ConfigError(
+                f"tune.population_trials must be an integer >= 1 or null, got {population_trials!r}"
+            )
         name = tune.get("study_name")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"tune.study_name must be a non-empty string, got {name!r}")
@@ -106,6 +122,8 @@ class TuneSettings:
             export=bool(tune.get("export")),
             export_dir=str(tune.get("export_dir")),
             export_name=_preset_name(tune.get("export_name")),
+            population=population,
+            population_trials=population_trials,
         )
 
 

@@ -132,6 +132,7 @@ def start_run(
     tags: Mapping[str, Any] | None = None,
     parent_run_id: str | None = None,
     resume_run_id: str | None = None,
+    handle_signals: bool = True,
 ) -> Iterator[RunRecorder]:
     """Open an MLflow run in ``experiment`` (created if needed) and always end it on leaving the block.
 
@@ -145,6 +146,9 @@ def start_run(
         parent_run_id: makes this run a child of that run (same experiment, for the UI to nest it).
         resume_run_id: reopen this existing run (e.g. a resumed study's sweep run) instead of creating
             one; a new run is created if it no longer exists.
+        handle_signals: turn SIGTERM into :class:`RunTerminated` while the run is open. Runs that are
+            opened and ended in no nested order (a population's trials) pass False and sit inside
+            one :func:`interrupts_raise` block instead.
 
     The run ends FINISHED, KILLED (KeyboardInterrupt, or SIGTERM, which raises :class:`RunTerminated`
     while the run is open) or FAILED (any other exception, re-raised). Raises ConfigError when the
@@ -160,7 +164,7 @@ def start_run(
         run_id = client.create_run(experiment_id, run_name=run_name, tags=_tag_dict(all_tags)).info.run_id
     recorder = RunRecorder(client, run_id)
     status = RunStatus.FAILED
-    with _RunSignals() as signals:
+    with _RunSignals(install=handle_signals) as signals:
         try:
             yield recorder
             status = RunStatus.FINISHED
@@ -252,13 +256,14 @@ class _RunSignals:
     ignored; outside the main thread nothing is installed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, install: bool = True) -> None:
         self.closing = False
+        self._install = install
         self._held: list[int] = []
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _RunSignals:
-        if threading.current_thread() is threading.main_thread():
+        if self._install and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 if signal.getsignal(signum) is not signal.SIG_IGN:
                     self._previous[signum] = signal.signal(signum, self._handle)
@@ -277,6 +282,12 @@ class _RunSignals:
         if signum == signal.SIGTERM:
             raise RunTerminated(signum)
         raise KeyboardInterrupt
+
+
+def interrupts_raise() -> _RunSignals:
+    """A block in which SIGTERM raises :class:`RunTerminated` and SIGINT KeyboardInterrupt, for runs
+    opened with ``handle_signals=False`` inside it."""
+    return _RunSignals()
 
 
 class RunReader:

@@ -173,7 +173,7 @@ class TrainingMonitor:
 
     def __init__(
         self,
-        agent: Agent,
+        agent: Agent | None,
         settings: RunSettings,
         run: RunRecorder,
         progress: TrainProgress,
@@ -194,6 +194,12 @@ class TrainingMonitor:
     def __call__(self, state: TrainState) -> None:
         """Record one iteration; evaluate when an evaluation point was passed (the last one is left to
         the final evaluation)."""
+        self.record(state)
+        if self.eval_due(state.step) and self.record_eval(state.step, self.evaluate(state.step)):
+            state.request_stop()
+
+    def record(self, state: TrainState) -> None:
+        """Log one iteration's finished episodes, diagnostics and speed, and update the progress."""
         step = state.step
         for ret, length in zip(state.episode_returns, state.episode_lengths, strict=True):
             self.run.log_metric("charts/episodic_return", ret, step)
@@ -205,17 +211,27 @@ class TrainingMonitor:
         }
         self.run.log_metrics({**diagnostics, "time/sps": state.sps}, step)
         self.progress.update(step, state.sps, float(np.mean(self._recent)) if self._recent else None)
-        freq = self.settings.eval_freq_steps
-        if freq and self._next_eval <= step < self.settings.total_steps:
-            result = self.evaluate(step)
-            self._next_eval = (step // freq + 1) * freq
-            if self.on_eval is not None and self.on_eval(step, result.mean_return):
-                self.stopped_early = True
-                state.request_stop()
 
-    def evaluate(self, step: int) -> EvalResult:
-        """Evaluate the current policy on the evaluation envs and record it at ``step``."""
-        result = self.agent.evaluate(self.settings.eval_episodes, seed=self.settings.eval_seed)
+    def eval_due(self, step: int) -> bool:
+        """Whether an evaluation point was passed at ``step`` (before the budget's end)."""
+        freq = self.settings.eval_freq_steps
+        return bool(freq) and self._next_eval <= step < self.settings.total_steps
+
+    def record_eval(self, step: int, result: EvalResult) -> bool:
+        """Schedule the next evaluation after one during training and ask the hook; True: stop here."""
+        freq = self.settings.eval_freq_steps
+        self._next_eval = (step // freq + 1) * freq
+        if self.on_eval is not None and self.on_eval(step, result.mean_return):
+            self.stopped_early = True
+        return self.stopped_early
+
+    def evaluate(self, step: int, result: EvalResult | None = None) -> EvalResult:
+        """Evaluate the current policy on the evaluation envs (or take ``result``, evaluated elsewhere)
+        and record it at ``step``."""
+        if result is None:
+            if self.agent is None:
+                raise ValueError("a monitor without an agent records evaluations made elsewhere")
+            result = self.agent.evaluate(self.settings.eval_episodes, seed=self.settings.eval_seed)
         self.run.log_metrics(
             {"eval/mean_return": result.mean_return, "eval/std_return": result.std_return}, step
         )
@@ -272,7 +288,6 @@ def _train_and_record(
     """Open the MLflow run, learn with the monitor, evaluate, store config, model and learning curve."""
     # Imported only once the config is valid: MLflow and matplotlib take ~2 s to import, which a bad
     # config or `--cfg job` need not wait for.
-    from tuner.plots import learning_curve
     from tuner.tracking import start_run
 
     tags = {"algo": settings.algo, "env_id": settings.env_id, "seed": settings.seed, **extra_tags}
@@ -304,33 +319,47 @@ def _train_and_record(
             state = agent.learn(settings.total_steps, monitor)
         if monitor.stopped_early and monitor.last_result is not None:
             final = monitor.last_result  # the hook stopped training right after this evaluation
-            run.set_tags({"stopped_early": f"by the tuner after evaluation at {state.step} env steps"})
         else:
             final = monitor.evaluate(state.step)
             if on_eval is not None:
                 on_eval(state.step, final.mean_return)
-        wall_time_s = time.perf_counter() - start
-        run.log_metric("time/wall_time_s", wall_time_s, state.step)
+        return finish_run(run, monitor, agent, config, state.step, final, time.perf_counter() - start)
 
-        with tempfile.TemporaryDirectory() as tmp:
-            model_path = Path(tmp) / MODEL_ARTIFACT
-            agent.save(model_path)
-            run.log_artifact(model_path)
-        title = f"{settings.algo} on {settings.env_id}, seed {settings.seed}"
-        lines = _reference_lines(config, settings.algo)
-        run.log_figure(learning_curve(monitor.episodes, monitor.evaluations, title, lines), CURVE_ARTIFACT)
 
-        log.info(
-            "final evaluation over %d episodes: %.2f ± %.2f after %d env steps in %.1f s",
-            len(final.returns),
-            final.mean_return,
-            final.std_return,
-            state.step,
-            wall_time_s,
-        )
-        return TrainResult(
-            run.run_id, state.step, final.mean_return, final.std_return, wall_time_s, monitor.stopped_early
-        )
+def finish_run(
+    run: RunRecorder,
+    monitor: TrainingMonitor,
+    agent: Agent,
+    config: Mapping[str, Any],
+    steps: int,
+    final: EvalResult,
+    wall_time_s: float,
+) -> TrainResult:
+    """Close a training run's record: wall time, the model, the learning curve; returns its result."""
+    from tuner.plots import learning_curve
+
+    settings = monitor.settings
+    if monitor.stopped_early:
+        run.set_tags({"stopped_early": f"by the tuner after evaluation at {steps} env steps"})
+    run.log_metric("time/wall_time_s", wall_time_s, steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = Path(tmp) / MODEL_ARTIFACT
+        agent.save(model_path)
+        run.log_artifact(model_path)
+    title = f"{settings.algo} on {settings.env_id}, seed {settings.seed}"
+    lines = _reference_lines(config, settings.algo)
+    run.log_figure(learning_curve(monitor.episodes, monitor.evaluations, title, lines), CURVE_ARTIFACT)
+    log.info(
+        "final evaluation over %d episodes: %.2f ± %.2f after %d env steps in %.1f s",
+        len(final.returns),
+        final.mean_return,
+        final.std_return,
+        steps,
+        wall_time_s,
+    )
+    return TrainResult(
+        run.run_id, steps, final.mean_return, final.std_return, wall_time_s, monitor.stopped_early
+    )
 
 
 def _reference_lines(config: Mapping[str, Any], algo: str) -> list[tuple[str, float]]:

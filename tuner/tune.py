@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import optuna
@@ -40,6 +41,7 @@ from rich.progress import (
 from algorithms import ConfigError, UnsupportedSpaceError
 from tuner.compose import CONF_DIR, algorithm_config
 from tuner.objective import TrialOutcome, TrialSetup
+from tuner.population import check_population
 from tuner.search import SearchSpace
 from tuner.secrets import mask_secrets
 from tuner.study import (
@@ -105,6 +107,7 @@ def prepare(cfg: DictConfig, create: bool) -> Prepared:
     build_agent(base_config, RunSettings.from_config(base_config)).close()
 
     sampler = build_sampler(cfg.sampler, seed_offset=worker_index(cfg.get("worker")) or 0)
+    check_population(settings, algo, is_multi_objective(sampler))
     pruner = build_pruner(cfg.pruner)
     tracking = {
         "uri": str(config["tracking"]["uri"]),
@@ -248,13 +251,28 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, UnsupportedSpaceError) as exc:
         print(mask_secrets(f"error: {exc}"), file=sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)
-    if index is None:
-        run_sweep(prepared, overrides)
-    elif index == 0:  # the job that owns the study: in-process worker, then the tables and validation
-        prepared.settings = replace(prepared.settings, n_workers=1)
-        run_sweep(prepared, overrides)
-    else:
-        work_and_report(prepared, f"worker {index}")
+    try:
+        if index is None:
+            run_sweep(prepared, overrides)
+        elif index == 0:  # the job that owns the study: in-process worker, then the tables and validation
+            prepared.settings = replace(prepared.settings, n_workers=1)
+            run_sweep(prepared, overrides)
+        else:
+            work_and_report(prepared, f"worker {index}")
+    except KeyboardInterrupt as exc:
+        exit_interrupted(exc)
+
+
+def exit_interrupted(exc: KeyboardInterrupt) -> NoReturn:
+    """One line and exit 128 + signal number: the running trials went back to the queue, their runs
+    ended KILLED, and re-running the same command resumes the study."""
+    signum = getattr(exc, "signum", signal.SIGINT)  # tracking.RunTerminated carries SIGTERM's number
+    print(
+        f"interrupted by {signal.Signals(signum).name}: finished trials are kept and running ones go back "
+        "to the queue; run the same command again to resume",
+        file=sys.stderr,
+    )
+    sys.exit(128 + signum)
 
 
 def worker_index(value: Any) -> int | None:

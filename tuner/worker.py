@@ -80,9 +80,15 @@ def run_worker(
 ) -> list[TrialOutcome]:
     """Claim and run trials until the budget is used up (or ``tune.timeout`` passed); returns outcomes.
 
+    With ``tune.population`` set, the trials train K seeds at a time (:mod:`tuner.population`).
+
     While other workers still run the last trials, this one waits: a trial whose worker dies comes back
     as a retry once its heartbeat is stale, and any live worker picks it up.
     """
+    if settings.population:
+        from tuner.population import run_population
+
+        return run_population(study, storage, setup, settings, on_outcome)
     outcomes: list[TrialOutcome] = []
     while time_left(study, settings.timeout):
         with warnings.catch_warnings():  # heartbeat handling is marked experimental in Optuna 5
@@ -130,14 +136,17 @@ def work_and_report(prepared: Prepared, name: str) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="tune")
 def main(cfg: DictConfig) -> None:
     """Join the study named by the config and work on it until its budget is used up."""
-    from tuner.tune import prepare
+    from tuner.tune import exit_interrupted, prepare
 
     try:
         prepared = prepare(cfg, create=False)
     except (ConfigError, UnsupportedSpaceError) as exc:
         print(mask_secrets(f"error: {exc}"), file=sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)
-    work_and_report(prepared, "worker")
+    try:
+        work_and_report(prepared, "worker")
+    except KeyboardInterrupt as exc:
+        exit_interrupted(exc)
 
 
 if __name__ == "__main__":

@@ -223,3 +223,26 @@ def test_member_adam_steps_each_member_as_its_own_adam() -> None:
     torch.testing.assert_close(scale.detach()[2], frozen[1], rtol=0, atol=0)
     assert float(optimizer.steps[2]) == 0.0
     assert float(flat.grad.abs().max()) == 0.0
+
+
+def test_a_diverging_member_stops_alone() -> None:
+    """A member whose loss turns NaN is reported and emptied; its neighbour learns as if nothing happened."""
+    config = PPOConfig(n_envs=2, n_steps=64, batch_size=64, n_epochs=2)
+    curves = []
+    for first_lr in (1e4, 3e-4):  # 1e4 blows the first member's weights up within a few updates
+        curve, diverged = [], {}
+        with PopulationPPO("Pendulum-v1", config, n_members=2) as population:
+            configs = member_configs(config, [{"learning_rate": first_lr}, {}])
+            for slot, member_config in enumerate(configs):
+                population.start_member(slot, member_config, seed=slot, total_steps=2048)
+            with np.errstate(over="ignore", invalid="ignore"):
+                while population.active_slots:
+                    result = population.learn_iteration()
+                    diverged.update(result.diverged)
+                    state = result.states[1]
+                    curve.append((state.step, state.losses["policy_loss"], state.episode_returns))
+            assert population.members[0] is None or first_lr < 1
+        curves.append(curve)
+        if first_lr > 1:
+            assert list(diverged) == [0] and "non-finite" in str(diverged[0])
+    assert curves[0] == curves[1]

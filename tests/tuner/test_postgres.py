@@ -253,3 +253,15 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path, 
     assert [t.state for t in counted(study)] == [TrialState.COMPLETE] * 2  # exact budget
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     assert client.get_run(killed_run_id).info.status == "KILLED"
+
+
+def test_population_workers_share_a_postgres_study(tmp_path: Path, pg_url: str) -> None:
+    """Two workers, each with its own population of 2, fill one study's budget exactly."""
+    result = run(tmp_path, pg_url, "tune.population=2", "tune.n_workers=2", "tune.n_trials=6")
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="ppo_cartpole", storage=pg_url)
+    assert sorted(t.number for t in study.trials) == list(range(6))
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    logs = sorted((tmp_path / "logs" / "ppo_cartpole").glob("worker-*.log"))
+    assert len(logs) == 2
+    assert all("COMPLETE" in log.read_text() for log in logs), "both populations ran trials"

@@ -265,6 +265,18 @@ BAD_SPACES: dict[str, tuple[dict[str, Any], str]] = {
         r"search=ppo",
     ),
     "no_params": ({"algo": "ppo", "params": {}}, r"search\.params"),
+    "values_missing_a_choice": (
+        _space({"net_arch": {"type": "categorical", "choices": ["tiny", "small"], "values": {"tiny": [64]}}}),
+        r"net_arch.*values must give exactly one config value per choice",
+    ),
+    "values_on_a_float": (
+        _space({"vf_coef": {"type": "float", "low": 0.2, "high": 1.0, "values": {"a": 1}}}),
+        r"vf_coef.*unknown key 'values'",
+    ),
+    "list_choices_without_names": (
+        _space({"net_arch": {"type": "categorical", "choices": [[64], [64, 64]]}}),
+        r"net_arch.*choices must be scalars.*name them",
+    ),
 }
 
 
@@ -325,3 +337,22 @@ def test_a_fixed_sampler_seed_is_offset_per_worker() -> None:
 
     assert first_draw(build_sampler(node)) == first_draw(build_sampler(node, seed_offset=0))  # reproducible
     assert first_draw(build_sampler(node)) != first_draw(build_sampler(node, seed_offset=1))
+
+
+def test_named_choices_map_to_config_values_and_back() -> None:
+    """rl-zoo3's space names its network shapes; the config gets the layer list (search=ppo_zoo)."""
+    space = load_search_space(compose_config(["search=ppo_zoo"], config_name="tune").search, {"name": "ppo"})
+    (net_arch,) = [p for p in space.params if p.name == "net_arch"]
+    assert net_arch.optuna_name == "net_arch"
+    assert [net_arch.to_value(c) for c in ("tiny", "small", "medium")] == [[64], [64, 64], [256, 256]]
+    assert net_arch.to_sampled((256, 256)) == "medium" and net_arch.to_sampled([64]) == "tiny"
+    assert not net_arch.contains([32, 32])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        values = space.suggest(study.ask())
+        PPOConfig(**{**values, "n_envs": 32})  # valid once a rollout (>= 32 × 32) holds the largest batch
+        assert to_overrides({"net_arch": values["net_arch"]})[0] in {
+            "algo.net_arch=[64]",
+            "algo.net_arch=[64,64]",
+            "algo.net_arch=[256,256]",
+        }

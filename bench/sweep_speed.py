@@ -1,0 +1,170 @@
+"""One PPO CartPole study three ways, in one run: rltune sequential, rltune population mode, rl-zoo3.
+
+Every study has the same trials × steps, rl-zoo3's own PPO search space (``search=ppo_zoo`` mirrors
+``rl_zoo3.hyperparams_opt.sample_ppo_params``, same parameters in the same order) on rl-zoo3's CartPole
+base hyperparameters (``experiment=ppo_cartpole``: 8 envs), one process each, one evaluation of 5
+episodes every ``budget / evaluations`` steps, and rl-zoo3's optimizer settings: TPE (multivariate, 10
+random startup trials, the same seed) and a median pruner (10 startup trials, warm-up of a third of the
+evaluations). With the same seed, the random startup trials of the sequential rltune study and of rl-zoo3
+should sample the same configurations, so the two do the same work until TPE takes over; a population
+fixes its structural settings per population, so it samples differently. rl-zoo3 runs as its README
+teaches::
+
+    python -m rl_zoo3.train --algo ppo --env CartPole-v1 -optimize --n-trials 20 --n-timesteps 50000 \\
+        --sampler tpe --pruner median
+
+(with ``--n-evaluations`` when ``--evaluations`` is not 1, its default for 50k steps). For each study the
+script prints the command's wall time, trials per hour (trials / wall time), the best value, and the peak
+resident memory of the process. Needs the bench extra (``pip install -e ".[bench]"``).
+
+    python bench/sweep_speed.py                        # K = 8, 20 trials × 50k steps
+    python bench/sweep_speed.py --population 1,4,8,16,32 --evaluations 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+
+
+@dataclass(frozen=True)
+class Study:
+    """What one study run produced."""
+
+    label: str
+    wall_s: float
+    trials: int
+    best: float | None
+    peak_rss_mib: float
+
+    @property
+    def trials_per_hour(self) -> float:
+        """Finished trials per hour of the command's wall time."""
+        return self.trials / self.wall_s * 3600
+
+
+def run_command(args: list[str], cwd: Path, log: Path) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MiB) of a command; raises if it fails, pointing at its log."""
+    start = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(args, cwd=cwd, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:4])} … exited {proc.returncode}; see {log}")
+    return wall, usage.ru_maxrss / 1024  # Linux reports KiB
+
+
+def rltune_study(
+    label: str, work: Path, n_trials: int, budget: int, evaluations: int, seed: int, extra: list[str]
+) -> Study:
+    """A study through ``python -m tuner.tune``; its best value read back from its Optuna storage."""
+    runs = work / label.replace(" ", "_").replace("=", "")
+    freq = budget // evaluations
+    args = [
+        sys.executable, "-m", "tuner.tune", "experiment=ppo_cartpole", "search=ppo_zoo",
+        "sampler=tpe", f"sampler.seed={seed}", "sampler.n_startup_trials=10",
+        "pruner=median", "pruner.n_startup_trials=10", f"pruner.n_warmup_steps={evaluations // 3 * freq}",
+        "tune.n_seeds=1", f"tune.n_trials={n_trials}", f"tune.budget_steps={budget}",
+        f"env.eval.freq_steps={freq}", "env.eval.n_episodes=5", "tune.validate_seeds=0", "tune.export=false",
+        "tune.study_name=sweep_speed", f"paths.runs_dir={runs}", *extra,
+    ]  # fmt: skip
+    runs.mkdir(parents=True)
+    wall, rss = run_command(args, ROOT, runs / "output.log")
+    study = optuna.load_study(study_name="sweep_speed", storage=f"sqlite:///{runs}/optuna.db")
+    finished = [t for t in study.trials if t.state.is_finished()]
+    complete = [t.value for t in finished if t.value is not None]
+    return Study(label, wall, len(finished), max(complete, default=None), rss)
+
+
+def zoo_study(work: Path, n_trials: int, budget: int, evaluations: int, seed: int, threads: int) -> Study:
+    """rl-zoo3's optimizer on the same study; its best value parsed from what it prints."""
+    folder = work / f"rl_zoo3_threads{threads}"
+    folder.mkdir(parents=True)
+    args = [
+        sys.executable, "-m", "rl_zoo3.train", "--algo", "ppo", "--env", "CartPole-v1", "-optimize",
+        "--n-trials", str(n_trials), "--n-timesteps", str(budget), "--sampler", "tpe", "--pruner", "median",
+        "--log-folder", str(folder / "logs"), "--num-threads", str(threads), "--seed", str(seed),
+        *(["--n-evaluations", str(evaluations)] if evaluations != 1 else []),
+    ]  # fmt: skip
+    log = folder / "output.log"
+    wall, rss = run_command(args, folder, log)
+    text = log.read_text()
+    best = re.search(r"Best trial:\s*\nValue:\s*([-\d.eE+]+)", text)
+    finished = re.search(r"Number of finished trials:\s*(\d+)", text)
+    return Study(
+        f"rl-zoo3 ({threads} torch thread{'s' if threads > 1 else ''})",
+        wall,
+        int(finished.group(1)) if finished else n_trials,
+        float(best.group(1)) if best else None,
+        rss,
+    )
+
+
+def main() -> None:
+    """Run every study of the comparison and print the table."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--trials", type=int, default=20, help="trials per study")
+    parser.add_argument("--budget-steps", type=int, default=50000, help="env steps per trial")
+    parser.add_argument("--population", default="8", help="comma-separated K values for population mode")
+    parser.add_argument("--evaluations", type=int, default=1, help="evaluations per trial (pruning points)")
+    parser.add_argument(
+        "--zoo-threads", default="1,2", help="torch threads for rl-zoo3 runs (comma-separated)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed of every study")
+    parser.add_argument("--skip", default="", help="comma-separated: sequential, zoo")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    print(
+        f"PPO CartPole-v1: {args.trials} trials × {args.budget_steps} steps, TPE + median pruner, rl-zoo3's "
+        f"search space, {args.evaluations} evaluation(s) of 5 episodes per trial; {os.cpu_count()} CPUs",
+        flush=True,
+    )
+    results: list[Study] = []
+    with tempfile.TemporaryDirectory(prefix="sweep_speed_") as tmp:
+        work = Path(tmp)
+        budget, n, evals, seed = args.budget_steps, args.trials, args.evaluations, args.seed
+        if "zoo" not in skip:
+            for threads in map(int, args.zoo_threads.split(",")):
+                results.append(zoo_study(work, n, budget, evals, seed, threads))
+                _print_row(results[-1], results[0])
+        if "sequential" not in skip:
+            results.append(rltune_study("rltune sequential", work, n, budget, evals, seed, []))
+            _print_row(results[-1], results[0])
+        for k in map(int, args.population.split(",")):
+            results.append(
+                rltune_study(
+                    f"rltune population K={k}", work, n, budget, evals, seed, [f"tune.population={k}"]
+                )
+            )
+            _print_row(results[-1], results[0])
+
+
+def _print_row(study: Study, baseline: Study) -> None:
+    best = "-" if study.best is None else f"{study.best:.1f}"
+    ratio = study.trials_per_hour / baseline.trials_per_hour
+    print(
+        f"{study.label:<30} wall {study.wall_s:7.0f} s  trials {study.trials:3d}  "
+        f"trials/hour {study.trials_per_hour:7.1f}  ({ratio:5.2f}× {baseline.label})  best {best:>6}  "
+        f"peak RSS {study.peak_rss_mib:6.0f} MiB",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

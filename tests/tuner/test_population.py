@@ -1,0 +1,164 @@
+"""Population mode (tune.population=K) driven as a user drives it: real, tiny studies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from tests.tuner.test_tune import ENV, ROOT, counted, load, run_tune, runs_by_name, tune_args
+
+# The search space keeps one structural knob (n_epochs), so populations have a structure to fix.
+WITH_EPOCHS = "+search.params.n_epochs={type:categorical,choices:[1,2]}"
+ALWAYS_PRUNE = ["pruner=none", "pruner._target_=optuna.pruners.ThresholdPruner", "+pruner.lower=1e9"]
+
+
+def test_a_population_study_runs_every_trial_as_a_real_trial(tmp_path: Path) -> None:
+    result = run_tune(
+        tmp_path,
+        WITH_EPOCHS,
+        "tune.population=3",
+        "tune.population_trials=3",
+        "tune.n_trials=5",
+        "sampler=tpe",
+        "sampler.seed=0",
+        "pruner=none",
+    )
+    assert result.returncode == 0, result.stderr
+    study = load(tmp_path)
+    assert sorted(t.number for t in study.trials) == list(range(5))
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    # Three trials per population; the members of one population share the structural setting.
+    populations: dict[int, set[int]] = {}
+    for trial in study.trials:
+        populations.setdefault(trial.user_attrs["population"], set()).add(trial.params["n_epochs"])
+    assert sorted(populations) == [1, 2]
+    assert all(len(epochs) == 1 for epochs in populations.values())
+    assert len({t.params["learning_rate"] for t in study.trials}) == 5  # member hyperparameters vary
+
+    runs = runs_by_name(tmp_path)
+    (sweep,) = runs["sweep-ppo_cartpole"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    for trial in study.trials:
+        (trial_run,) = runs[f"trial-{trial.number}"]
+        assert trial_run.info.status == "FINISHED"
+        assert trial_run.data.tags["mlflow.parentRunId"] == sweep.info.run_id
+        assert trial_run.data.metrics["trial/objective"] == trial.value
+        (seed_run,) = runs[f"trial-{trial.number}-seed1"]
+        assert seed_run.data.tags["mlflow.parentRunId"] == trial_run.info.run_id
+        assert seed_run.info.status == "FINISHED"
+        history = client.get_metric_history(seed_run.info.run_id, "eval/mean_return")
+        assert [m.step for m in history] == [256, 512]  # its own evaluations, at its own env steps
+        assert history[-1].value == trial.value
+        assert {"model.pt", "config.yaml", "learning_curve.png"} <= {
+            a.path for a in client.list_artifacts(seed_run.info.run_id)
+        }
+        # what Optuna saw: the same evaluations as intermediate values
+        assert trial.intermediate_values == {m.step: m.value for m in history}
+
+
+def test_pruned_trials_are_refilled_at_once_and_the_budget_is_exact(tmp_path: Path) -> None:
+    result = run_tune(tmp_path, *ALWAYS_PRUNE, "tune.population=2", "tune.n_trials=5")
+    assert result.returncode == 0, result.stderr
+    study = load(tmp_path)
+    assert [t.state for t in counted(study)] == [TrialState.PRUNED] * 5
+    assert all(list(t.intermediate_values) == [256] for t in study.trials)  # pruned at the first report
+    runs = runs_by_name(tmp_path)
+    slots = [int(runs[f"trial-{n}-seed1"][0].data.tags["population_slot"]) for n in range(5)]
+    assert set(slots) == {0, 1}  # two slots served five trials: each pruned slot was refilled
+    for n in range(5):
+        seed_run = runs[f"trial-{n}-seed1"][0]
+        assert seed_run.info.status == "FINISHED"
+        assert "stopped_early" in seed_run.data.tags
+        assert runs[f"trial-{n}"][0].data.tags["optuna_state"] == "PRUNED"
+
+
+def test_a_trials_seeds_train_side_by_side(tmp_path: Path) -> None:
+    result = run_tune(tmp_path, "tune.population=4", "tune.n_seeds=2", "tune.n_trials=3")
+    assert result.returncode == 0, result.stderr
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    runs = runs_by_name(tmp_path)
+    for trial in study.trials:
+        seed_returns = trial.user_attrs["seed_returns"]
+        assert len(seed_returns) == 2
+        assert trial.value == sum(seed_returns) / 2
+        finals = [runs[f"trial-{trial.number}-seed{s}"][0].data.metrics["eval/mean_return"] for s in (1, 2)]
+        assert sorted(finals) == sorted(seed_returns)
+        # Reported at each env step: the mean of both seeds' evaluations there.
+        assert list(trial.intermediate_values) == [256, 512]
+        assert trial.intermediate_values[512] == trial.value
+
+
+def test_population_settings_are_checked_before_anything_runs(tmp_path: Path) -> None:
+    sac = [sys.executable, "-m", "tuner.tune", "algo=sac", "env=pendulum", "tune.population=2"]
+    cases = [
+        (sac, "tune.population trains PPO only"),
+        (tune_args(tmp_path, "tune.population=1", "tune.n_seeds=2"), "tune.population (1) must be >="),
+        (tune_args(tmp_path, "tune.population=2", "sampler=nsga2"), "single-objective sampler"),
+        (tune_args(tmp_path, "tune.population=2", "tune.population_trials=0"), "tune.population_trials must"),
+    ]
+    for args, fragment in cases:
+        args = [*args, f"paths.runs_dir={tmp_path}", "tune.n_trials=2"]
+        result = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, (args, result.stderr)
+        assert fragment in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_interrupted_population_loses_nothing_and_resumes(tmp_path: Path) -> None:
+    args = tune_args(tmp_path, "tune.population=2", "tune.n_trials=4", "tune.budget_steps=20000")
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.time() + 120
+        while not _seed_runs_started(tmp_path, 2):
+            assert time.time() < deadline, "the population did not start"
+            assert proc.poll() is None, "the sweep ended before it could be interrupted"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "interrupted by SIGTERM" in stderr and "Traceback" not in stderr
+    runs = [r for rs in runs_by_name(tmp_path).values() for r in rs]
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    killed = {r.info.run_name for r in runs if r.info.status == "KILLED"}
+    assert {"trial-0", "trial-1", "trial-0-seed1", "trial-1-seed1"} <= killed
+    study = load(tmp_path)
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+    again = run_tune(tmp_path, "tune.population=2", "tune.n_trials=4")
+    assert again.returncode == 0, again.stderr
+    study = load(tmp_path)
+    assert [t.state for t in counted(study)] == [TrialState.COMPLETE] * 4
+    interrupted = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(interrupted) == 2  # the two interrupted trials, each retried once with the same params
+    retried = {t.number: t for t in counted(study)}
+    for trial in interrupted:
+        assert any(r.params == trial.params for r in retried.values())
+
+
+def _seed_runs_started(tmp_path: Path, n: int) -> bool:
+    """Whether ``n`` seed runs exist in the MLflow store (read without writing)."""
+    import sqlite3
+
+    db = tmp_path / "mlflow.db"
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            (count,) = con.execute("SELECT COUNT(*) FROM runs WHERE name LIKE 'trial-%-seed%'").fetchone()
+    except sqlite3.Error:
+        return False
+    return int(count) >= n

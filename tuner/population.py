@@ -1,0 +1,464 @@
+"""Population mode (``tune.population=K``): a worker trains K trial seeds at once as one batched PPO.
+
+The worker claims trials from the study as usual, but instead of training them one after another it
+places each trial's seeds in the free slots of a :class:`~algorithms.ppo_population.PopulationPPO` and
+steps all slots together. Each trial is still a real Optuna trial with its own MLflow runs
+(sweep → trial → seed), its own intermediate reports and its own pruning decision; when the pruner
+stops a trial, its slots are refilled at once with the next claimed trial (fresh weights, optimizer
+state and envs), so the batch stays full until the study's budget is claimed.
+
+Members of one population share the structural settings (everything but
+:data:`~algorithms.ppo_population.MEMBER_HYPERPARAMETERS`). The first trial of a population samples
+them freely; the next trials get them fixed through Optuna's ``PartialFixedSampler`` and sample only the
+member hyperparameters. After ``tune.population_trials`` trials a population retires: it finishes its
+running trials, and the next trial samples a new structure for the next population.
+
+A trial's seeds run side by side, so it reports the mean evaluation return of its seeds at each
+evaluation's env step (with one seed, exactly what a sequential trial reports).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from omegaconf import OmegaConf
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from algorithms import ConfigError, EvalResult
+from algorithms.common.networks import set_torch_threads
+from algorithms.ppo_population import MEMBER_HYPERPARAMETERS, PopulationPPO, structural_fields
+from tuner.compose import algorithm_config
+from tuner.objective import (
+    OVERRIDES_ATTR,
+    SEED_RETURNS_ATTR,
+    VALUES_ATTR,
+    TrialOutcome,
+    TrialSetup,
+    fail_trial,
+    trial_config,
+    trial_overrides,
+)
+from tuner.progress import TrainProgress
+from tuner.study import (
+    FAIL_REASON_ATTR,
+    TRIAL_RUN_ATTR,
+    Heartbeat,
+    TuneSettings,
+    budget_status,
+    claim_trial,
+    time_left,
+)
+from tuner.tracking import RunRecorder, interrupts_raise, start_run
+from tuner.train import RunSettings, TrainingMonitor, finish_run
+
+log = logging.getLogger(__name__)
+
+POPULATION_ATTR = "population"  # trial user attr: index of the population (in this worker) it ran in
+
+
+@dataclass
+class SeedRun:
+    """One seed of a trial, training in one slot, recorded in its own MLflow run."""
+
+    slot: int
+    seed: int
+    settings: RunSettings
+    config: dict[str, Any]
+    run: RunRecorder
+    monitor: TrainingMonitor
+    close: contextlib.ExitStack
+    final: EvalResult | None = None
+
+
+@dataclass
+class RunningTrial:
+    """A claimed trial whose seeds occupy slots of the population."""
+
+    trial: optuna.Trial
+    values: dict[str, Any]
+    run: RunRecorder
+    close: contextlib.ExitStack
+    seeds: list[SeedRun]
+    started: float = field(default_factory=time.perf_counter)
+    evals: dict[int, dict[int, float]] = field(default_factory=dict)
+    """Evaluation returns so far: env step → {seed index: mean return}."""
+
+
+@dataclass
+class PopulationState:
+    """Everything the worker loop keeps between iterations (passed explicitly, never global).
+
+    Attributes:
+        population: the batched model, or None before the first trial of a population.
+        structure: Optuna params (name → value) the population fixed for the trials that join it.
+        started: trials started in the current population.
+        number: index of the current population in this worker.
+        trials: running trials by trial number.
+        deferred: a claimed trial whose fixed params (a retry) need a new population; it starts once
+            the current one has drained.
+    """
+
+    population: PopulationPPO | None = None
+    structure: dict[str, Any] = field(default_factory=dict)
+    started: int = 0
+    number: int = 0
+    trials: dict[int, RunningTrial] = field(default_factory=dict)
+    deferred: tuple[optuna.Trial, dict[str, Any]] | None = None
+    heartbeats: dict[int, Heartbeat] = field(default_factory=dict)
+
+    def free_slots(self, n_members: int) -> list[int]:
+        """Slots no running trial occupies."""
+        used = {seed.slot for trial in self.trials.values() for seed in trial.seeds}
+        return [k for k in range(n_members) if k not in used]
+
+
+def run_population(
+    study: optuna.Study,
+    storage: RDBStorage,
+    setup: TrialSetup,
+    settings: TuneSettings,
+    on_outcome: Callable[[TrialOutcome], None] | None = None,
+) -> list[TrialOutcome]:
+    """Claim and train trials K seeds at a time until the budget is used; returns the outcomes.
+
+    On an interrupt or an error every running trial's MLflow runs end (KILLED or FAILED) and the trial
+    goes back to the queue as a retry, exactly as a sequential worker's trial does.
+    """
+    from tuner.worker import fail_and_retry
+
+    set_torch_threads(int(setup.base_config.get("torch_threads", 1)))
+    state = PopulationState()
+    outcomes: list[TrialOutcome] = []
+
+    def finished(outcome: TrialOutcome) -> None:
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    with interrupts_raise():
+        try:
+            while True:
+                _fill_slots(study, storage, setup, settings, state, finished)
+                if not state.trials:
+                    if state.population is not None:  # drained: the next trial starts a new population
+                        _retire(state)
+                        if state.deferred is not None or _claimable(study, settings):
+                            continue
+                    status = budget_status(study)
+                    if (status.waiting == 0 and status.running == 0) or not time_left(
+                        study, settings.timeout
+                    ):
+                        break
+                    # Other workers still run trials; one of theirs may come back as a retry.
+                    with contextlib.suppress(Exception):
+                        optuna.storages.fail_stale_trials(study)
+                    time.sleep(settings.heartbeat_interval)
+                    continue
+                _iterate(study, setup, state, finished)
+        except BaseException as exc:
+            for number in list(state.trials):
+                running = state.trials.pop(number)
+                _end_runs(running, exc)
+                fail_and_retry(storage, study, running.trial)
+            if state.deferred is not None:
+                fail_and_retry(storage, study, state.deferred[0])
+            raise
+        finally:
+            for heartbeat in state.heartbeats.values():
+                heartbeat.__exit__(None, None, None)
+            if state.population is not None:
+                state.population.close()
+    return outcomes
+
+
+def _claimable(study: optuna.Study, settings: TuneSettings) -> bool:
+    return budget_status(study).waiting > 0 and time_left(study, settings.timeout)
+
+
+def _retire(state: PopulationState) -> None:
+    """Close the drained population; the next trial samples a new structure."""
+    assert state.population is not None
+    state.population.close()
+    state.population = None
+    state.structure = {}
+    state.started = 0
+
+
+def _fill_slots(
+    study: optuna.Study,
+    storage: RDBStorage,
+    setup: TrialSetup,
+    settings: TuneSettings,
+    state: PopulationState,
+    finished: Callable[[TrialOutcome], None],
+) -> None:
+    """Start claimed trials in the free slots while the population accepts them."""
+    n_members, n_seeds = settings.population, len(setup.seeds)
+    while len(state.free_slots(n_members)) >= n_seeds:
+        if state.population is not None and state.started >= settings.population_trials:
+            return  # retiring: let the running trials finish
+        if state.deferred is not None:
+            if state.population is not None:
+                return  # it needs a new population: wait for this one to drain
+            trial, values = state.deferred
+            state.deferred = None
+        else:
+            if not time_left(study, settings.timeout):
+                return
+            trial = claim_trial(study, storage)
+            if trial is None:
+                return
+            state.heartbeats[trial.number] = Heartbeat(storage, trial._trial_id, settings.heartbeat_interval)
+            state.heartbeats[trial.number].__enter__()
+            values = _suggest(study, trial, setup, state)
+        config = trial_config(setup, values, setup.seeds[0])
+        try:
+            _, algo_config = algorithm_config(config["algo"])
+        except ConfigError as exc:
+            _stop_heartbeat(state, trial.number)
+            finished(fail_trial(study, trial, f"invalid sampled config: {exc}", setup))
+            continue
+        if state.population is None:
+            settings_0 = RunSettings.from_config(config)
+            state.population = PopulationPPO(settings_0.env_id, algo_config, n_members, settings_0.env_kwargs)
+            state.structure = _structure_params(trial, setup)
+            state.number += 1
+        elif structural_fields(algo_config) != structural_fields(state.population.config):
+            state.deferred = (trial, values)  # a retry with other fixed structural params
+            return
+        _start_trial(study, trial, values, setup, state)
+        state.started += 1
+
+
+def _suggest(
+    study: optuna.Study, trial: optuna.Trial, setup: TrialSetup, state: PopulationState
+) -> dict[str, Any]:
+    """Sample the trial's values, the population's structural params fixed (if it has any yet)."""
+    base_sampler = study.sampler
+    if state.structure:
+        study.sampler = optuna.samplers.PartialFixedSampler(state.structure, base_sampler)
+    try:
+        values = setup.space.suggest(trial)
+    finally:
+        study.sampler = base_sampler
+    trial.set_user_attr(VALUES_ATTR, dict(values))
+    trial.set_user_attr(OVERRIDES_ATTR, trial_overrides(setup, values))
+    return values
+
+
+def _structure_params(trial: optuna.Trial, setup: TrialSetup) -> dict[str, Any]:
+    """The trial's sampled Optuna params that are structural (not member hyperparameters)."""
+    return {
+        p.optuna_name: trial.params[p.optuna_name]
+        for p in setup.space.params
+        if p.name not in MEMBER_HYPERPARAMETERS and p.optuna_name in trial.params
+    }
+
+
+def _start_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    values: Mapping[str, Any],
+    setup: TrialSetup,
+    state: PopulationState,
+) -> RunningTrial:
+    """Open the trial's MLflow run and its seeds' runs, and start a member per seed."""
+    assert state.population is not None
+    trial.set_user_attr(POPULATION_ATTR, state.number)
+    close = contextlib.ExitStack()
+    tags = {"optuna_study": study.study_name, "optuna_trial": trial.number, "kind": "trial"}
+    run = close.enter_context(
+        start_run(
+            **setup.tracking,
+            run_name=f"trial-{trial.number}",
+            tags={**tags, "population": state.number},
+            parent_run_id=setup.sweep_run_id,
+            handle_signals=False,
+        )
+    )
+    trial.set_user_attr(TRIAL_RUN_ATTR, run.run_id)
+    run.log_params({"trial": {"number": trial.number}, "sampled": dict(values)})
+    run.log_text("\n".join(trial_overrides(setup, values)) + "\n", "overrides.txt")
+    slots = state.free_slots(state.population.n_members)
+    running = RunningTrial(trial, dict(values), run, close, seeds=[])
+    state.trials[trial.number] = running  # from here on, an error ends its runs with the others
+    for slot, seed in zip(slots, setup.seeds, strict=False):
+        config = trial_config(setup, values, seed)
+        settings = RunSettings.from_config(config)
+        _, algo_config = algorithm_config(config["algo"])
+        seed_close = contextlib.ExitStack()
+        seed_run = seed_close.enter_context(
+            start_run(
+                settings.tracking_uri,
+                settings.experiment,
+                settings.artifact_dir,
+                f"trial-{trial.number}-seed{seed}",
+                {"algo": settings.algo, "env_id": settings.env_id, "seed": seed, "population_slot": slot},
+                run.run_id,
+                handle_signals=False,
+            )
+        )
+        monitor = TrainingMonitor(None, settings, seed_run, TrainProgress(settings.total_steps, "", False))
+        running.seeds.append(SeedRun(slot, seed, settings, config, seed_run, monitor, seed_close))
+        seed_run.log_params(config)
+        seed_run.log_text(OmegaConf.to_yaml(config), "config.yaml")
+        state.population.start_member(slot, algo_config, seed, settings.total_steps)
+    return running
+
+
+def _iterate(
+    study: optuna.Study,
+    setup: TrialSetup,
+    state: PopulationState,
+    finished: Callable[[TrialOutcome], None],
+) -> None:
+    """One iteration of every member, then the evaluations due, the reports and the trials that end."""
+    population = state.population
+    assert population is not None
+    result = population.learn_iteration()
+    by_slot = {seed.slot: (trial, seed) for trial in state.trials.values() for seed in trial.seeds}
+    for slot, train_state in result.states.items():
+        by_slot[slot][1].monitor.record(train_state)
+    for slot, error in result.diverged.items():
+        trial = by_slot[slot][0]
+        if trial.trial.number in state.trials:
+            finished(_end_trial(study, state, trial, TrialState.FAIL, f"training diverged: {error}"))
+
+    # Evaluate every seed that passed an evaluation point or its budget, all members at once.
+    due: dict[int, tuple[RunningTrial, SeedRun]] = {}
+    for trial in state.trials.values():
+        for seed in trial.seeds:
+            member = population.members[seed.slot]
+            if member is None:
+                continue
+            if member.finished or seed.monitor.eval_due(member.num_steps):
+                due[seed.slot] = (trial, seed)
+    if not due:
+        return
+    n_episodes = next(iter(due.values()))[1].settings.eval_episodes
+    results = population.evaluate(
+        {slot: seed.settings.eval_seed for slot, (_, seed) in due.items()}, n_episodes
+    )
+
+    for trial in {id(t): t for t, _ in due.values()}.values():
+        step = 0
+        for index, seed in enumerate(trial.seeds):
+            if seed.slot not in results:
+                continue
+            member = population.members[seed.slot]
+            assert member is not None
+            step = member.num_steps
+            seed.monitor.evaluate(step, results[seed.slot])
+            if member.finished:
+                seed.final = results[seed.slot]
+            else:
+                seed.monitor.record_eval(step, results[seed.slot])
+            trial.evals.setdefault(step, {})[index] = results[seed.slot].mean_return
+        if len(trial.evals.get(step, {})) < len(trial.seeds):
+            continue  # seeds report together; they always reach a step together
+        value = sum(trial.evals[step].values()) / len(trial.seeds)
+        trial.trial.report(value, step)
+        if all(seed.final is not None for seed in trial.seeds):
+            finished(_end_trial(study, state, trial, TrialState.COMPLETE, ""))
+        elif trial.trial.should_prune():
+            finished(_end_trial(study, state, trial, TrialState.PRUNED, f"pruned at {step} env steps"))
+
+
+def _end_trial(
+    study: optuna.Study, state: PopulationState, trial: RunningTrial, outcome: TrialState, reason: str
+) -> TrialOutcome:
+    """Record the trial's end in MLflow and Optuna, and free its slots."""
+    population = state.population
+    assert population is not None
+    del state.trials[trial.trial.number]
+    returns: list[float] = []
+    try:
+        for seed in trial.seeds:
+            member = population.members[seed.slot]
+            seed.monitor.stopped_early = outcome == TrialState.PRUNED
+            if outcome == TrialState.FAIL or member is None:
+                seed.close.__exit__(_TrialFailedError, _TrialFailedError(reason), None)
+                continue
+            last = seed.final or seed.monitor.last_result
+            assert last is not None
+            agent = population.member_agent(seed.slot)
+            try:
+                result = finish_run(
+                    seed.run,
+                    seed.monitor,
+                    agent,
+                    seed.config,
+                    member.num_steps,
+                    last,
+                    time.perf_counter() - trial.started,
+                )
+            finally:
+                agent.close()
+            returns.append(result.mean_return)
+            seed.close.close()
+        wall_time = time.perf_counter() - trial.started
+        if outcome == TrialState.COMPLETE:
+            objective = sum(returns) / len(returns)
+            trial.run.log_metrics({"trial/objective": objective, "trial/wall_time_s": wall_time}, 0)
+            for index, value in enumerate(returns):
+                trial.run.log_metric("trial/seed_return", value, index)
+        trial.run.set_tags({"optuna_state": outcome.name, **({"end_reason": reason} if reason else {})})
+        if outcome == TrialState.FAIL:
+            trial.close.__exit__(_TrialFailedError, _TrialFailedError(reason), None)
+        else:
+            trial.close.close()
+    finally:
+        for seed in trial.seeds:
+            population.stop_member(seed.slot)
+        _stop_heartbeat(state, trial.trial.number)
+
+    # As for a sequential trial: the final returns of the seeds that finished (none, when pruned).
+    trial.trial.set_user_attr(SEED_RETURNS_ATTR, returns if outcome == TrialState.COMPLETE else [])
+    if outcome == TrialState.COMPLETE:
+        study.tell(trial.trial, sum(returns) / len(returns))
+        return TrialOutcome(trial.trial.number, outcome, sum(returns) / len(returns))
+    if outcome == TrialState.FAIL:
+        trial.trial.set_user_attr(FAIL_REASON_ATTR, reason)
+    study.tell(trial.trial, state=outcome)
+    return TrialOutcome(trial.trial.number, outcome, None, reason if outcome == TrialState.FAIL else "")
+
+
+def _end_runs(trial: RunningTrial, exc: BaseException) -> None:
+    """End a trial's MLflow runs (seeds first) as the exception says: KILLED for an interrupt."""
+    for seed in trial.seeds:
+        with contextlib.suppress(BaseException):
+            seed.close.__exit__(type(exc), exc, exc.__traceback__)
+    with contextlib.suppress(BaseException):
+        trial.close.__exit__(type(exc), exc, exc.__traceback__)
+
+
+def _stop_heartbeat(state: PopulationState, number: int) -> None:
+    heartbeat = state.heartbeats.pop(number, None)
+    if heartbeat is not None:
+        heartbeat.__exit__(None, None, None)
+
+
+class _TrialFailedError(Exception):
+    """Ends a failed trial's MLflow runs FAILED with the reason as its message."""
+
+
+def check_population(settings: TuneSettings, algo: str, multi_objective: bool) -> None:
+    """ConfigError when population mode cannot run this sweep, naming what to change."""
+    if not settings.population:
+        return
+    if algo != "ppo":
+        raise ConfigError(f"tune.population trains PPO only; got algo={algo} (set tune.population=0)")
+    if multi_objective:
+        raise ConfigError("tune.population needs a single-objective sampler (tpe, random, cmaes, gp)")
+    if settings.population < settings.n_seeds:
+        raise ConfigError(
+            f"tune.population ({settings.population}) must be >= tune.n_seeds ({settings.n_seeds}): "
+            "a trial's seeds train side by side"
+        )
