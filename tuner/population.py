@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -243,7 +244,9 @@ def _suggest(
     """Sample the trial's values, the population's structural params fixed (if it has any yet)."""
     base_sampler = study.sampler
     if state.structure:
-        study.sampler = optuna.samplers.PartialFixedSampler(state.structure, base_sampler)
+        with warnings.catch_warnings():  # PartialFixedSampler is marked experimental in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.sampler = optuna.samplers.PartialFixedSampler(state.structure, base_sampler)
     try:
         values = setup.space.suggest(trial)
     finally:
