@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -356,6 +357,33 @@ def clipped_surrogate_losses(
     return SurrogateLosses(pg_loss, v_loss, entropy.mean(-1), approx_kl, clipfrac)
 
 
+def step_envs(
+    envs: gym.vector.VectorEnv,
+    env_action: np.ndarray,
+    tracker: EpisodeTracker,
+    reward_normalizer: RewardNormalizer | None,
+    final_value: Callable[[np.ndarray], np.ndarray],
+    gamma: float | np.floating,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One step of the training envs: (next observations, rewards as PPO learns them, episode ends).
+
+    Finished episodes are tracked on the raw reward; the reward is then normalised (if enabled). A
+    time-limit truncation is not a termination: the truncated step's reward gets ``gamma * V(s_T)``,
+    with ``final_value`` mapping the raw final observations to V, so GAE can cut the episode there.
+    """
+    next_obs, reward, terminated, truncated, infos = envs.step(env_action)
+    done = np.logical_or(terminated, truncated)
+    tracker.update(reward, done)
+    if reward_normalizer is not None:
+        reward = reward_normalizer(reward, done)
+    reward = reward.astype(np.float32)
+    bootstrap = truncated & ~terminated
+    if bootstrap.any():
+        final_obs = np.stack([infos["final_obs"][i] for i in np.flatnonzero(bootstrap)])
+        reward[bootstrap] += gamma * final_value(final_obs)
+    return next_obs, reward, done
+
+
 # ----------------------------------------------------------------------------------------------------
 # 5. The agent
 # ----------------------------------------------------------------------------------------------------
@@ -460,18 +488,11 @@ class PPO:
             for t in range(n_steps):
                 head, value = self.policy.act_numpy(obs)
                 action, logprob = self.policy.sample(head, self.rng)
-                next_obs, reward, terminated, truncated, infos = self.envs.step(self._to_env_action(action))
-                done = np.logical_or(terminated, truncated)
-                tracker.update(reward, done)
-                if self.reward_normalizer is not None:
-                    reward = self.reward_normalizer(reward, done)
-                reward = reward.astype(np.float32)
-                # Time-limit truncation is not termination: bootstrap with the value of the last state.
-                bootstrap = truncated & ~terminated
-                if bootstrap.any():
-                    final_obs = np.stack([infos["final_obs"][i] for i in np.flatnonzero(bootstrap)])
-                    _, final_v = self.policy.act_numpy(self._normalize_obs(final_obs, update=False))
-                    reward[bootstrap] += cfg.gamma * final_v
+                next_obs, reward, done = step_envs(
+                    self.envs, self._to_env_action(action), tracker, self.reward_normalizer,
+                    lambda final_obs: self.policy.act_numpy(self._normalize_obs(final_obs, update=False))[1],
+                    cfg.gamma,
+                )  # fmt: skip
                 obs_buf[t] = obs
                 actions_buf[t] = action
                 logprobs_buf[t] = logprob

@@ -45,6 +45,7 @@ from algorithms.ppo import (
     deterministic_actions,
     resolve_policy_dist,
     sample_actions,
+    step_envs,
     to_env_action,
 )
 
@@ -301,20 +302,14 @@ class PopulationPPO:
             for k, m in members.items():
                 action, logprob = sample_actions(self.dist, heads[k], log_std[k], m.rng)
                 env_action = to_env_action(self.dist, action, self.action_space)
-                next_obs, reward, terminated, truncated, infos = m.envs.step(env_action)
-                done = np.logical_or(terminated, truncated)
-                m.tracker.update(reward, done)
-                if m.reward_normalizer is not None:
-                    reward = m.reward_normalizer(reward, done)
-                reward = reward.astype(np.float32)
-                # Time-limit truncation is not termination: bootstrap with the value of the last state.
-                bootstrap = truncated & ~terminated
-                if bootstrap.any():
-                    final_obs = np.stack([infos["final_obs"][i] for i in np.flatnonzero(bootstrap)])
-                    # Through the member's actor-critic pair, as PPO computes it (same rounding).
-                    pair = slice(2 * k, 2 * k + 2)
-                    final_v = self.net.forward_numpy(m.normalize_obs(final_obs, update=False), pair)[1, :, 0]
-                    reward[bootstrap] += np.float32(self._gamma[k, 0]) * final_v
+                pair = slice(2 * k, 2 * k + 2)  # V through the member's own pair, as PPO computes it
+                next_obs, reward, done = step_envs(
+                    m.envs, env_action, m.tracker, m.reward_normalizer,
+                    lambda final_obs, m=m, pair=pair: self.net.forward_numpy(
+                        m.normalize_obs(final_obs, update=False), pair
+                    )[1, :, 0],
+                    np.float32(self._gamma[k, 0]),
+                )  # fmt: skip
                 obs_buf[t, k] = obs[k]
                 actions_buf[t, k] = action
                 logprobs_buf[t, k] = logprob
