@@ -166,8 +166,10 @@ class MemberAdam:
     """Adam on a flat buffer that holds the weights of ``K`` independent members, one row each.
 
     Every member has its own learning rate, gradient-norm clip, moment estimates and step count, so
-    one member's update is what :class:`FlatAdam` on that member's weights alone would do (up to
-    rounding). The buffer comes from :func:`flatten_by_member`; a member is a row of ``param.view(K, -1)``.
+    one member's update is what :class:`FlatAdam` on that member's weights alone does (up to the
+    rounding of the clip factor). The buffer comes from :func:`flatten_by_member`; a member is a row of
+    ``param.view(K, -1)``. Each active member's row goes through the same fused Adam kernel as
+    FlatAdam: one pass over its weights, where a broadcast formulation would make ~20 passes over all.
 
     Args:
         param: the flat parameter.
@@ -193,7 +195,8 @@ class MemberAdam:
         """Step size per member (K, 1); 0 freezes a member's weights."""
         self.max_grad_norm = torch.full((n_members, 1), math.inf)
         """Gradient L2-norm clip per member (K, 1); inf: no clipping."""
-        self.steps = torch.zeros(n_members, 1, dtype=torch.float64)
+        self.steps = torch.zeros(n_members)
+        """Adam steps each member has taken (drive its bias corrections)."""
         self.exp_avg = torch.zeros_like(self.rows)
         self.exp_avg_sq = torch.zeros_like(self.rows)
 
@@ -204,26 +207,48 @@ class MemberAdam:
         self.steps[member] = 0.0
 
     def grad_norms(self) -> torch.Tensor:
-        """The L2 norm of each member's gradient, shape (K, 1)."""
-        return torch.linalg.vector_norm(self.grad_rows, dim=1, keepdim=True)
+        """The L2 norm of each member's gradient, shape (K,)."""
+        return torch.linalg.vector_norm(self.grad_rows, dim=1)
 
     @torch.no_grad()
     def step(self, active: torch.Tensor) -> None:
-        """Clip each member's gradient, update the members where ``active`` (bool, (K,)), zero the gradient.
+        """Clip each active member's gradient to its norm limit, update the members where ``active``
+        (bool, (K,)), then zero every gradient.
 
-        An inactive member's weights, moments and step count stay exactly as they were.
+        An inactive member's weights, moments and step count stay exactly as they were, whatever its
+        gradient holds (NaN from a diverged loss included).
         """
-        grad = self.grad_rows
-        on = active[:, None]
-        scale = torch.clamp(self.max_grad_norm / (self.grad_norms() + 1e-6), max=1.0)
-        # An inactive member's gradient is zeroed, not scaled: it may hold NaN from a diverged loss.
-        grad.copy_(torch.where(on, grad * scale, 0.0))
-        self.steps += on
-        bias_correction1 = 1 - self.beta1**self.steps
-        bias_correction2_sqrt = torch.sqrt(1 - self.beta2**self.steps)
-        self.exp_avg.mul_(torch.where(on, self.beta1, 1.0)).add_(grad, alpha=1 - self.beta1)
-        self.exp_avg_sq.mul_(torch.where(on, self.beta2, 1.0)).addcmul_(grad, grad, value=1 - self.beta2)
-        step_size = torch.where(on, self.lr / bias_correction1.clamp(min=1e-12), 0.0).float()
-        denom = self.exp_avg_sq.sqrt().div_(bias_correction2_sqrt.float().clamp(min=1e-12)).add_(self.eps)
-        self.rows.addcdiv_(self.exp_avg * step_size, denom, value=-1.0)
-        grad.zero_()
+        norms = self.grad_norms().tolist()
+        lrs, clips = self.lr.view(-1).tolist(), self.max_grad_norm.view(-1).tolist()
+        for k in torch.nonzero(active).view(-1).tolist():
+            grad = self.grad_rows[k]
+            grad.mul_(min(clips[k] / (norms[k] + 1e-6), 1.0))
+            self.steps[k] += 1
+            if _FUSED_ADAM is not None:
+                _FUSED_ADAM(
+                    [self.rows[k]],
+                    [grad],
+                    [self.exp_avg[k]],
+                    [self.exp_avg_sq[k]],
+                    [],
+                    [self.steps[k]],
+                    lr=lrs[k],
+                    beta1=self.beta1,
+                    beta2=self.beta2,
+                    weight_decay=0.0,
+                    eps=self.eps,
+                    amsgrad=False,
+                    maximize=False,
+                )
+            else:
+                self._unfused_update(k, grad, lrs[k])
+        self.grad_rows.zero_()
+
+    def _unfused_update(self, k: int, grad: torch.Tensor, lr: float) -> None:
+        """Member ``k``'s Adam update in plain tensor ops (for builds without the fused kernel)."""
+        step = float(self.steps[k])
+        self.exp_avg[k].lerp_(grad, 1 - self.beta1)
+        self.exp_avg_sq[k].mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+        bias_correction2_sqrt = math.sqrt(1 - self.beta2**step)
+        denom = self.exp_avg_sq[k].sqrt().div_(bias_correction2_sqrt).add_(self.eps)
+        self.rows[k].addcdiv_(self.exp_avg[k], denom, value=-lr / (1 - self.beta1**step))
