@@ -297,25 +297,24 @@ class PopulationPPO:
         obs = np.zeros((n_members, n_envs, self.obs_dim), dtype=np.float32)
         for k, m in members.items():
             obs[k] = m.normalize_obs(m.obs, update=True)
+        rows = np.array(slots)  # the active members' rows in the (K, ...) arrays
         for t in range(n_steps):
             heads, values = self._act_numpy(obs)
-            for k, m in members.items():
-                action, logprob = sample_actions(self.dist, heads[k], log_std[k], m.rng)
-                env_action = to_env_action(self.dist, action, self.action_space)
+            actions, logprobs = self._sample(heads[rows], log_std[rows], members)
+            obs_buf[t, rows] = obs[rows]
+            actions_buf[t, rows] = actions
+            logprobs_buf[t, rows] = logprobs
+            values_buf[t, rows] = values[rows]
+            for i, (k, m) in enumerate(members.items()):
                 pair = slice(2 * k, 2 * k + 2)  # V through the member's own pair, as PPO computes it
-                next_obs, reward, done = step_envs(
-                    m.envs, env_action, m.tracker, m.reward_normalizer,
+                next_obs, rewards_buf[t, k], dones_buf[t, k] = step_envs(
+                    m.envs, to_env_action(self.dist, actions[i], self.action_space), m.tracker,
+                    m.reward_normalizer,
                     lambda final_obs, m=m, pair=pair: self.net.forward_numpy(
                         m.normalize_obs(final_obs, update=False), pair
                     )[1, :, 0],
                     np.float32(self._gamma[k, 0]),
                 )  # fmt: skip
-                obs_buf[t, k] = obs[k]
-                actions_buf[t, k] = action
-                logprobs_buf[t, k] = logprob
-                rewards_buf[t, k] = reward
-                dones_buf[t, k] = done
-                values_buf[t, k] = values[k]
                 m.obs = next_obs
                 obs[k] = m.normalize_obs(next_obs, update=True)
         for m in members.values():
@@ -382,6 +381,23 @@ class PopulationPPO:
                 sps=m.num_steps / max(now - m.started, 1e-9),
             )
         return IterationResult(states, diverged)
+
+    def _sample(
+        self, heads: np.ndarray, log_std: np.ndarray, members: Mapping[int, Member]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Actions and log-probabilities for the active members' heads, each from its own generator
+        (the same draws a single PPO makes), the arithmetic done once for all of them."""
+        n_envs = heads.shape[1]
+        if self.dist == "categorical":
+            uniform = np.stack([m.rng.random(n_envs) for m in members.values()])
+            return D.categorical_from_uniform(heads, uniform)
+        if self.dist == "gaussian":
+            noise = np.stack([m.rng.standard_normal(heads.shape[1:]) for m in members.values()])
+            return D.gaussian_from_noise(heads, log_std[:, None, :], noise)
+        drawn = [
+            sample_actions(self.dist, heads[i], log_std[i], m.rng) for i, m in enumerate(members.values())
+        ]
+        return np.stack([a for a, _ in drawn]), np.stack([lp for _, lp in drawn])
 
     def _act_numpy(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(actor head outputs (K, B, head), values (K, B)) for per-member observations (K, B, obs)."""

@@ -20,12 +20,18 @@ LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 # --- categorical (Discrete actions) -----------------------------------------------------------------
 def categorical_sample(logits: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One action per row from softmax(logits) by inverse CDF; returns (actions, log-probabilities)."""
+    return categorical_from_uniform(logits, rng.random(logits.shape[:-1]))
+
+
+def categorical_from_uniform(logits: np.ndarray, uniform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse-CDF draw of :func:`categorical_sample` from given U(0, 1) numbers, one per row of
+    ``logits`` (any leading shape, e.g. (members, envs, actions)): several generators, one vector op."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
     cdf = np.cumsum(np.exp(shifted), axis=-1)  # unnormalised; its last column is the normaliser
-    total = cdf[:, -1]
-    u = rng.random(logits.shape[0]) * total
-    actions = np.minimum((cdf < u[:, None]).sum(axis=-1), logits.shape[-1] - 1)
-    log_probs = shifted[np.arange(logits.shape[0]), actions] - np.log(total)
+    total = cdf[..., -1]
+    u = uniform * total
+    actions = np.minimum((cdf < u[..., None]).sum(axis=-1), logits.shape[-1] - 1)
+    log_probs = np.take_along_axis(shifted, actions[..., None], axis=-1)[..., 0] - np.log(total)
     return actions, log_probs
 
 
@@ -44,7 +50,14 @@ def gaussian_sample(
     mean: np.ndarray, log_std: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw from N(mean, exp(log_std)²) per dimension; returns (actions, log-densities summed over dims)."""
-    noise = rng.standard_normal(mean.shape)
+    return gaussian_from_noise(mean, log_std, rng.standard_normal(mean.shape))
+
+
+def gaussian_from_noise(
+    mean: np.ndarray, log_std: np.ndarray, noise: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The draw of :func:`gaussian_sample` from given standard-normal ``noise`` (``log_std`` broadcasts
+    against ``mean``, e.g. (members, 1, dims) against (members, envs, dims))."""
     actions = mean + noise * np.exp(log_std)
     log_prob = (-0.5 * noise**2 - log_std - LOG_SQRT_2PI).sum(-1)
     return actions.astype(np.float32), log_prob
