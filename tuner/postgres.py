@@ -48,6 +48,14 @@ def ensure_database(url: str) -> None:
             f"PostgreSQL database {name!r} does not exist and cannot be created with {mask_secrets(url)}: "
             f"{mask_secrets(str(exc.orig).strip())}; create it with `createdb {name}`"
         ) from exc
+    except sqlalchemy.exc.IntegrityError as exc:
+        # Two workers issued CREATE DATABASE at the same moment: PostgreSQL rejects the second with a
+        # unique violation on the catalog rather than "already exists". The database exists either way.
+        if "pg_database_datname_index" in str(exc):
+            return
+        raise ConfigError(
+            f"cannot create PostgreSQL database {name!r}: {mask_secrets(str(exc.orig).strip())}"
+        ) from exc
     except sqlalchemy.exc.SQLAlchemyError as exc:
         reason = mask_secrets(str(getattr(exc, "orig", exc)).strip().splitlines()[0])
         raise ConfigError(f"cannot reach PostgreSQL at {mask_secrets(url)}: {reason}") from exc
