@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -83,34 +84,8 @@ class FlatAdam:
             norm = torch.linalg.vector_norm(grad)
             grad.mul_(torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0))
         self._step += 1
-        if _FUSED_ADAM is not None:
-            _FUSED_ADAM(
-                [self.param.data],
-                [grad],
-                [self.exp_avg],
-                [self.exp_avg_sq],
-                [],
-                [self._step],
-                lr=self.lr,
-                beta1=self.beta1,
-                beta2=self.beta2,
-                weight_decay=0.0,
-                eps=self.eps,
-                amsgrad=False,
-                maximize=False,
-            )
-        else:
-            self._unfused_update(grad, int(self._step))
+        adam_update(self.param.data, grad, self.exp_avg, self.exp_avg_sq, self._step, self.lr, self)
         grad.zero_()
-
-    def _unfused_update(self, grad: torch.Tensor, step: int) -> None:
-        """The same Adam update in plain tensor ops (for builds without the fused kernel)."""
-        self.exp_avg.lerp_(grad, 1 - self.beta1)
-        self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
-        bias_correction1 = 1 - self.beta1**step
-        bias_correction2_sqrt = math.sqrt(1 - self.beta2**step)
-        denom = self.exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(self.eps)
-        self.param.data.addcdiv_(self.exp_avg, denom, value=-self.lr / bias_correction1)
 
     def state_dict(self) -> dict[str, torch.Tensor | float | int]:
         """Moments, step count and learning rate, for saving (tensors and numbers only)."""
@@ -224,31 +199,35 @@ class MemberAdam:
             grad = self.grad_rows[k]
             grad.mul_(min(clips[k] / (norms[k] + 1e-6), 1.0))
             self.steps[k] += 1
-            if _FUSED_ADAM is not None:
-                _FUSED_ADAM(
-                    [self.rows[k]],
-                    [grad],
-                    [self.exp_avg[k]],
-                    [self.exp_avg_sq[k]],
-                    [],
-                    [self.steps[k]],
-                    lr=lrs[k],
-                    beta1=self.beta1,
-                    beta2=self.beta2,
-                    weight_decay=0.0,
-                    eps=self.eps,
-                    amsgrad=False,
-                    maximize=False,
-                )
-            else:
-                self._unfused_update(k, grad, lrs[k])
+            adam_update(self.rows[k], grad, self.exp_avg[k], self.exp_avg_sq[k], self.steps[k], lrs[k], self)
         self.grad_rows.zero_()
 
-    def _unfused_update(self, k: int, grad: torch.Tensor, lr: float) -> None:
-        """Member ``k``'s Adam update in plain tensor ops (for builds without the fused kernel)."""
-        step = float(self.steps[k])
-        self.exp_avg[k].lerp_(grad, 1 - self.beta1)
-        self.exp_avg_sq[k].mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
-        bias_correction2_sqrt = math.sqrt(1 - self.beta2**step)
-        denom = self.exp_avg_sq[k].sqrt().div_(bias_correction2_sqrt).add_(self.eps)
-        self.rows[k].addcdiv_(self.exp_avg[k], denom, value=-lr / (1 - self.beta1**step))
+
+class _AdamHyperparameters(Protocol):
+    beta1: float
+    beta2: float
+    eps: float
+
+
+def adam_update(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step: torch.Tensor,
+    lr: float,
+    hp: _AdamHyperparameters,
+) -> None:
+    """One Adam step of ``param`` (in place) whose ``step`` count was already incremented: ATen's fused
+    kernel where the build has it, else the same update in plain tensor ops."""
+    if _FUSED_ADAM is not None:
+        _FUSED_ADAM(
+            [param], [grad], [exp_avg], [exp_avg_sq], [], [step], lr=lr, beta1=hp.beta1, beta2=hp.beta2,
+            weight_decay=0.0, eps=hp.eps, amsgrad=False, maximize=False,
+        )  # fmt: skip
+        return
+    n = float(step)
+    exp_avg.lerp_(grad, 1 - hp.beta1)
+    exp_avg_sq.mul_(hp.beta2).addcmul_(grad, grad, value=1 - hp.beta2)
+    denom = exp_avg_sq.sqrt().div_(math.sqrt(1 - hp.beta2**n)).add_(hp.eps)
+    param.addcdiv_(exp_avg, denom, value=-lr / (1 - hp.beta1**n))
