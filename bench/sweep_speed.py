@@ -2,23 +2,25 @@
 
 Every study has the same trials × steps, rl-zoo3's own PPO search space (``search=ppo_zoo`` mirrors
 ``rl_zoo3.hyperparams_opt.sample_ppo_params``, same parameters in the same order) on rl-zoo3's CartPole
-base hyperparameters (``experiment=ppo_cartpole``: 8 envs), one process each, one evaluation of 5
-episodes every ``budget / evaluations`` steps, and rl-zoo3's optimizer settings: TPE (multivariate, 10
-random startup trials, the same seed) and a median pruner (10 startup trials, warm-up of a third of the
-evaluations). With the same seed, the random startup trials of the sequential rltune study and of rl-zoo3
-should sample the same configurations, so the two do the same work until TPE takes over; a population
-fixes its structural settings per population, so it samples differently. rl-zoo3 runs as its README
-teaches::
+base hyperparameters (``experiment=ppo_cartpole``: 8 envs), one evaluation of 5 episodes every
+``budget / evaluations`` steps, and rl-zoo3's optimizer settings: TPE (multivariate, 10 random startup
+trials, the same seed) and a median pruner (10 startup trials, warm-up of a third of the evaluations).
+With the same seed, the random startup trials of the sequential rltune study and of rl-zoo3 should sample
+the same configurations, so the two do the same work until TPE takes over; a population fixes its
+structural settings per population, so it samples differently. rl-zoo3 runs as its README teaches::
 
     python -m rl_zoo3.train --algo ppo --env CartPole-v1 -optimize --n-trials 20 --n-timesteps 50000 \\
         --sampler tpe --pruner median
 
-(with ``--n-evaluations`` when ``--evaluations`` is not 1, its default for 50k steps). For each study the
-script prints the command's wall time, trials per hour (trials / wall time), the best value, and the peak
-resident memory of the process. Needs the bench extra (``pip install -e ".[bench]"``).
+(with ``--n-evaluations`` when ``--evaluations`` is not 1, its default for 50k steps). That first study is
+the baseline of every ratio. Parallel studies use each tool's own way: rl-zoo3's ``--n-jobs`` (Optuna
+trials in threads of one process, ``--zoo-jobs``) and rltune's ``tune.n_workers`` (worker processes on
+one storage, ``--workers``). For each study the script prints the command's wall time, trials per hour
+(trials / wall time), the best value, and the peak resident memory of its largest process. Needs the
+bench extra (``pip install -e ".[bench]"``).
 
-    python bench/sweep_speed.py                        # K = 8, 20 trials × 50k steps
-    python bench/sweep_speed.py --population 1,4,8,16,32 --evaluations 5
+    python bench/sweep_speed.py                        # K = 8, 20 trials × 50k steps, 1 and 2 workers
+    python bench/sweep_speed.py --population 1,4,8,16,32 --workers 2 --evaluations 5
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def rltune_study(
     label: str, work: Path, n_trials: int, budget: int, evaluations: int, seed: int, extra: list[str]
 ) -> Study:
     """A study through ``python -m tuner.tune``; its best value read back from its Optuna storage."""
-    runs = work / label.replace(" ", "_").replace("=", "")
+    runs = work / re.sub(r"[^A-Za-z0-9]+", "_", label)
     freq = budget // evaluations
     args = [
         sys.executable, "-m", "tuner.tune", "experiment=ppo_cartpole", "search=ppo_zoo",
@@ -90,14 +92,20 @@ def rltune_study(
     return Study(label, wall, len(finished), max(complete, default=None), rss)
 
 
-def zoo_study(work: Path, n_trials: int, budget: int, evaluations: int, seed: int, threads: int) -> Study:
-    """rl-zoo3's optimizer on the same study; its best value parsed from what it prints."""
-    folder = work / f"rl_zoo3_threads{threads}"
+def zoo_study(
+    work: Path, n_trials: int, budget: int, evaluations: int, seed: int, threads: int, jobs: int
+) -> Study:
+    """rl-zoo3's optimizer on the same study; its best value parsed from what it prints.
+
+    ``jobs`` is rl-zoo3's ``--n-jobs``: Optuna trials run in that many threads of one process.
+    """
+    folder = work / f"rl_zoo3_threads{threads}_jobs{jobs}"
     folder.mkdir(parents=True)
     args = [
         sys.executable, "-m", "rl_zoo3.train", "--algo", "ppo", "--env", "CartPole-v1", "-optimize",
         "--n-trials", str(n_trials), "--n-timesteps", str(budget), "--sampler", "tpe", "--pruner", "median",
         "--log-folder", str(folder / "logs"), "--num-threads", str(threads), "--seed", str(seed),
+        "--n-jobs", str(jobs),
         *(["--n-evaluations", str(evaluations)] if evaluations != 1 else []),
     ]  # fmt: skip
     log = folder / "output.log"
@@ -105,8 +113,9 @@ def zoo_study(work: Path, n_trials: int, budget: int, evaluations: int, seed: in
     text = log.read_text()
     best = re.search(r"Best trial:\s*\nValue:\s*([-\d.eE+]+)", text)
     finished = re.search(r"Number of finished trials:\s*(\d+)", text)
+    label = f"rl-zoo3, {threads} torch thread{'s' if threads > 1 else ''}, --n-jobs {jobs}"
     return Study(
-        f"rl-zoo3 ({threads} torch thread{'s' if threads > 1 else ''})",
+        label,
         wall,
         int(finished.group(1)) if finished else n_trials,
         float(best.group(1)) if best else None,
@@ -123,8 +132,12 @@ def main() -> None:
     parser.add_argument("--budget-steps", type=int, default=50000, help="env steps per trial")
     parser.add_argument("--population", default="8", help="comma-separated K values for population mode")
     parser.add_argument("--evaluations", type=int, default=1, help="evaluations per trial (pruning points)")
+    parser.add_argument("--zoo-threads", default="1", help="torch threads for rl-zoo3 runs (comma-separated)")
     parser.add_argument(
-        "--zoo-threads", default="1,2", help="torch threads for rl-zoo3 runs (comma-separated)"
+        "--zoo-jobs", default="1,2", help="rl-zoo3 --n-jobs values, each with every --zoo-threads value"
+    )
+    parser.add_argument(
+        "--workers", default="1,2", help="tune.n_workers values for every rltune study (comma-separated)"
     )
     parser.add_argument("--seed", type=int, default=0, help="sampler seed of every study")
     parser.add_argument("--skip", default="", help="comma-separated: sequential, zoo")
@@ -140,26 +153,26 @@ def main() -> None:
         work = Path(tmp)
         budget, n, evals, seed = args.budget_steps, args.trials, args.evaluations, args.seed
         if "zoo" not in skip:
-            for threads in map(int, args.zoo_threads.split(",")):
-                results.append(zoo_study(work, n, budget, evals, seed, threads))
+            for jobs in map(int, args.zoo_jobs.split(",")):
+                for threads in map(int, args.zoo_threads.split(",")):
+                    results.append(zoo_study(work, n, budget, evals, seed, threads, jobs))
+                    _print_row(results[-1], results[0])
+        populations = [int(k) for k in args.population.split(",") if k]
+        for workers in map(int, args.workers.split(",")):
+            modes = [] if "sequential" in skip else [("sequential", 0)]
+            modes += [(f"population K={k}", k) for k in populations]
+            for name, k in modes:
+                label = f"rltune {name}, {workers} worker{'s' if workers > 1 else ''}"
+                extra = [f"tune.n_workers={workers}", *([f"tune.population={k}"] if k else [])]
+                results.append(rltune_study(label, work, n, budget, evals, seed, extra))
                 _print_row(results[-1], results[0])
-        if "sequential" not in skip:
-            results.append(rltune_study("rltune sequential", work, n, budget, evals, seed, []))
-            _print_row(results[-1], results[0])
-        for k in map(int, args.population.split(",")):
-            results.append(
-                rltune_study(
-                    f"rltune population K={k}", work, n, budget, evals, seed, [f"tune.population={k}"]
-                )
-            )
-            _print_row(results[-1], results[0])
 
 
 def _print_row(study: Study, baseline: Study) -> None:
     best = "-" if study.best is None else f"{study.best:.1f}"
     ratio = study.trials_per_hour / baseline.trials_per_hour
     print(
-        f"{study.label:<30} wall {study.wall_s:7.0f} s  trials {study.trials:3d}  "
+        f"{study.label:<42} wall {study.wall_s:7.0f} s  trials {study.trials:3d}  "
         f"trials/hour {study.trials_per_hour:7.1f}  ({ratio:5.2f}× {baseline.label})  best {best:>6}  "
         f"peak RSS {study.peak_rss_mib:6.0f} MiB",
         flush=True,
