@@ -16,7 +16,8 @@ structural settings per population, so it samples differently. rl-zoo3 runs as i
 the baseline of every ratio. Parallel studies use each tool's own way: rl-zoo3's ``--n-jobs`` (Optuna
 trials in threads of one process, ``--zoo-jobs``) and rltune's ``tune.n_workers`` (worker processes on
 one storage, ``--workers``). For each study the script prints the command's wall time, trials per hour
-(trials / wall time), the best value, and the peak resident memory of its largest process. Needs the
+(trials that trained, complete or pruned, per hour of wall time; failed trials are counted apart), the
+best value, and the peak resident memory of its largest process. Needs the
 bench extra (``pip install -e ".[bench]"``).
 
     python bench/sweep_speed.py                        # K = 8, 20 trials × 50k steps, 1 and 2 workers
@@ -50,10 +51,16 @@ class Study:
     trials: int
     best: float | None
     peak_rss_mib: float
+    failed: int = 0
 
     @property
     def trials_per_hour(self) -> float:
-        """Finished trials per hour of the command's wall time."""
+        """Trials that trained (complete or pruned) per hour of the command's wall time.
+
+        A failed trial is left out: rltune fails a sampled config it cannot train (a batch larger than
+        the rollout) at once, while rl-zoo3 trains it with one minibatch, so counting it would flatter
+        rltune.
+        """
         return self.trials / self.wall_s * 3600
 
 
@@ -87,9 +94,11 @@ def rltune_study(
     runs.mkdir(parents=True)
     wall, rss = run_command(args, ROOT, runs / "output.log")
     study = optuna.load_study(study_name="sweep_speed", storage=f"sqlite:///{runs}/optuna.db")
-    finished = [t for t in study.trials if t.state.is_finished()]
-    complete = [t.value for t in finished if t.value is not None]
-    return Study(label, wall, len(finished), max(complete, default=None), rss)
+    states = optuna.trial.TrialState
+    trained = [t for t in study.trials if t.state in (states.COMPLETE, states.PRUNED)]
+    failed = sum(t.state == states.FAIL for t in study.trials)
+    complete = [t.value for t in trained if t.value is not None]
+    return Study(label, wall, len(trained), max(complete, default=None), rss, failed)
 
 
 def zoo_study(
@@ -172,7 +181,7 @@ def _print_row(study: Study, baseline: Study) -> None:
     best = "-" if study.best is None else f"{study.best:.1f}"
     ratio = study.trials_per_hour / baseline.trials_per_hour
     print(
-        f"{study.label:<42} wall {study.wall_s:7.0f} s  trials {study.trials:3d}  "
+        f"{study.label:<42} wall {study.wall_s:7.0f} s  trained {study.trials:3d}  failed {study.failed:2d}  "
         f"trials/hour {study.trials_per_hour:7.1f}  ({ratio:5.2f}× {baseline.label})  best {best:>6}  "
         f"peak RSS {study.peak_rss_mib:6.0f} MiB",
         flush=True,
