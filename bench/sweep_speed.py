@@ -17,8 +17,8 @@ the baseline of every ratio. Parallel studies use each tool's own way: rl-zoo3's
 trials in threads of one process, ``--zoo-jobs``) and rltune's ``tune.n_workers`` (worker processes on
 one storage, ``--workers``). For each study the script prints the command's wall time, trials per hour
 (trials that trained, complete or pruned, per hour of wall time; failed trials are counted apart), the
-best value, and the peak resident memory of its largest process. Needs the
-bench extra (``pip install -e ".[bench]"``).
+best value, and the peak resident memory of its largest process. Needs the bench extra
+(``pip install -e ".[bench]"``).
 
     python bench/sweep_speed.py                        # K = 8, 20 trials × 50k steps, 1 and 2 workers
     python bench/sweep_speed.py --population 1,4,8,16,32 --workers 2 --evaluations 5
@@ -51,7 +51,8 @@ class Study:
     trials: int
     best: float | None
     peak_rss_mib: float
-    failed: int = 0
+    failed: int | None = None
+    """Trials that failed (read from an rltune study's storage; None for rl-zoo3, which does not say)."""
 
     @property
     def trials_per_hour(self) -> float:
@@ -179,9 +180,10 @@ def main() -> None:
 
 def _print_row(study: Study, baseline: Study) -> None:
     best = "-" if study.best is None else f"{study.best:.1f}"
+    failed = "-" if study.failed is None else str(study.failed)
     ratio = study.trials_per_hour / baseline.trials_per_hour
     print(
-        f"{study.label:<42} wall {study.wall_s:7.0f} s  trained {study.trials:3d}  failed {study.failed:2d}  "
+        f"{study.label:<42} wall {study.wall_s:7.0f} s  trained {study.trials:3d}  failed {failed:>2}  "
         f"trials/hour {study.trials_per_hour:7.1f}  ({ratio:5.2f}× {baseline.label})  best {best:>6}  "
         f"peak RSS {study.peak_rss_mib:6.0f} MiB",
         flush=True,
