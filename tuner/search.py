@@ -7,6 +7,7 @@ A space names fields of an algorithm's config dataclass and how to sample each o
       learning_rate: {type: float, low: 1.0e-5, high: 2.0e-3, log: true}
       gamma:         {type: float, low: 1.0e-4, high: 0.03, log: true, reparam: one_minus}  # γ = 1 − x
       n_steps:       {type: int, low: 5, high: 12, reparam: pow2}                          # 2^k
+      batch_size:    {type: int, low: 2, high: 10, reparam: pow2, cap: [n_envs, n_steps]}  # ≤ a rollout
 
 :meth:`SearchSpace.from_config` validates the whole space (field names, types, bounds, and that the
 algorithm's config accepts the values at both ends of every range) and raises one
@@ -48,7 +49,7 @@ _REPARAM_TYPE = {"one_minus": "float", "pow2": "int", "pow2_two_layers": "int"}
 _REPARAM_PREFIX = {"one_minus": "one_minus_", "pow2": "log2_", "pow2_two_layers": "log2_width_"}
 _KEYS: dict[str, frozenset[str]] = {
     "float": frozenset({"type", "low", "high", "log", "step", "reparam"}),
-    "int": frozenset({"type", "low", "high", "log", "step", "reparam"}),
+    "int": frozenset({"type", "low", "high", "log", "step", "reparam", "cap"}),
     "categorical": frozenset({"type", "choices", "values", "reparam"}),
 }
 _SPACE_KEYS = ("algo", "params")
@@ -86,9 +87,24 @@ class ParamSpec:
     values: tuple[tuple[Any, Any], ...] | None = None
     """Categorical only: (choice, config value) pairs, for values Optuna cannot hold as choices
     (``choices: [tiny, small]`` with ``values: {tiny: [64], small: [64, 64]}`` for ``net_arch``)."""
+    cap: tuple[str, ...] | None = None
+    """Int only: config fields whose product caps the config value, e.g. ``[n_envs, n_steps]`` for a
+    batch no larger than one rollout, which is how Stable-Baselines3 trains rl-zoo3's oversized batches
+    (one minibatch of the whole rollout). Optuna still records the sampled quantity; the config, the
+    trial's recorded values and its overrides get the capped one. Fields not searched take the base
+    config's value. None: no cap."""
 
     def __post_init__(self) -> None:
         where = f"search.params.{self.name}"
+        if self.cap is not None:
+            if self.type != "int":
+                raise ConfigError(f"{where}: cap applies to an int parameter, not a {self.type} one")
+            if not self.cap or not all(isinstance(f, str) for f in self.cap):
+                raise ConfigError(
+                    f"{where}: cap must be a non-empty list of config field names, e.g. [n_envs, n_steps]"
+                )
+            if self.name in self.cap:
+                raise ConfigError(f"{where}: cap cannot name the parameter itself")
         if self.type not in PARAM_TYPES:
             raise ConfigError(f"{where}: unknown type {self.type!r}; choose one of: {', '.join(PARAM_TYPES)}")
         if self.reparam is not None:
@@ -190,6 +206,11 @@ class ParamSpec:
                     f"{where}: values must be a mapping {{choice: config value}}, got {values!r}"
                 )
             values = tuple((k, _plain(v)) for k, v in values.items())
+        cap = node.get("cap")
+        if cap is not None:
+            if isinstance(cap, str) or not isinstance(cap, Sequence):
+                raise ConfigError(f"{where}: cap must be a list of config field names, got {cap!r}")
+            cap = tuple(cap)
         low, high = node.get("low"), node.get("high")
         if kind == "float":  # YAML's `1` is an int; a float range takes it as 1.0
             low = float(low) if _is_number(low) else low
@@ -204,6 +225,7 @@ class ParamSpec:
             choices=choices,
             reparam=node.get("reparam"),
             values=values,
+            cap=cap,
         )
 
     @property
@@ -305,6 +327,9 @@ class SearchSpace:
     """Name of the algorithm (``algorithms.get_algorithm``) whose config fields the params are."""
     params: tuple[ParamSpec, ...]
     """The tuned parameters, in YAML order."""
+    fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    """Values of the config fields that a ``cap`` names but the space does not search, taken from the
+    base config (or the config dataclass's defaults)."""
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.params]
@@ -357,8 +382,10 @@ class SearchSpace:
                     f"Valid fields: {', '.join(fields)}"
                 )
             params.append(ParamSpec.from_mapping(str(name), param_node))
-        space = cls(algo=algo, params=tuple(params))
-        space._check_bounds(_base_values(base), fields)
+        base_values = _base_values(base)
+        fixed = _cap_inputs(params, base_values, spec.config_cls, fields)
+        space = cls(algo=algo, params=tuple(params), fixed=fixed)
+        space._check_bounds(base_values, fields)
         return space
 
     def _check_bounds(self, base: dict[str, Any], fields: list[str]) -> None:
@@ -412,6 +439,15 @@ class SearchSpace:
                     p.optuna_name, float(p.low), float(p.high), step=p.step, log=p.log
                 )
             values[p.name] = p.to_value(sampled)
+        return self._capped(values)
+
+    def _capped(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` with every ``cap`` applied (in place; also returned)."""
+        merged = {**self.fixed, **values}
+        for p in self.params:
+            if p.cap is not None:
+                limit = math.prod(int(merged[f]) for f in p.cap)
+                values[p.name] = merged[p.name] = min(values[p.name], limit)
         return values
 
     def out_of_range(self, values: Mapping[str, Any]) -> list[str]:
@@ -431,7 +467,7 @@ class SearchSpace:
                     f"search.params.{p.name}: no Optuna param {p.optuna_name!r} in {dict(params)!r}"
                 )
             values[p.name] = p.to_value(params[p.optuna_name])
-        return values
+        return self._capped(values)
 
     def params_from_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Optuna params keyed by Optuna name from config values (inverse of :meth:`values_from_params`),
@@ -453,6 +489,33 @@ def _base_values(base: Mapping[str, Any] | None) -> dict[str, Any]:
     if isinstance(base, DictConfig):
         base = OmegaConf.to_container(base, resolve=True)  # type: ignore[assignment]
     return {str(k): v for k, v in base.items() if k != "name"}
+
+
+def _cap_inputs(
+    params: Sequence[ParamSpec], base: Mapping[str, Any], config_cls: type, fields: Sequence[str]
+) -> dict[str, Any]:
+    """The base values of the unsearched fields that caps name; ConfigError names a bad cap."""
+    searched = {p.name: p for p in params}
+    defaults = {
+        f.name: f.default for f in dataclasses.fields(config_cls) if f.default is not dataclasses.MISSING
+    }
+    fixed: dict[str, Any] = {}
+    for param in params:
+        for name in param.cap or ():
+            where = f"search.params.{param.name}.cap"
+            if name not in fields:
+                close = difflib.get_close_matches(name, list(fields), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"{where}: {name!r} is not a field of {config_cls.__name__}{hint}")
+            if name in searched:
+                if searched[name].type != "int" or searched[name].reparam == "pow2_two_layers":
+                    raise ConfigError(f"{where}: {name!r} is searched but not as a plain or pow2 int")
+                continue
+            value = base.get(name, defaults.get(name))
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{where}: {name} must be an integer in the base config, got {value!r}")
+            fixed[name] = value
+    return fixed
 
 
 def load_search_space(node: Mapping[str, Any], algo_node: Mapping[str, Any]) -> SearchSpace:

@@ -277,6 +277,26 @@ BAD_SPACES: dict[str, tuple[dict[str, Any], str]] = {
         _space({"net_arch": {"type": "categorical", "choices": [[64], [64, 64]]}}),
         r"net_arch.*choices must be scalars.*name them",
     ),
+    "cap_on_a_float": (
+        _space({"vf_coef": {"type": "float", "low": 0.2, "high": 1.0, "cap": ["n_envs"]}}),
+        r"vf_coef.*unknown key 'cap'",
+    ),
+    "cap_unknown_field": (
+        _space({"batch_size": {"type": "int", "low": 2, "high": 10, "reparam": "pow2", "cap": ["n_env"]}}),
+        r"batch_size\.cap.*'n_env' is not a field.*did you mean 'n_envs'",
+    ),
+    "cap_not_a_list": (
+        _space({"batch_size": {"type": "int", "low": 2, "high": 10, "cap": "n_envs"}}),
+        r"batch_size.*cap must be a list",
+    ),
+    "cap_on_itself": (
+        _space({"batch_size": {"type": "int", "low": 2, "high": 10, "cap": ["batch_size"]}}),
+        r"batch_size.*cap cannot name the parameter itself",
+    ),
+    "cap_on_a_float_field": (
+        _space({"batch_size": {"type": "int", "low": 2, "high": 10, "cap": ["gamma"]}}),
+        r"batch_size\.cap.*gamma must be an integer",
+    ),
 }
 
 
@@ -285,6 +305,49 @@ def test_bad_space_raises_one_clear_config_error(name: str) -> None:
     node, pattern = BAD_SPACES[name]
     with pytest.raises(ConfigError, match=pattern):
         SearchSpace.from_config(OmegaConf.create(node), "ppo")
+
+
+def test_cap_trains_an_oversized_batch_on_the_whole_rollout() -> None:
+    """rl-zoo3's space (search=ppo_zoo) samples batches up to 1024 over rollouts from 8 × 32 = 256; capped
+    at n_envs * n_steps, every draw is a valid config (what SB3 trains), while Optuna keeps the draw."""
+    cfg = compose_config(["experiment=ppo_cartpole", "search=ppo_zoo"], config_name="tune")
+    space = load_search_space(cfg.search, cfg.algo)
+    n_envs = cfg.algo.n_envs
+    assert space.fixed == {"n_envs": n_envs}
+    study = _random_study()
+    n_capped = 0
+    for _ in range(N_TRIALS):
+        trial = study.ask()
+        values = space.suggest(trial)
+        drawn = 2 ** trial.params["log2_batch_size"]
+        rollout = n_envs * values["n_steps"]
+        assert values["batch_size"] == min(drawn, rollout)
+        n_capped += drawn > rollout
+        PPOConfig.from_dict({**values, "n_envs": n_envs})  # never "larger than a rollout"
+        assert space.values_from_params(trial.params) == values
+    assert n_capped > 0  # the seed draws oversized batches, so the cap was exercised
+
+
+def test_cap_reads_a_searched_field_and_leaves_uncapped_spaces_alone() -> None:
+    """A cap naming a searched field uses the drawn value; without cap an oversized batch stays (and the
+    trial rejects it)."""
+    params = {
+        "n_steps": {"type": "int", "low": 3, "high": 4, "reparam": "pow2"},
+        "batch_size": {"type": "int", "low": 5, "high": 6, "reparam": "pow2"},
+    }
+    plain = SearchSpace.from_config(_space(params), "ppo", {"n_envs": 2})
+    capped = SearchSpace.from_config(
+        _space({**params, "batch_size": {**params["batch_size"], "cap": ["n_envs", "n_steps"]}}),
+        "ppo",
+        {"n_envs": 2},
+    )
+    params_drawn = {"log2_n_steps": 3, "log2_batch_size": 6}  # rollout 2 × 8 = 16, batch 64
+    assert plain.values_from_params(params_drawn) == {"n_steps": 8, "batch_size": 64}
+    assert capped.values_from_params(params_drawn) == {"n_steps": 8, "batch_size": 16}
+    assert capped.values_from_params({"log2_n_steps": 4, "log2_batch_size": 5}) == {
+        "n_steps": 16,
+        "batch_size": 32,
+    }
 
 
 def test_interactions_with_other_fields_are_not_bound_errors() -> None:
