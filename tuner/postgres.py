@@ -8,14 +8,18 @@ neither echoed by make nor visible in the process list.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
 from algorithms import ConfigError
 from tuner.secrets import mask_secrets
 
 log = logging.getLogger(__name__)
+
+SCHEMA_LOCK_KEY = 0x72_6C_74_75_6E_65  # "rltune": the advisory lock id held while a schema is created
 
 
 def ensure_database(url: str) -> None:
@@ -60,6 +64,33 @@ def ensure_database(url: str) -> None:
         reason = mask_secrets(str(getattr(exc, "orig", exc)).strip().splitlines()[0])
         raise ConfigError(f"cannot reach PostgreSQL at {mask_secrets(url)}: {reason}") from exc
     finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock on the database of ``url`` for the block.
+
+    Opening an Optuna RDB storage creates its tables when they are missing. Two workers that open a fresh
+    database at the same moment both try, and PostgreSQL rejects one of them with a unique violation
+    (``pg_type_typname_nsp_index``); taking this lock around the open makes the second wait and then
+    find the tables. The lock is per connection, so it also goes when a killed worker's connection does.
+    """
+    import sqlalchemy
+
+    # NullPool: closing the connection really closes it, which releases the lock even if the block fails.
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        connection = engine.connect()
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        engine.dispose()
+        reason = mask_secrets(str(getattr(exc, "orig", exc)).strip().splitlines()[0])
+        raise ConfigError(f"cannot reach PostgreSQL at {mask_secrets(url)}: {reason}") from exc
+    try:
+        yield
+    finally:
+        connection.close()
         engine.dispose()
 
 

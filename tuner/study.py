@@ -11,6 +11,7 @@ retry does.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -142,12 +143,14 @@ def make_storage(
     ConfigError, with any password masked, when the URL is not an RDB URL or the database is unreachable.
     """
     url = settings.storage
+    creating: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     elif url.startswith("postgresql"):
-        from tuner.postgres import ensure_database
+        from tuner.postgres import ensure_database, schema_lock
 
         ensure_database(url)
+        creating = schema_lock(url)  # workers opening a fresh database would race to create the tables
     with warnings.catch_warnings():  # heartbeats and retries are marked experimental in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry)
@@ -159,7 +162,7 @@ def make_storage(
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        with warnings.catch_warnings():
+        with creating, warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(
                 url,

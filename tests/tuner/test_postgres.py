@@ -7,6 +7,7 @@ they fail: a green CI must have exercised them.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -27,6 +29,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from tests.tuner.test_tune import ENV, ROOT, counted, tune_args
+from tuner.compose import compose_config
+from tuner.study import TuneSettings, make_storage
 
 SERVER = os.environ.get("RLTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 PASSWORD = "pg-s3cret-pw"  # trust auth accepts any password, so it can ride along in every URL
@@ -72,14 +76,23 @@ def run(
     args = tune_args(tmp_path, "storage=postgres", *extra)
     if multirun:
         args.insert(3, "--multirun")  # after `python -m tuner.tune`, before the overrides
-    return subprocess.run(
+    # Its own session: on a timeout the whole group goes, launcher jobs (submitit) included.
+    with subprocess.Popen(
         args,
         cwd=ROOT,
         env={**ENV, "RLTUNE_STORAGE": storage_url, **(env or {})},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-    )
+        start_new_session=True,
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
 
 
 @pytest.fixture
@@ -175,6 +188,48 @@ def test_unreachable_storage_is_one_masked_message_and_nothing_starts(tmp_path: 
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot reach PostgreSQL at postgresql://postgres:***@127.0.0.1:1/rltune")
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def _open_storage(settings: TuneSettings, barrier: Any, outcomes: Any) -> None:
+    """Child process: open the study storage the way a worker does, all children at the same moment."""
+    barrier.wait()
+    try:
+        make_storage(settings).engine.dispose()
+        outcomes.put("ok")
+    except Exception as exc:  # report it to the test rather than die with it
+        outcomes.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_workers_opening_a_fresh_database_at_once_all_get_the_storage(pg_url: str) -> None:
+    """Optuna creates its tables on first open; without tuner.postgres.schema_lock two workers doing that
+    at the same moment make PostgreSQL reject one of them (measured: 5 of 10 rounds of two processes),
+    and a multirun's job 0 that lost this race left job 1 waiting for a study that never came."""
+    context = multiprocessing.get_context("fork")  # the children need nothing imported afresh
+    tune = compose_config([], config_name="tune").tune
+    for round_ in range(4):
+        url = f"{pg_url}_{round_}"
+        settings = TuneSettings.from_config({**tune, "storage": url})
+        barrier, outcomes = context.Barrier(3), context.Queue()
+        children = [
+            context.Process(target=_open_storage, args=(settings, barrier, outcomes)) for _ in range(3)
+        ]
+        try:
+            for child in children:
+                child.start()
+            results = [outcomes.get(timeout=120) for _ in children]
+            assert results == ["ok"] * 3, results
+            assert optuna.get_all_study_names(url) == []  # the tables exist and are whole
+        finally:
+            for child in children:
+                child.join(30)
+                if child.is_alive():
+                    child.kill()
+            admin = _admin()
+            with admin.connect() as connection:
+                connection.execute(
+                    sqlalchemy.text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+                )
+            admin.dispose()
 
 
 def test_submitit_multirun_workers_share_one_study(tmp_path: Path, pg_url: str) -> None:
