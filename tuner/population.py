@@ -201,8 +201,8 @@ def _fill_slots(
     finished: Callable[[TrialOutcome], None],
 ) -> None:
     """Start claimed trials in the free slots while the population accepts them."""
-    n_members, n_seeds = settings.population, len(setup.seeds)
-    while len(state.free_slots(n_members)) >= n_seeds:
+    n_seeds = len(setup.seeds)
+    while len(state.free_slots(_capacity(state, settings))) >= n_seeds:
         if state.population is not None and state.started >= settings.population_trials:
             return  # retiring: let the running trials finish
         if state.deferred is not None:
@@ -228,6 +228,9 @@ def _fill_slots(
             continue
         if state.population is None:
             settings_0 = RunSettings.from_config(config)
+            # The trial in hand and the ones still waiting, shared evenly with the other workers.
+            ahead = -(-(budget_status(study).waiting + 1) // settings.n_workers)
+            n_members = population_size(settings.population, n_seeds, settings.population_trials, ahead)
             state.population = PopulationPPO(settings_0.env_id, algo_config, n_members, settings_0.env_kwargs)
             state.structure = _structure_params(trial, setup)
             state.number += 1
@@ -236,6 +239,26 @@ def _fill_slots(
             return
         _start_trial(study, trial, values, setup, state)
         state.started += 1
+
+
+def _capacity(state: PopulationState, settings: TuneSettings) -> int:
+    """Slots of the current population, or the most a new one may have."""
+    return state.population.n_members if state.population is not None else settings.population
+
+
+def population_size(max_members: int, n_seeds: int, population_trials: int, trials_ahead: int) -> int:
+    """Members of a new population: at most ``max_members`` (``tune.population``), and no more than its
+    trials fill in equal waves.
+
+    A population takes ``min(population_trials, trials_ahead)`` trials of ``n_seeds`` members each. An
+    empty slot still costs its share of every batched matmul, so rather than a full first wave and a
+    nearly empty last one (16 + 4 of 16 slots for 20 trials), the trials are spread over the fewest
+    waves the limit allows (10 + 10).
+    """
+    trials = max(1, min(population_trials, trials_ahead))
+    per_wave = max(1, max_members // n_seeds)
+    waves = -(-trials // per_wave)
+    return n_seeds * -(-trials // waves)
 
 
 def _suggest(

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tests.tuner.test_tune import ENV, ROOT, counted, load, run_tune, runs_by_name, tune_args
+from tuner.population import population_size
 
 # The search space keeps one structural knob (n_epochs), so populations have a structure to fix.
 WITH_EPOCHS = "+search.params.n_epochs={type:categorical,choices:[1,2]}"
@@ -43,6 +44,11 @@ def test_a_population_study_runs_every_trial_as_a_real_trial(tmp_path: Path) -> 
     assert len({t.params["learning_rate"] for t in study.trials}) == 5  # member hyperparameters vary
 
     runs = runs_by_name(tmp_path)
+    slots: dict[int, set[int]] = {}
+    for trial in study.trials:
+        slot = int(runs[f"trial-{trial.number}-seed1"][0].data.tags["population_slot"])
+        slots.setdefault(trial.user_attrs["population"], set()).add(slot)
+    assert slots == {1: {0, 1, 2}, 2: {0, 1}}  # the second population holds the 2 trials left, not 3
     (sweep,) = runs["sweep-ppo_cartpole"]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     for trial in study.trials:
@@ -162,3 +168,14 @@ def _seed_runs_started(tmp_path: Path, n: int) -> bool:
     except sqlite3.Error:
         return False
     return int(count) >= n
+
+
+def test_a_population_is_sized_for_equal_waves_of_its_trials() -> None:
+    """tune.population is the most members; a population takes no more than its trials fill evenly."""
+    assert population_size(16, 1, 32, 20) == 10  # 10 + 10, not 16 + 4 of 16 slots
+    assert population_size(32, 1, 64, 20) == 20  # one wave; 12 slots would stay empty
+    assert population_size(8, 1, 16, 20) == 8  # 16 trials in this population: 8 + 8
+    assert population_size(8, 1, 16, 4) == 4  # the last 4 trials of a study
+    assert population_size(4, 2, 8, 3) == 4  # 2 seeds a trial: waves of 2 trials, then 1
+    assert population_size(5, 2, 10, 20) == 4  # 2 trials a wave; a fifth slot could not hold a trial
+    assert population_size(1, 1, 2, 20) == 1
