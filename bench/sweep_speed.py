@@ -27,6 +27,7 @@ best value, and the peak resident memory of its largest process. Needs the bench
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -151,6 +152,9 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="sampler seed of every study")
     parser.add_argument("--skip", default="", help="comma-separated: sequential, zoo")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="keep every study's logs and databases in this (new) folder"
+    )
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     print(
@@ -159,8 +163,13 @@ def main() -> None:
         flush=True,
     )
     results: list[Study] = []
-    with tempfile.TemporaryDirectory(prefix="sweep_speed_") as tmp:
-        work = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if args.keep is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sweep_speed_")))
+        else:
+            args.keep.mkdir(parents=True)  # a fresh folder: the studies must not resume old ones
+            work = args.keep.resolve()
+        print(f"studies in {work}", flush=True)
         budget, n, evals, seed = args.budget_steps, args.trials, args.evaluations, args.seed
         if "zoo" not in skip:
             for jobs in map(int, args.zoo_jobs.split(",")):
