@@ -8,6 +8,8 @@ and the wall time of each side (measured in this run, on this machine).
 
     python bench/population_check.py                                  # CartPole preset, 8 × 25k steps
     python bench/population_check.py --preset ppo_pendulum --budget-steps 100000
+    python bench/population_check.py algo.batch_size=64 algo.n_steps=1024 algo.n_epochs=20 \
+        'algo.net_arch=[256,256]'                                     # any structure, as Hydra overrides
 """
 
 from __future__ import annotations
@@ -62,16 +64,17 @@ def main() -> None:
     parser.add_argument("--preset", default="ppo_cartpole", help="a PPO experiment preset in conf/experiment")
     parser.add_argument("--members", type=int, default=8, help="K: population size and number of single runs")
     parser.add_argument("--budget-steps", type=int, default=25000, help="env steps per agent")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides on the preset, e.g. algo.n_epochs=20")
     args = parser.parse_args()
     set_torch_threads(1)
-    cfg = compose_config([f"experiment={args.preset}"])
+    cfg = compose_config([f"experiment={args.preset}", *args.overrides])
     _, config = algorithm_config(dict(cfg.algo))
     env_id = str(cfg.env.id)
     k = args.members
     pop, pop_wall = population_returns(env_id, config, list(range(1, k + 1)), args.budget_steps)
     single, single_wall = single_returns(env_id, config, list(range(101, 101 + k)), args.budget_steps)
     print(
-        f"{args.preset} on {env_id}: {k} agents × {args.budget_steps} steps, "
+        f"{args.preset} {' '.join(args.overrides)} on {env_id}: {k} agents × {args.budget_steps} steps, "
         f"final eval over {EVAL_EPISODES} episodes"
     )
     rows = []
