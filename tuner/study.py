@@ -12,11 +12,12 @@ retry does.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import re
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -309,15 +310,38 @@ def top_up_budget(study: optuna.Study, n_trials: int) -> int:
 
 def claim_trial(study: optuna.Study, storage: RDBStorage) -> optuna.Trial | None:
     """Take a WAITING trial for this worker (atomic RUNNING compare-and-set); None when none is left."""
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
-                # Re-read through the study so its trial cache knows the claimed trial's new state.
-                study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                return optuna.Trial(study, frozen._trial_id)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker took and finished it meanwhile
+    with _claim_lock(storage.url):
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            try:
+                if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                    # Re-read through the study so its trial cache knows the claimed trial's new state.
+                    study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                    return optuna.Trial(study, frozen._trial_id)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker took and finished it meanwhile
     return None
+
+
+@contextlib.contextmanager
+def _claim_lock(url: str) -> Iterator[None]:
+    """On SQLite, hold an exclusive lock on ``<database>.claim-lock`` for the block; elsewhere nothing.
+
+    Optuna's WAITING → RUNNING compare-and-set reads the state with ``SELECT … FOR UPDATE``, which
+    PostgreSQL and MySQL honour, but SQLite reads outside the write transaction: two local workers
+    claiming at once could both take the same trial and train it twice (measured: a double claim in 9
+    of 10 rounds of two processes claiming 20 trials). SQLite studies live on one machine, so a file lock
+    beside the database serialises the claims.
+    """
+    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+        yield
+        return
+    lock_path = Path(url.removeprefix("sqlite:///") + ".claim-lock")
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def mark_started(study: optuna.Study) -> None:

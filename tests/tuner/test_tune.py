@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import sqlite3
@@ -10,12 +11,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 from mlflow import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
+
+from tuner.study import claim_trial
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
@@ -116,6 +120,36 @@ def test_two_workers_share_the_budget_exactly(tmp_path: Path) -> None:
     logs = list((tmp_path / "logs" / "ppo_cartpole").glob("worker-*.log"))
     worked = [p for p in logs if "trial " in p.read_text()]
     assert len(logs) == 2 and len(worked) == 2, "both workers must have run trials"
+
+
+def _claim_all(url: str, barrier: Any, claimed: Any) -> None:
+    """Child process: claim trials the way a worker does, starting with the others, until none is left."""
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    study = optuna.load_study(study_name="claims", storage=storage)
+    barrier.wait()
+    numbers = []
+    while (trial := claim_trial(study, storage)) is not None:
+        numbers.append(trial.number)
+    claimed.put(numbers)
+
+
+def test_workers_claiming_at_once_on_sqlite_never_take_the_same_trial(tmp_path: Path) -> None:
+    """SQLite ignores SELECT … FOR UPDATE, so Optuna's compare-and-set alone let two workers take one trial
+    (9 of 10 rounds like these, before claims were serialised)."""
+    context = multiprocessing.get_context("fork")
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path}/claims-{round_}.db"
+        study = optuna.create_study(study_name="claims", storage=url)
+        for _ in range(20):
+            study.enqueue_trial({})
+        barrier, claimed = context.Barrier(3), context.Queue()
+        workers = [context.Process(target=_claim_all, args=(url, barrier, claimed)) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        numbers = [n for _ in workers for n in claimed.get(timeout=120)]
+        for worker in workers:
+            worker.join(30)
+        assert sorted(numbers) == list(range(20)), f"round {round_}: {sorted(numbers)}"
 
 
 def running_trial_with_run(db: Path) -> tuple[int, str] | None:
