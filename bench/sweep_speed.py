@@ -59,9 +59,8 @@ class Study:
     def trials_per_hour(self) -> float:
         """Trials that trained (complete or pruned) per hour of the command's wall time.
 
-        A failed trial is left out: rltune fails a sampled config it cannot train (a batch larger than
-        the rollout) at once, while rl-zoo3 trains it with one minibatch, so counting it would flatter
-        rltune.
+        A failed trial is left out: it ends before training (an invalid sampled config) or part-way
+        (a diverged loss), so counting it would flatter the tool that fails more often.
         """
         return self.trials / self.wall_s * 3600
 

@@ -61,10 +61,15 @@ def ensure_database(url: str) -> None:
             f"cannot create PostgreSQL database {name!r}: {mask_secrets(str(exc.orig).strip())}"
         ) from exc
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        reason = mask_secrets(str(getattr(exc, "orig", exc)).strip().splitlines()[0])
-        raise ConfigError(f"cannot reach PostgreSQL at {mask_secrets(url)}: {reason}") from exc
+        raise _unreachable(url, exc) from exc
     finally:
         engine.dispose()
+
+
+def _unreachable(url: str, exc: Exception) -> ConfigError:
+    """The error for a server that refused ``url``, its first line and any password masked."""
+    reason = mask_secrets(str(getattr(exc, "orig", exc)).strip().splitlines()[0])
+    return ConfigError(f"cannot reach PostgreSQL at {mask_secrets(url)}: {reason}")
 
 
 @contextlib.contextmanager
@@ -85,8 +90,7 @@ def schema_lock(url: str) -> Iterator[None]:
         connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
     except sqlalchemy.exc.SQLAlchemyError as exc:
         engine.dispose()
-        reason = mask_secrets(str(getattr(exc, "orig", exc)).strip().splitlines()[0])
-        raise ConfigError(f"cannot reach PostgreSQL at {mask_secrets(url)}: {reason}") from exc
+        raise _unreachable(url, exc) from exc
     try:
         yield
     finally:

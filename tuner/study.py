@@ -145,8 +145,9 @@ def make_storage(
     """
     url = settings.storage
     creating: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    database_file = sqlite_file(url)
+    if database_file is not None:
+        database_file.parent.mkdir(parents=True, exist_ok=True)
     elif url.startswith("postgresql"):
         from tuner.postgres import ensure_database, schema_lock
 
@@ -162,22 +163,30 @@ def make_storage(
             on_stale_trial(study, trial)
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        with creating, warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=settings.heartbeat_interval,
-                grace_period=settings.grace_period,
-                heartbeat_stale_trial_callback=stale,
-            )
-    except Exception as exc:  # SQLAlchemy raises many types: bad URL, driver missing, refused connection
-        reason = mask_secrets(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        raise ConfigError(
-            f"cannot open Optuna storage {mask_secrets(url)}: {reason} "
-            "(tune.storage takes an RDB URL: sqlite:///path.db, postgresql://user@host/db, mysql://…)"
-        ) from exc
+    with creating:  # its own ConfigError (server unreachable) is already the message to show
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=settings.heartbeat_interval,
+                    grace_period=settings.grace_period,
+                    heartbeat_stale_trial_callback=stale,
+                )
+        except Exception as exc:  # SQLAlchemy raises many types: bad URL, driver missing, refused connection
+            reason = mask_secrets(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise ConfigError(
+                f"cannot open Optuna storage {mask_secrets(url)}: {reason} "
+                "(tune.storage takes an RDB URL: sqlite:///path.db, postgresql://user@host/db, mysql://…)"
+            ) from exc
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` storage URL; None for another backend or ``:memory:``."""
+    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+        return None
+    return Path(url.removeprefix("sqlite:///"))
 
 
 def build_sampler(node: DictConfig | Mapping[str, Any], seed_offset: int = 0) -> optuna.samplers.BaseSampler:
@@ -332,11 +341,11 @@ def _claim_lock(url: str) -> Iterator[None]:
     of 10 rounds of two processes claiming 20 trials). SQLite studies live on one machine, so a file lock
     beside the database serialises the claims.
     """
-    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+    database_file = sqlite_file(url)
+    if database_file is None:
         yield
         return
-    lock_path = Path(url.removeprefix("sqlite:///") + ".claim-lock")
-    with lock_path.open("a") as handle:
+    with database_file.with_name(database_file.name + ".claim-lock").open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -40,6 +40,11 @@ def _admin() -> sqlalchemy.engine.Engine:
     return sqlalchemy.create_engine(f"{SERVER}/postgres", isolation_level="AUTOCOMMIT")
 
 
+def _drop_database(engine: sqlalchemy.engine.Engine, name: str) -> None:
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """URL of a database that does not exist yet (the storage creates it); dropped after the test."""
@@ -55,8 +60,7 @@ def pg_url() -> Iterator[str]:
         pytest.skip(message)
     name = f"rltune_test_{uuid.uuid4().hex[:10]}"
     yield f"{SERVER}/{name}"
-    with engine.connect() as connection:
-        connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    _drop_database(engine, name)
     engine.dispose()
 
 
@@ -225,10 +229,7 @@ def test_workers_opening_a_fresh_database_at_once_all_get_the_storage(pg_url: st
                 if child.is_alive():
                     child.kill()
             admin = _admin()
-            with admin.connect() as connection:
-                connection.execute(
-                    sqlalchemy.text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-                )
+            _drop_database(admin, url.rsplit("/", 1)[1])
             admin.dispose()
 
 
