@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from algorithms import PPO
-from algorithms.common.networks import set_torch_threads
+from algorithms.common.networks import configure_torch_cpu
 from algorithms.ppo_population import PopulationPPO
 from tuner.compose import algorithm_config, compose_config
 from tuner.stats import bootstrap_ci, iqm
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--budget-steps", type=int, default=25000, help="env steps per agent")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides on the preset, e.g. algo.n_epochs=20")
     args = parser.parse_args()
-    set_torch_threads(1)
+    configure_torch_cpu(1)
     cfg = compose_config([f"experiment={args.preset}", *args.overrides])
     _, config = algorithm_config(dict(cfg.algo))
     env_id = str(cfg.env.id)

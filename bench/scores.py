@@ -40,11 +40,11 @@ def train_one(overrides: list[str], seed: int) -> SeedResult:
     from omegaconf import OmegaConf
 
     from algorithms import get_algorithm
-    from algorithms.common.networks import set_torch_threads
+    from algorithms.common.networks import configure_torch_cpu
     from tuner.compose import algorithm_config, compose_config
 
     cfg = compose_config([*overrides, f"seed={seed}", f"paths.root_dir={ROOT}"])
-    set_torch_threads(int(cfg.torch_threads))
+    configure_torch_cpu(int(cfg.torch_threads))
     name, config = algorithm_config(OmegaConf.to_container(cfg.algo, resolve=True))
     start = time.perf_counter()
     with get_algorithm(name).agent_cls(cfg.env.id, config, seed, dict(cfg.env.kwargs)) as agent:

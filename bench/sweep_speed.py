@@ -22,6 +22,7 @@ best value, and the peak resident memory of its largest process. Needs the bench
 
     python bench/sweep_speed.py                        # K = 8, 20 trials × 50k steps, 1 and 2 workers
     python bench/sweep_speed.py --population 1,4,8,16,32 --workers 2 --evaluations 5
+    python bench/sweep_speed.py --seeds 0,10,20 --population 8   # each study per seed, then medians
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import contextlib
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +56,8 @@ class Study:
     peak_rss_mib: float
     failed: int | None = None
     """Trials that failed (read from an rltune study's storage; None for rl-zoo3, which does not say)."""
+    seed: int = 0
+    """The sampler seed of the study."""
 
     @property
     def trials_per_hour(self) -> float:
@@ -99,7 +103,7 @@ def rltune_study(
     trained = [t for t in study.trials if t.state in (states.COMPLETE, states.PRUNED)]
     failed = sum(t.state == states.FAIL for t in study.trials)
     complete = [t.value for t in trained if t.value is not None]
-    return Study(label, wall, len(trained), max(complete, default=None), rss, failed)
+    return Study(label, wall, len(trained), max(complete, default=None), rss, failed, seed)
 
 
 def zoo_study(
@@ -130,6 +134,7 @@ def zoo_study(
         int(finished.group(1)) if finished else n_trials,
         float(best.group(1)) if best else None,
         rss,
+        seed=seed,
     )
 
 
@@ -149,13 +154,19 @@ def main() -> None:
     parser.add_argument(
         "--workers", default="1,2", help="tune.n_workers values for every rltune study (comma-separated)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="sampler seed of every study")
+    parser.add_argument(
+        "--seeds",
+        default="0",
+        help="sampler seeds (comma-separated): every study runs once per seed; with several, a summary "
+        "gives each study's median over them",
+    )
     parser.add_argument("--skip", default="", help="comma-separated: sequential, zoo")
     parser.add_argument(
         "--keep", type=Path, default=None, help="keep every study's logs and databases in this (new) folder"
     )
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    seeds = [int(seed) for seed in args.seeds.split(",")]
     print(
         f"PPO CartPole-v1: {args.trials} trials × {args.budget_steps} steps, TPE + median pruner, rl-zoo3's "
         f"search space, {args.evaluations} evaluation(s) of 5 episodes per trial; {os.cpu_count()} CPUs",
@@ -169,21 +180,58 @@ def main() -> None:
             args.keep.mkdir(parents=True)  # a fresh folder: the studies must not resume old ones
             work = args.keep.resolve()
         print(f"studies in {work}", flush=True)
-        budget, n, evals, seed = args.budget_steps, args.trials, args.evaluations, args.seed
-        if "zoo" not in skip:
-            for jobs in map(int, args.zoo_jobs.split(",")):
-                for threads in map(int, args.zoo_threads.split(",")):
-                    results.append(zoo_study(work, n, budget, evals, seed, threads, jobs))
-                    _print_row(results[-1], results[0])
-        populations = [int(k) for k in args.population.split(",") if k]
-        for workers in map(int, args.workers.split(",")):
-            modes = [] if "sequential" in skip else [("sequential", 0)]
-            modes += [(f"population K={k}", k) for k in populations]
-            for name, k in modes:
-                label = f"rltune {name}, {workers} worker{'s' if workers > 1 else ''}"
-                extra = [f"tune.n_workers={workers}", *([f"tune.population={k}"] if k else [])]
-                results.append(rltune_study(label, work, n, budget, evals, seed, extra))
+        for seed in seeds:
+            print(f"sampler seed {seed}", flush=True)
+            results.extend(run_studies(args, work / f"seed{seed}", seed, skip))
+    if len(seeds) > 1:
+        print_summary(results)
+
+
+def run_studies(args: argparse.Namespace, work: Path, seed: int, skip: set[str]) -> list[Study]:
+    """Every study of the comparison with one sampler seed; the first one is the baseline of its rows."""
+    results: list[Study] = []
+    budget, n, evals = args.budget_steps, args.trials, args.evaluations
+    if "zoo" not in skip:
+        for jobs in map(int, args.zoo_jobs.split(",")):
+            for threads in map(int, args.zoo_threads.split(",")):
+                results.append(zoo_study(work, n, budget, evals, seed, threads, jobs))
                 _print_row(results[-1], results[0])
+    populations = [int(k) for k in args.population.split(",") if k]
+    for workers in map(int, args.workers.split(",")):
+        modes = [] if "sequential" in skip else [("sequential", 0)]
+        modes += [(f"population K={k}", k) for k in populations]
+        for name, k in modes:
+            label = f"rltune {name}, {workers} worker{'s' if workers > 1 else ''}"
+            extra = [f"tune.n_workers={workers}", *([f"tune.population={k}"] if k else [])]
+            results.append(rltune_study(label, work, n, budget, evals, seed, extra))
+            _print_row(results[-1], results[0])
+    return results
+
+
+def print_summary(results: list[Study]) -> None:
+    """Each study's median over the seeds: trials/hour and its ratio to the baseline of the same seed.
+
+    A study's speed depends on which configurations its sampler draws (a 256×256 network at 20 epochs
+    costs ten times a 64-unit one), so one seed can flatter or sink either tool; the median over seeds,
+    with every seed's figure beside it, is the comparison to quote.
+    """
+    baselines = {study.seed: study for study in results if study.label == results[0].label}
+    print(f"median over seeds {sorted(baselines)}; ratios are to {results[0].label} of the same seed")
+    for label in dict.fromkeys(study.label for study in results):
+        rows = [study for study in results if study.label == label]
+        ratios = [study.trials_per_hour / baselines[study.seed].trials_per_hour for study in rows]
+        as_good = sum(
+            study.best is not None
+            and baselines[study.seed].best is not None
+            and study.best >= baselines[study.seed].best
+            for study in rows
+        )
+        print(
+            f"{label:<42} trials/hour {statistics.median(s.trials_per_hour for s in rows):7.1f}  "
+            f"ratio median {statistics.median(ratios):5.2f}× (per seed "
+            f"{', '.join(f'{r:.2f}' for r in ratios)})  best ≥ baseline's in {as_good}/{len(rows)} seeds",
+            flush=True,
+        )
 
 
 def _print_row(study: Study, baseline: Study) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from algorithms import ALGORITHMS, PPOConfig, build_config, get_algorithm
-from algorithms.common.networks import set_torch_threads
+from algorithms.common.networks import configure_torch_cpu
 
 ROOT = Path(__file__).resolve().parents[1]  # the repo: presets resolve paths against it
 
@@ -221,7 +221,7 @@ def main() -> None:
         "--algos", default="", help="comma-separated algorithms to run (default: all), e.g. sac,td3"
     )
     args = parser.parse_args()
-    set_torch_threads(1)
+    configure_torch_cpu(1)
     try:
         import stable_baselines3
     except ImportError:

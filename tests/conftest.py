@@ -2,10 +2,10 @@
 
 import pytest
 
-from algorithms.common.networks import set_torch_threads
+from algorithms.common.networks import configure_torch_cpu
 
 
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread() -> None:
-    """One intra-op thread, as in every rltune worker process (faster for small nets on 2 cores)."""
-    set_torch_threads(1)
+    """One intra-op thread and denormals flushed, as in every one-at-a-time rltune worker process."""
+    configure_torch_cpu(1)

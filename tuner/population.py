@@ -33,7 +33,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from algorithms import ConfigError, EvalResult
-from algorithms.common.networks import set_torch_threads
+from algorithms.common.networks import configure_torch_cpu
 from algorithms.ppo_population import MEMBER_HYPERPARAMETERS, PopulationPPO, structural_fields
 from tuner.compose import algorithm_config
 from tuner.objective import (
@@ -134,7 +134,7 @@ def run_population(
     """
     from tuner.worker import fail_and_retry
 
-    set_torch_threads(int(setup.base_config.get("torch_threads", 1)))
+    configure_torch_cpu(settings.population_threads)
     state = PopulationState()
     outcomes: list[TrialOutcome] = []
 

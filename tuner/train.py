@@ -38,7 +38,7 @@ from algorithms import (
     UnsupportedSpaceError,
     get_algorithm,
 )
-from algorithms.common.networks import set_torch_threads
+from algorithms.common.networks import configure_torch_cpu
 from tuner.compose import CONF_DIR, algorithm_config
 from tuner.progress import TrainProgress
 from tuner.secrets import mask_secrets
@@ -268,7 +268,7 @@ def run_training(
     """
     config = resolve_config(cfg)
     settings = RunSettings.from_config(config)
-    set_torch_threads(settings.torch_threads)
+    configure_torch_cpu(settings.torch_threads)
     agent = build_agent(config, settings)
     try:
         return _train_and_record(agent, config, settings, parent_run_id, on_eval, run_name, tags or {})

@@ -30,10 +30,10 @@ class ValidationJob:
 
 def _train(job: ValidationJob) -> float:
     """Train one validation seed (in a worker process) and return its final eval return."""
-    from algorithms.common.networks import set_torch_threads
+    from algorithms.common.networks import configure_torch_cpu
     from tuner.train import run_training
 
-    set_torch_threads(int(job.config.get("torch_threads", 1)))
+    configure_torch_cpu(int(job.config.get("torch_threads", 1)))
     config = {**job.config, "seed": job.seed, "progress": False}
     result = run_training(
         OmegaConf.create(config),

@@ -1,6 +1,8 @@
 """The speed devices in common/ compute exactly what the plain PyTorch versions compute."""
 
 import copy
+import subprocess
+import sys
 
 import torch
 from torch import nn
@@ -83,3 +85,19 @@ def test_numpy_forward_matches_torch_forward_and_follows_optimizer_steps() -> No
         net(x).pow(2).sum().backward()
         opt.step()
         np.testing.assert_allclose(net.forward_numpy(x.numpy()), net(x).detach().numpy(), atol=1e-5)
+
+
+def test_configure_torch_cpu_sets_threads_and_flushes_denormals() -> None:
+    # A fresh process: the test session's own settings must not decide the outcome.
+    code = (
+        "import torch\n"
+        "from algorithms.common.networks import configure_torch_cpu\n"
+        "before = float(torch.tensor([1e-39]) * 1.0)\n"
+        "configure_torch_cpu(1)\n"
+        "print(before, float(torch.tensor([1e-39]) * 1.0), torch.get_num_threads())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after, threads = result.stdout.split()
+    assert float(before) > 0.0  # torch keeps denormals by default
+    assert float(after) == 0.0
+    assert int(threads) == 1
