@@ -134,7 +134,7 @@ def run_population(
     """
     from tuner.worker import fail_and_retry
 
-    configure_torch_cpu(settings.population_threads)
+    configure_torch_cpu(int(setup.base_config.get("torch_threads", 1)))
     state = PopulationState()
     outcomes: list[TrialOutcome] = []
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import re
 import threading
 import time
@@ -62,8 +61,6 @@ class TuneSettings:
     """Slots of a population-mode worker (0: off; trials run one after another)."""
     population_trials: int = 0
     """Trials one population starts before it retires and the next samples a new structure."""
-    population_threads: int = 1
-    """Torch intra-op threads of a population-mode worker (``auto`` resolved: cores ÷ ``n_workers``)."""
 
     @classmethod
     def from_config(cls, tune: Mapping[str, Any]) -> TuneSettings:
@@ -108,18 +105,6 @@ class TuneSettings:
             raise ConfigError(
                 f"tune.population_trials must be an integer >= 1 or null, got {population_trials!r}"
             )
-        n_workers = integer("n_workers", 1)
-        population_threads = tune.get("population_threads", "auto")
-        if population_threads == "auto":
-            population_threads = max(1, available_cores() // n_workers)
-        elif (
-            not isinstance(population_threads, int)
-            or isinstance(population_threads, bool)
-            or population_threads < 1
-        ):
-            raise ConfigError(
-                f"tune.population_threads must be an integer >= 1 or auto, got {population_threads!r}"
-            )
         name = tune.get("study_name")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"tune.study_name must be a non-empty string, got {name!r}")
@@ -131,7 +116,7 @@ class TuneSettings:
             n_seeds=n_seeds,
             seeds=seeds,
             budget_steps=integer("budget_steps", 1),
-            n_workers=n_workers,
+            n_workers=integer("n_workers", 1),
             heartbeat_interval=heartbeat,
             grace_period=grace,
             max_retry=integer("max_retry", 0),
@@ -141,15 +126,7 @@ class TuneSettings:
             export_name=_preset_name(tune.get("export_name")),
             population=population,
             population_trials=population_trials,
-            population_threads=population_threads,
         )
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one, else the CPU count)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _preset_name(name: Any) -> str:

@@ -275,11 +275,12 @@ def _member_init(fan_in: int, fan_out: int, gain: float, ortho: bool) -> torch.T
 def configure_torch_cpu(threads: int) -> None:
     """Set torch's intra-op thread count and flush denormal floats to zero, for this process.
 
-    One thread is fastest for one small network on these CPUs; a population's batched matmuls gain from
-    more. Denormal floats (magnitudes below ~1.2e-38) build up while training, for instance in Adam's
-    first moments of ReLU units whose gradient stays zero, and the CPU computes on them far more slowly:
-    flushing them to zero made 256×256 ReLU PPO training 1.6× (one agent) to 2× (a population of 8)
-    faster here (bench/results/sweep_speed.md). Values that small carry no information for training.
+    One thread is fastest for small networks on these CPUs, and in a population sweep too (a K=8,
+    256×256 population trained no faster on two threads inside ``tuner.tune``). Denormal floats
+    (magnitudes below ~1.2e-38) build up while training, for instance in Adam's first moments of ReLU
+    units whose gradient stays zero, and the CPU computes on them far more slowly: flushing them to zero
+    made 256×256 ReLU PPO training 1.5× (a population of 8 in a sweep) to 1.6× (one agent) faster here
+    (bench/results/sweep_speed.md). Values that small carry no information for training.
     """
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)

@@ -10,13 +10,10 @@ import time
 from pathlib import Path
 
 from mlflow import MlflowClient
-from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from tests.tuner.test_tune import ENV, ROOT, counted, load, run_tune, runs_by_name, tune_args
-from tuner.compose import compose_config
 from tuner.population import population_size
-from tuner.study import TuneSettings, available_cores
 
 # The search space keeps one structural knob (n_epochs), so populations have a structure to fix.
 WITH_EPOCHS = "+search.params.n_epochs={type:categorical,choices:[1,2]}"
@@ -112,7 +109,6 @@ def test_population_settings_are_checked_before_anything_runs(tmp_path: Path) ->
         (tune_args(tmp_path, "tune.population=1", "tune.n_seeds=2"), "tune.population (1) must be >="),
         (tune_args(tmp_path, "tune.population=2", "sampler=nsga2"), "single-objective sampler"),
         (tune_args(tmp_path, "tune.population=2", "tune.population_trials=0"), "tune.population_trials must"),
-        (tune_args(tmp_path, "tune.population=2", "tune.population_threads=0"), "population_threads must"),
     ]
     for args, fragment in cases:
         args = [*args, f"paths.runs_dir={tmp_path}", "tune.n_trials=2"]
@@ -183,17 +179,3 @@ def test_a_population_is_sized_for_equal_waves_of_its_trials() -> None:
     assert population_size(4, 2, 8, 3) == 4  # 2 seeds a trial: waves of 2 trials, then 1
     assert population_size(5, 2, 10, 20) == 4  # 2 trials a wave; a fifth slot could not hold a trial
     assert population_size(1, 1, 2, 20) == 1
-
-
-def test_population_threads_auto_shares_the_cores_among_local_workers() -> None:
-    tune = load_tune_node()
-    cores = available_cores()
-    for workers in (1, 2, cores, cores + 1):
-        settings = TuneSettings.from_config({**tune, "n_workers": workers, "population_threads": "auto"})
-        assert settings.population_threads == max(1, cores // workers)
-    assert TuneSettings.from_config({**tune, "population_threads": 3}).population_threads == 3
-
-
-def load_tune_node() -> dict:
-    """conf/tune.yaml's tune node, resolved as the tuner composes it."""
-    return OmegaConf.to_container(compose_config([], config_name="tune").tune, resolve=True)
