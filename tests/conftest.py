@@ -6,6 +6,6 @@ from algorithms.common.networks import configure_torch_cpu
 
 
 @pytest.fixture(autouse=True, scope="session")
-def one_torch_thread() -> None:
+def torch_as_in_workers() -> None:
     """One intra-op thread and denormals flushed, as in every one-at-a-time rltune worker process."""
     configure_torch_cpu(1)

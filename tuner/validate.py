@@ -29,11 +29,12 @@ class ValidationJob:
 
 
 def _train(job: ValidationJob) -> float:
-    """Train one validation seed (in a worker process) and return its final eval return."""
-    from algorithms.common.networks import configure_torch_cpu
+    """Train one validation seed (in a worker process) and return its final eval return.
+
+    ``run_training`` sets the torch threads and denormal flushing from the config's ``torch_threads``.
+    """
     from tuner.train import run_training
 
-    configure_torch_cpu(int(job.config.get("torch_threads", 1)))
     config = {**job.config, "seed": job.seed, "progress": False}
     result = run_training(
         OmegaConf.create(config),
