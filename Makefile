@@ -72,7 +72,7 @@ report: install ## tables and plots of the newest benchmark from MLflow: make re
 bench: $(BENCH_STAMP) ## throughput against Stable-Baselines3 (same hyperparameters), prints the ratios
 	$(PY) bench/throughput.py $(ARGS)
 
-bench-sweep: $(BENCH_STAMP) ## one PPO CartPole study: rltune sequential, population mode, rl-zoo3 (slow: about 1 h per sampler seed here)
+bench-sweep: $(BENCH_STAMP) ## one PPO CartPole study: rltune sequential, population mode, rl-zoo3 (slow: 25–55 min per sampler seed here with --workers 1 --zoo-jobs 1)
 	$(PY) bench/sweep_speed.py $(ARGS)
 
 bench-population: install ## K population members vs K single agents, same preset: final-return IQMs and CIs
