@@ -22,7 +22,7 @@ TORCH_PIN := torch==2.13.0
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full sweep worker train replay benchmark report bench bench-sweep bench-population bench-scores ui tracking-server dashboard lint format clean
+.PHONY: help install test test-full sweep worker train replay benchmark report bench bench-sweep bench-ceiling bench-population bench-scores ui tracking-server dashboard lint format clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -74,6 +74,9 @@ bench: $(BENCH_STAMP) ## throughput against Stable-Baselines3 (same hyperparamet
 
 bench-sweep: $(BENCH_STAMP) ## one PPO CartPole study: rltune sequential, population mode, rl-zoo3 (slow: 25–55 min per sampler seed here with --workers 1 --zoo-jobs 1)
 	$(PY) bench/sweep_speed.py $(ARGS)
+
+bench-ceiling: $(BENCH_STAMP) ## one PPO structure's trial time (SB3, rltune, population) vs its fp32 floor: make bench-ceiling ARGS="algo.n_epochs=20"
+	$(PY) -m bench.structure_ceiling $(ARGS)
 
 bench-population: install ## K population members vs K single agents, same preset: final-return IQMs and CIs
 	$(PY) bench/population_check.py $(ARGS)
