@@ -37,6 +37,7 @@ import torch
 from algorithms import PPO, PPOConfig
 from algorithms.common.envs import make_vec_env
 from algorithms.common.networks import configure_torch_cpu
+from algorithms.ppo import ActorCritic
 from algorithms.ppo_population import PopulationPPO
 from bench.throughput import sb3_kwargs
 from tuner.compose import algorithm_config, compose_config
@@ -83,9 +84,15 @@ def trial_work(config: PPOConfig, obs_dim: int, head_dim: int, budget: int) -> T
     return TrialWork(env_steps=updates * rollout, updates=updates, flops=2.0 * (collect + train))
 
 
-def peak_matmul_flops(size: int = 1024, repeats: int = 20) -> float:
-    """The best fp32 matmul rate (FLOP/s) of one thread here: a large square product, best of ``repeats``."""
+def peak_matmul_flops(size: int = 1024, repeats: int = 50) -> float:
+    """The best fp32 matmul rate (FLOP/s) of one thread here: a large square product, best of ``repeats``.
+
+    A rate measured too low would raise the floor and understate the ceiling, so take the best of many
+    products after a warm-up (the first ones run before the core has reached its clock).
+    """
     a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(5):
+        torch.mm(a, b)
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
@@ -157,8 +164,7 @@ def main() -> None:
     env_id = str(cfg.env.id)
     probe = make_vec_env(env_id, 1, 0, "sync", {})
     obs_dim = int(np.prod(probe.single_observation_space.shape))
-    space = probe.single_action_space
-    head_dim = int(space.n) if hasattr(space, "n") else 2 * int(np.prod(space.shape))
+    head_dim = ActorCritic(obs_dim, probe.single_action_space, config).head_dim  # the actor's outputs
     probe.close()
 
     work = trial_work(config, obs_dim, head_dim, args.budget_steps)
