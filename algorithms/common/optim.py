@@ -174,6 +174,13 @@ class MemberAdam:
         """Adam steps each member has taken (drive its bias corrections)."""
         self.exp_avg = torch.zeros_like(self.rows)
         self.exp_avg_sq = torch.zeros_like(self.rows)
+        self._clip_divisor = torch.ones(n_members)
+        # Each member's tensors as views made once: indexing in the step loop costs microseconds a call.
+        self._member_views = tuple(
+            (self.rows[k], self.grad_rows[k], self.exp_avg[k], self.exp_avg_sq[k], self.steps[k],
+             self._clip_divisor[k])
+            for k in range(n_members)
+        )  # fmt: skip
 
     def reset_member(self, member: int) -> None:
         """Forget member ``member``'s moments and step count (a fresh optimizer for a new member)."""
@@ -193,13 +200,15 @@ class MemberAdam:
         An inactive member's weights, moments and step count stay exactly as they were, whatever its
         gradient holds (NaN from a diverged loss included).
         """
-        norms = self.grad_norms().tolist()
-        lrs, clips = self.lr.view(-1).tolist(), self.max_grad_norm.view(-1).tolist()
+        # Clipping multiplies a gradient by min(limit / (norm + 1e-6), 1); the fused kernel divides by
+        # the inverse as it reads the gradient, which saves a separate pass over every member's row.
+        divisor = (self.grad_norms() + 1e-6) / self.max_grad_norm.view(-1)
+        torch.clamp(divisor, min=1.0, out=self._clip_divisor)
+        self.steps += active
+        lrs = self.lr.view(-1).tolist()
         for k in torch.nonzero(active).view(-1).tolist():
-            grad = self.grad_rows[k]
-            grad.mul_(min(clips[k] / (norms[k] + 1e-6), 1.0))
-            self.steps[k] += 1
-            adam_update(self.rows[k], grad, self.exp_avg[k], self.exp_avg_sq[k], self.steps[k], lrs[k], self)
+            row, grad, exp_avg, exp_avg_sq, step, clip_divisor = self._member_views[k]
+            adam_update(row, grad, exp_avg, exp_avg_sq, step, lrs[k], self, clip_divisor)
         self.grad_rows.zero_()
 
 
@@ -217,15 +226,21 @@ def adam_update(
     step: torch.Tensor,
     lr: float,
     hp: _AdamHyperparameters,
+    grad_divisor: torch.Tensor | None = None,
 ) -> None:
     """One Adam step of ``param`` (in place) whose ``step`` count was already incremented: ATen's fused
-    kernel where the build has it, else the same update in plain tensor ops."""
+    kernel where the build has it, else the same update in plain tensor ops.
+
+    With ``grad_divisor`` (a one-element tensor), the gradient is first divided by it, in place.
+    """
     if _FUSED_ADAM is not None:
         _FUSED_ADAM(
             [param], [grad], [exp_avg], [exp_avg_sq], [], [step], lr=lr, beta1=hp.beta1, beta2=hp.beta2,
-            weight_decay=0.0, eps=hp.eps, amsgrad=False, maximize=False,
+            weight_decay=0.0, eps=hp.eps, amsgrad=False, maximize=False, grad_scale=grad_divisor,
         )  # fmt: skip
         return
+    if grad_divisor is not None:
+        grad.div_(grad_divisor)
     n = float(step)
     exp_avg.lerp_(grad, 1 - hp.beta1)
     exp_avg_sq.mul_(hp.beta2).addcmul_(grad, grad, value=1 - hp.beta2)
