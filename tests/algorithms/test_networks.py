@@ -101,3 +101,24 @@ def test_configure_torch_cpu_sets_threads_and_flushes_denormals() -> None:
     assert float(before) > 0.0  # torch keeps denormals by default
     assert float(after) == 0.0
     assert int(threads) == 1
+
+
+def test_adam_update_plain_ops_match_the_fused_kernel_with_a_gradient_divisor(monkeypatch) -> None:
+    """The fallback for builds without ATen's fused Adam divides the gradient as the kernel does."""
+    from algorithms.common import optim
+
+    torch.manual_seed(0)
+    param, grad = torch.randn(1000), torch.randn(1000)
+    divisor = torch.tensor(3.0)
+    results = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(optim, "_FUSED_ADAM", None)
+        p, g, step = param.clone(), grad.clone(), torch.ones(())
+        m, v = torch.zeros(1000), torch.zeros(1000)
+        optim.adam_update(p, g, m, v, step, 1e-2, FlatAdam(nn.Parameter(torch.zeros(1)), lr=0.0), divisor)
+        results.append((p, g, m, v))
+    assert optim._FUSED_ADAM is None  # the second pass did take the fallback
+    for fused_t, plain_t in zip(*results, strict=True):
+        torch.testing.assert_close(plain_t, fused_t, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(results[0][1], grad / 3)  # both leave the divided gradient behind
