@@ -228,8 +228,8 @@ def _fill_slots(
             continue
         if state.population is None:
             settings_0 = RunSettings.from_config(config)
-            # The trial in hand and the ones still waiting, shared evenly with the other workers.
-            ahead = -(-(budget_status(study).waiting + 1) // settings.n_workers)
+            status = budget_status(study)
+            ahead = trials_ahead(status.waiting, status.running, settings.n_workers)
             n_members = population_size(settings.population, n_seeds, settings.population_trials, ahead)
             state.population = PopulationPPO(settings_0.env_id, algo_config, n_members, settings_0.env_kwargs)
             state.structure = _structure_params(trial, setup)
@@ -244,6 +244,17 @@ def _fill_slots(
 def _capacity(state: PopulationState, settings: TuneSettings) -> int:
     """Slots of the current population, or the most a new one may have."""
     return state.population.n_members if state.population is not None else settings.population
+
+
+def trials_ahead(waiting: int, running: int, n_workers: int) -> int:
+    """Trials a worker's new population plans for: its even share of the study's unfinished trials
+    (``waiting`` or ``running``, the trial in hand counted as running), but no more than it can still
+    take (the waiting ones and the one in hand).
+
+    Trials other workers are running count toward their share: a worker that starts a population while
+    another already trains ten of a 20-trial study plans for the other ten, not half of them.
+    """
+    return max(1, min(waiting + 1, -(-(waiting + running) // n_workers)))
 
 
 def population_size(max_members: int, n_seeds: int, population_trials: int, trials_ahead: int) -> int:

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tests.tuner.test_tune import ENV, ROOT, counted, load, run_tune, runs_by_name, tune_args
-from tuner.population import population_size
+from tuner.population import population_size, trials_ahead
 
 # The search space keeps one structural knob (n_epochs), so populations have a structure to fix.
 WITH_EPOCHS = "+search.params.n_epochs={type:categorical,choices:[1,2]}"
@@ -179,3 +179,12 @@ def test_a_population_is_sized_for_equal_waves_of_its_trials() -> None:
     assert population_size(4, 2, 8, 3) == 4  # 2 seeds a trial: waves of 2 trials, then 1
     assert population_size(5, 2, 10, 20) == 4  # 2 trials a wave; a fifth slot could not hold a trial
     assert population_size(1, 1, 2, 20) == 1
+
+
+def test_a_new_population_plans_for_its_workers_share_of_the_unfinished_trials() -> None:
+    """Waiting and running trials are shared evenly between workers; a worker takes no more than waits."""
+    assert trials_ahead(waiting=19, running=1, n_workers=1) == 20  # one worker: the whole study
+    assert trials_ahead(waiting=19, running=1, n_workers=2) == 10  # the first of two workers: half
+    assert trials_ahead(waiting=9, running=11, n_workers=2) == 10  # the other holds 10: the other half
+    assert trials_ahead(waiting=4, running=9, n_workers=2) == 5  # the other is busy: the rest of the queue
+    assert trials_ahead(waiting=0, running=1, n_workers=4) == 1  # the last trial
