@@ -229,7 +229,7 @@ def _fill_slots(
         if state.population is None:
             settings_0 = RunSettings.from_config(config)
             status = budget_status(study)
-            ahead = trials_ahead(status.waiting, status.running, settings.n_workers)
+            ahead = worker_share(status.waiting, status.running, settings.n_workers)
             n_members = population_size(settings.population, n_seeds, settings.population_trials, ahead)
             state.population = PopulationPPO(settings_0.env_id, algo_config, n_members, settings_0.env_kwargs)
             state.structure = _structure_params(trial, setup)
@@ -246,7 +246,7 @@ def _capacity(state: PopulationState, settings: TuneSettings) -> int:
     return state.population.n_members if state.population is not None else settings.population
 
 
-def trials_ahead(waiting: int, running: int, n_workers: int) -> int:
+def worker_share(waiting: int, running: int, n_workers: int) -> int:
     """Trials a worker's new population plans for: its even share of the study's unfinished trials
     (``waiting`` or ``running``, the trial in hand counted as running), but no more than it can still
     take (the waiting ones and the one in hand).

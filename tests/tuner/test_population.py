@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tests.tuner.test_tune import ENV, ROOT, counted, load, run_tune, runs_by_name, tune_args
-from tuner.population import population_size, trials_ahead
+from tuner.population import population_size, worker_share
 
 # The search space keeps one structural knob (n_epochs), so populations have a structure to fix.
 WITH_EPOCHS = "+search.params.n_epochs={type:categorical,choices:[1,2]}"
@@ -183,8 +183,8 @@ def test_a_population_is_sized_for_equal_waves_of_its_trials() -> None:
 
 def test_a_new_population_plans_for_its_workers_share_of_the_unfinished_trials() -> None:
     """Waiting and running trials are shared evenly between workers; a worker takes no more than waits."""
-    assert trials_ahead(waiting=19, running=1, n_workers=1) == 20  # one worker: the whole study
-    assert trials_ahead(waiting=19, running=1, n_workers=2) == 10  # the first of two workers: half
-    assert trials_ahead(waiting=9, running=11, n_workers=2) == 10  # the other holds 10: the other half
-    assert trials_ahead(waiting=4, running=9, n_workers=2) == 5  # the other is busy: the rest of the queue
-    assert trials_ahead(waiting=0, running=1, n_workers=4) == 1  # the last trial
+    assert worker_share(waiting=19, running=1, n_workers=1) == 20  # one worker: the whole study
+    assert worker_share(waiting=19, running=1, n_workers=2) == 10  # the first of two workers: half
+    assert worker_share(waiting=9, running=11, n_workers=2) == 10  # the other holds 10: the other half
+    assert worker_share(waiting=4, running=9, n_workers=2) == 5  # the other is busy: the rest of the queue
+    assert worker_share(waiting=0, running=1, n_workers=4) == 1  # the last trial
