@@ -3,6 +3,7 @@
 import copy
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -110,13 +111,14 @@ def test_adam_update_plain_ops_match_the_fused_kernel_with_a_gradient_divisor(mo
     torch.manual_seed(0)
     param, grad = torch.randn(1000), torch.randn(1000)
     divisor = torch.tensor(3.0)
+    hyperparameters = SimpleNamespace(beta1=0.9, beta2=0.999, eps=1e-8)
     results = []
     for fused in (True, False):
         if not fused:
             monkeypatch.setattr(optim, "_FUSED_ADAM", None)
         p, g, step = param.clone(), grad.clone(), torch.ones(())
         m, v = torch.zeros(1000), torch.zeros(1000)
-        optim.adam_update(p, g, m, v, step, 1e-2, FlatAdam(nn.Parameter(torch.zeros(1)), lr=0.0), divisor)
+        optim.adam_update(p, g, m, v, step, 1e-2, hyperparameters, divisor)
         results.append((p, g, m, v))
     assert optim._FUSED_ADAM is None  # the second pass did take the fallback
     for fused_t, plain_t in zip(*results, strict=True):
