@@ -121,8 +121,10 @@ def test_population_settings_are_checked_before_anything_runs(tmp_path: Path) ->
 
 def test_an_interrupted_population_loses_nothing_and_resumes(tmp_path: Path) -> None:
     args = tune_args(tmp_path, "tune.population=2", "tune.n_trials=4", "tune.budget_steps=20000")
+    # faulthandler: if SIGTERM does not end the sweep, SIGABRT makes it print every thread's stack.
+    env = {**ENV, "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen(
-        args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     try:
         deadline = time.time() + 120
@@ -132,7 +134,13 @@ def test_an_interrupted_population_loses_nothing_and_resumes(tmp_path: Path) -> 
             time.sleep(0.2)
         time.sleep(1.0)
         os.kill(proc.pid, signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGABRT)
+            _, stderr = proc.communicate(timeout=30)
+            hung = f"the sweep did not exit within 60 s of SIGTERM; its stacks:\n{stderr}"
+            raise AssertionError(hung) from None
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, stderr
