@@ -56,7 +56,7 @@ from tuner.study import (
     claim_trial,
     time_left,
 )
-from tuner.tracking import RunRecorder, interrupts_raise, start_run
+from tuner.tracking import RunRecorder, RunSignals, interrupts_raise, start_run
 from tuner.train import RunSettings, TrainingMonitor, finish_run
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,9 @@ def run_population(
         if on_outcome is not None:
             on_outcome(outcome)
 
-    with interrupts_raise():
+    # Signals raise only in the training, evaluation and sleeps below (signals.allowed()); elsewhere
+    # they wait, so that no storage or MLflow write is cut off halfway.
+    with interrupts_raise() as signals:
         try:
             while True:
                 _fill_slots(study, storage, setup, settings, state, finished)
@@ -160,9 +162,10 @@ def run_population(
                     # Other workers still run trials; one of theirs may come back as a retry.
                     with contextlib.suppress(Exception):
                         optuna.storages.fail_stale_trials(study)
-                    time.sleep(settings.heartbeat_interval)
+                    with signals.allowed():
+                        time.sleep(settings.heartbeat_interval)
                     continue
-                _iterate(study, setup, state, finished)
+                _iterate(study, setup, state, signals, finished)
         except BaseException as exc:
             for number in list(state.trials):
                 running = state.trials.pop(number)
@@ -354,12 +357,14 @@ def _iterate(
     study: optuna.Study,
     setup: TrialSetup,
     state: PopulationState,
+    signals: RunSignals,
     finished: Callable[[TrialOutcome], None],
 ) -> None:
     """One iteration of every member, then the evaluations due, the reports and the trials that end."""
     population = state.population
     assert population is not None
-    result = population.learn_iteration()
+    with signals.allowed():
+        result = population.learn_iteration()
     by_slot = {seed.slot: (trial, seed) for trial in state.trials.values() for seed in trial.seeds}
     for slot, train_state in result.states.items():
         by_slot[slot][1].monitor.record(train_state)
@@ -380,9 +385,10 @@ def _iterate(
     if not due:
         return
     n_episodes = next(iter(due.values()))[1].settings.eval_episodes
-    results = population.evaluate(
-        {slot: seed.settings.eval_seed for slot, (_, seed) in due.items()}, n_episodes
-    )
+    with signals.allowed():
+        results = population.evaluate(
+            {slot: seed.settings.eval_seed for slot, (_, seed) in due.items()}, n_episodes
+        )
 
     for trial in {id(t): t for t, _ in due.values()}.values():
         step = 0

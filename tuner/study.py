@@ -388,7 +388,8 @@ class Heartbeat:
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:  # started: an error can come between creation and start
+            self._thread.join()
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):

@@ -164,7 +164,7 @@ def start_run(
         run_id = client.create_run(experiment_id, run_name=run_name, tags=_tag_dict(all_tags)).info.run_id
     recorder = RunRecorder(client, run_id)
     status = RunStatus.FAILED
-    with _RunSignals(install=handle_signals) as signals:
+    with RunSignals(install=handle_signals) as signals:
         try:
             yield recorder
             status = RunStatus.FINISHED
@@ -247,22 +247,29 @@ def _open_experiment(uri: str, name: str, artifact_dir: Path | None) -> tuple[Ml
     return client, experiment.experiment_id
 
 
-class _RunSignals:
-    """Signal handling for an open run (a context manager), so that the run never stays RUNNING.
+class RunSignals:
+    """Signal handling for open runs (a context manager), so that a run never stays RUNNING.
 
     Inside the block SIGTERM raises :class:`RunTerminated` and SIGINT raises KeyboardInterrupt. Once
     ``closing`` is set (the run is being ended), both are held instead; on leaving the block the previous
     handlers are put back and any held signal is delivered to them. Signals that were ignored stay
     ignored; outside the main thread nothing is installed.
+
+    With ``deferred=True`` signals raise only inside :meth:`allowed` blocks (computation and sleeps) and
+    are held everywhere else. An exception raised in the middle of a storage or tracking call can leave
+    that call's database connection inside an open transaction, and every later write then waits on its
+    lock (SQLite's busy timeout is 60 s here); a deferred block never interrupts one.
     """
 
-    def __init__(self, install: bool = True) -> None:
+    def __init__(self, install: bool = True, deferred: bool = False) -> None:
         self.closing = False
         self._install = install
+        self._deferred = deferred
+        self._allowed = False
         self._held: list[int] = []
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> _RunSignals:
+    def __enter__(self) -> RunSignals:
         if self._install and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 if signal.getsignal(signum) is not signal.SIG_IGN:
@@ -275,19 +282,42 @@ class _RunSignals:
         for signum in dict.fromkeys(self._held):
             signal.raise_signal(signum)
 
+    @contextmanager
+    def allowed(self) -> Iterator[None]:
+        """A block in which a signal raises at once: computation or a sleep, nothing half-written when
+        it is cut short. A signal held since the last such block raises on entry (the others held with
+        it are dropped: one interrupt is enough)."""
+        outer = self._allowed
+        try:  # set inside the try, so that no exception can leave the flag set
+            self._allowed = True  # before the check: a signal from here on raises by itself
+            if self._held and not self.closing:
+                signum = self._held[-1]
+                self._held.clear()
+                _raise_for(signum)
+            yield
+        finally:
+            self._allowed = outer
+
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self.closing:
+        if self.closing or (self._deferred and not self._allowed):
             self._held.append(signum)
             return
-        if signum == signal.SIGTERM:
-            raise RunTerminated(signum)
-        raise KeyboardInterrupt
+        _raise_for(signum)
 
 
-def interrupts_raise() -> _RunSignals:
-    """A block in which SIGTERM raises :class:`RunTerminated` and SIGINT KeyboardInterrupt, for runs
-    opened with ``handle_signals=False`` inside it."""
-    return _RunSignals()
+def _raise_for(signum: int) -> None:
+    """RunTerminated for SIGTERM, KeyboardInterrupt for SIGINT."""
+    if signum == signal.SIGTERM:
+        raise RunTerminated(signum)
+    raise KeyboardInterrupt
+
+
+def interrupts_raise() -> RunSignals:
+    """A deferred :class:`RunSignals` block, for runs opened with ``handle_signals=False`` inside it:
+    SIGTERM raises :class:`RunTerminated` and SIGINT KeyboardInterrupt, but only inside its
+    :meth:`~RunSignals.allowed` blocks; anywhere else they wait for the next one, or for the block's end
+    (then they go to the previous handlers)."""
+    return RunSignals(deferred=True)
 
 
 class RunReader:

@@ -107,12 +107,34 @@ def test_signals_while_a_run_is_being_closed_are_held_then_delivered() -> None:
     received: list[int] = []
     before = signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
     try:
-        with tracking._RunSignals() as signals:
+        with tracking.RunSignals() as signals:
             signals.closing = True
             os.kill(os.getpid(), signal.SIGTERM)  # held: no exception while closing
             time.sleep(0.1)
             assert received == []
         assert received == [signal.SIGTERM]  # delivered to the previous handler on leaving
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_a_deferred_block_raises_signals_only_inside_allowed_blocks() -> None:
+    received: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
+    try:
+        with tracking.interrupts_raise() as signals:
+            os.kill(os.getpid(), signal.SIGTERM)  # held: a storage write here would not be cut off
+            time.sleep(0.1)
+            with pytest.raises(RunTerminated), signals.allowed():
+                pytest.fail("the held SIGTERM did not raise on entering the allowed block")
+            with pytest.raises(RunTerminated), signals.allowed():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # interrupted at once
+            with signals.allowed():
+                time.sleep(0.1)  # nothing is held any more
+            os.kill(os.getpid(), signal.SIGTERM)  # held to the end of the block
+            time.sleep(0.1)
+            assert received == []
+        assert received == [signal.SIGTERM]  # then delivered to the previous handler
     finally:
         signal.signal(signal.SIGTERM, before)
 
