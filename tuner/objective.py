@@ -24,7 +24,7 @@ from algorithms import ConfigError, NonFiniteLossError, UnsupportedSpaceError
 from tuner.compose import algorithm_config
 from tuner.search import SearchSpace, to_overrides
 from tuner.study import FAIL_REASON_ATTR, TRIAL_RUN_ATTR
-from tuner.tracking import start_run
+from tuner.tracking import RunSignals, start_run
 from tuner.train import run_training
 
 log = logging.getLogger(__name__)
@@ -115,12 +115,18 @@ def trial_overrides(setup: TrialSetup, values: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, setup: TrialSetup) -> TrialOutcome:
+def run_trial(
+    study: optuna.Study, trial: optuna.Trial, setup: TrialSetup, signals: RunSignals | None = None
+) -> TrialOutcome:
     """Sample, train every seed, tell Optuna the result; returns how the trial ended.
 
     A sampled config the algorithm rejects, or a loss that turns non-finite, ends the trial FAIL with
     the reason in its ``fail_reason`` user attr and on its MLflow run; the study goes on. Anything
     else (a bug, KeyboardInterrupt) propagates after the trial's MLflow run is ended.
+
+    ``signals`` is the worker's deferred signal block (:func:`tuner.tracking.interrupts_raise`): the
+    trial's runs then leave signals to it, and they interrupt only the learning. None: each run handles
+    them itself.
     """
     values = setup.space.suggest(trial)
     trial.set_user_attr(VALUES_ATTR, dict(values))
@@ -135,7 +141,11 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, setup: TrialSetup) -> Tr
     started = time.perf_counter()
     try:
         with start_run(
-            **setup.tracking, run_name=f"trial-{trial.number}", tags=tags, parent_run_id=setup.sweep_run_id
+            **setup.tracking,
+            run_name=f"trial-{trial.number}",
+            tags=tags,
+            parent_run_id=setup.sweep_run_id,
+            handle_signals=signals is None,
         ) as run:
             trial.set_user_attr(TRIAL_RUN_ATTR, run.run_id)
             run.log_params({"trial": {"number": trial.number}, "sampled": dict(values)})
@@ -147,6 +157,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, setup: TrialSetup) -> Tr
                     parent_run_id=run.run_id,
                     on_eval=None if setup.multi_objective else reporter,
                     run_name=f"trial-{trial.number}-seed{seed}",
+                    signals=signals,
                 )
                 if result.stopped_early:
                     run.set_tags({"optuna_state": "PRUNED", "pruned_step": reporter.pruned_at})
@@ -189,6 +200,7 @@ def fail_trial(
                 run_name=f"trial-{trial.number}",
                 tags=tags,
                 parent_run_id=setup.sweep_run_id,
+                handle_signals=False,  # a short block; the caller's handler (a worker's) governs
             ) as run:
                 trial.set_user_attr(TRIAL_RUN_ATTR, run.run_id)
                 run.set_tags({"optuna_state": "FAIL"})

@@ -298,6 +298,21 @@ class RunSignals:
         finally:
             self._allowed = outer
 
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """A block inside an :meth:`allowed` one that is never interrupted (storage and tracking writes
+        from a training callback); a signal that came during it raises on leaving it."""
+        outer = self._allowed
+        self._allowed = False
+        try:
+            yield
+        finally:
+            self._allowed = outer
+        if outer and self._held and not self.closing:
+            signum = self._held[-1]
+            self._held.clear()
+            _raise_for(signum)
+
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.closing or (self._deferred and not self._allowed):
             self._held.append(signum)

@@ -12,6 +12,7 @@ separate envs → final evaluation → model, config and learning curve as artif
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -44,7 +45,7 @@ from tuner.progress import TrainProgress
 from tuner.secrets import mask_secrets
 
 if TYPE_CHECKING:
-    from tuner.tracking import RunRecorder
+    from tuner.tracking import RunRecorder, RunSignals
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,8 @@ class TrainingMonitor:
     Attributes:
         episodes: ``(env step, return)`` of every finished training episode.
         evaluations: ``(env step, mean return, std return)`` of every evaluation, the final one included.
+        signals: the deferred signal block of a tuning worker, or None; when set, each callback runs as
+            a held block, so that no MLflow or Optuna write in it is cut off.
     """
 
     def __init__(
@@ -178,8 +181,10 @@ class TrainingMonitor:
         run: RunRecorder,
         progress: TrainProgress,
         on_eval: EvalHook | None = None,
+        signals: RunSignals | None = None,
     ) -> None:
         self.agent = agent
+        self.signals = signals
         self.settings = settings
         self.run = run
         self.progress = progress
@@ -194,9 +199,10 @@ class TrainingMonitor:
     def __call__(self, state: TrainState) -> None:
         """Record one iteration; evaluate when an evaluation point was passed (the last one is left to
         the final evaluation)."""
-        self.record(state)
-        if self.eval_due(state.step) and self.record_eval(state.step, self.evaluate(state.step)):
-            state.request_stop()
+        with self.signals.held() if self.signals is not None else contextlib.nullcontext():
+            self.record(state)
+            if self.eval_due(state.step) and self.record_eval(state.step, self.evaluate(state.step)):
+                state.request_stop()
 
     def record(self, state: TrainState) -> None:
         """Log one iteration's finished episodes, diagnostics and speed, and update the progress."""
@@ -250,6 +256,7 @@ def run_training(
     on_eval: EvalHook | None = None,
     run_name: str | None = None,
     tags: Mapping[str, Any] | None = None,
+    signals: RunSignals | None = None,
 ) -> TrainResult:
     """Validate ``cfg`` (composed from conf/train.yaml), then train, evaluate and record one MLflow run.
 
@@ -260,6 +267,8 @@ def run_training(
             during training stops it there (that evaluation is then the final one).
         run_name: MLflow run name (default ``<algo>-<env>-seed<seed>``).
         tags: extra MLflow tags of the run (e.g. a benchmark cell's identity).
+        signals: the deferred signal block this runs in (a tuning worker's); signals then interrupt only
+            the learning itself, never a write. None: the run handles signals itself.
 
     Raises:
         ConfigError, UnsupportedSpaceError: before any MLflow run exists.
@@ -271,7 +280,9 @@ def run_training(
     configure_torch_cpu(settings.torch_threads)
     agent = build_agent(config, settings)
     try:
-        return _train_and_record(agent, config, settings, parent_run_id, on_eval, run_name, tags or {})
+        return _train_and_record(
+            agent, config, settings, parent_run_id, on_eval, run_name, tags or {}, signals
+        )
     finally:
         agent.close()
 
@@ -284,6 +295,7 @@ def _train_and_record(
     on_eval: EvalHook | None,
     run_name: str | None,
     extra_tags: Mapping[str, Any],
+    signals: RunSignals | None,
 ) -> TrainResult:
     """Open the MLflow run, learn with the monitor, evaluate, store config, model and learning curve."""
     # Imported only once the config is valid: MLflow and matplotlib take ~2 s to import, which a bad
@@ -295,7 +307,13 @@ def _train_and_record(
         tags["overrides"] = " ".join(HydraConfig.get().overrides.task)
     run_name = run_name or f"{settings.algo}-{settings.env_name}-seed{settings.seed}"
     with start_run(
-        settings.tracking_uri, settings.experiment, settings.artifact_dir, run_name, tags, parent_run_id
+        settings.tracking_uri,
+        settings.experiment,
+        settings.artifact_dir,
+        run_name,
+        tags,
+        parent_run_id,
+        handle_signals=signals is None,
     ) as run:
         log.info(
             "training %s on %s (seed %d) for %d env steps; MLflow run %s in experiment %r at %s",
@@ -313,9 +331,9 @@ def _train_and_record(
         progress = TrainProgress(
             settings.total_steps, f"{settings.algo} {settings.env_id}", settings.progress
         )
-        monitor = TrainingMonitor(agent, settings, run, progress, on_eval)
+        monitor = TrainingMonitor(agent, settings, run, progress, on_eval, signals)
         start = time.perf_counter()
-        with progress:
+        with progress, signals.allowed() if signals is not None else contextlib.nullcontext():
             state = agent.learn(settings.total_steps, monitor)
         if monitor.stopped_early and monitor.last_result is not None:
             final = monitor.last_result  # the hook stopped training right after this evaluation

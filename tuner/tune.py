@@ -211,29 +211,35 @@ def run_local_workers(prepared: Prepared, overrides: Sequence[str], progress: Sw
         return
     log_dir = Path(prepared.config["paths"]["runs_dir"]) / "logs" / settings.study_name
     log_dir.mkdir(parents=True, exist_ok=True)
+    from tuner.tracking import interrupts_raise
+
     workers: list[subprocess.Popen[bytes]] = []
-    try:
-        for index in range(settings.n_workers):
-            log_file = (log_dir / f"worker-{index}.log").open("ab")
-            workers.append(
-                subprocess.Popen(
-                    # worker=<index> gives each worker its own sampler seed (when one is fixed)
-                    [sys.executable, "-m", "tuner.worker", *overrides, f"worker={index + 1}"],
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    # A signal raises only in the sleep, never inside progress.refresh()'s read of the study: a read cut
+    # off there could keep a lock on the storage that the workers' last writes then wait for.
+    with interrupts_raise() as signals:
+        try:
+            for index in range(settings.n_workers):
+                log_file = (log_dir / f"worker-{index}.log").open("ab")
+                workers.append(
+                    subprocess.Popen(
+                        # worker=<index> gives each worker its own sampler seed (when one is fixed)
+                        [sys.executable, "-m", "tuner.worker", *overrides, f"worker={index + 1}"],
+                        stdout=log_file,
+                        stderr=subprocess.STDOUT,
+                        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    )
                 )
-            )
-        progress.console.print(f"{settings.n_workers} workers started; their logs: {log_dir}")
-        while any(worker.poll() is None for worker in workers):
-            time.sleep(2.0)
-            progress.refresh()
-    finally:
-        for worker in workers:  # on Ctrl-C: stop the workers; their trials go back to the queue
-            if worker.poll() is None:
-                worker.terminate()
-        for worker in workers:
-            worker.wait()
+            progress.console.print(f"{settings.n_workers} workers started; their logs: {log_dir}")
+            while any(worker.poll() is None for worker in workers):
+                with signals.allowed():
+                    time.sleep(2.0)
+                progress.refresh()
+        finally:
+            for worker in workers:  # on Ctrl-C: stop the workers; their trials go back to the queue
+                if worker.poll() is None:
+                    worker.terminate()
+            for worker in workers:
+                worker.wait()
     failed = [i for i, w in enumerate(workers) if w.returncode != 0]
     if failed:
         raise RuntimeError(f"workers {failed} exited with errors; see {log_dir}")

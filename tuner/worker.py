@@ -31,7 +31,7 @@ from tuner.study import (
     claim_trial,
     time_left,
 )
-from tuner.tracking import end_runs
+from tuner.tracking import end_runs, interrupts_raise
 
 if TYPE_CHECKING:
     from tuner.tune import Prepared
@@ -90,27 +90,31 @@ def run_worker(
 
         return run_population(study, storage, setup, settings, on_outcome)
     outcomes: list[TrialOutcome] = []
-    while time_left(study, settings.timeout):
-        with warnings.catch_warnings():  # heartbeat handling is marked experimental in Optuna 5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        trial = claim_trial(study, storage)
-        if trial is None:
-            status = budget_status(study)
-            if status.waiting == 0 and status.running == 0:
-                break
-            time.sleep(settings.heartbeat_interval)
-            continue
-        with Heartbeat(storage, trial._trial_id, settings.heartbeat_interval):
-            try:
-                outcome = run_trial(study, trial, setup)
-            except BaseException:
-                # Interrupted or a bug: the trial must not stay RUNNING; it goes back to the queue.
-                fail_and_retry(storage, study, trial)
-                raise
-        outcomes.append(outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
+    # Signals raise only while a trial learns or the worker sleeps (signals.allowed()); during claims,
+    # reports and MLflow writes they wait, so that no database write is cut off halfway.
+    with interrupts_raise() as signals:
+        while time_left(study, settings.timeout):
+            with warnings.catch_warnings():  # heartbeat handling is marked experimental in Optuna 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            trial = claim_trial(study, storage)
+            if trial is None:
+                status = budget_status(study)
+                if status.waiting == 0 and status.running == 0:
+                    break
+                with signals.allowed():
+                    time.sleep(settings.heartbeat_interval)
+                continue
+            with Heartbeat(storage, trial._trial_id, settings.heartbeat_interval):
+                try:
+                    outcome = run_trial(study, trial, setup, signals)
+                except BaseException:
+                    # Interrupted or a bug: the trial must not stay RUNNING; it goes back to the queue.
+                    fail_and_retry(storage, study, trial)
+                    raise
+            outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
     return outcomes
 
 

@@ -12,7 +12,16 @@ from pathlib import Path
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tests.tuner.test_tune import ENV, ROOT, counted, load, run_tune, runs_by_name, tune_args
+from tests.tuner.test_tune import (
+    ENV,
+    ROOT,
+    counted,
+    load,
+    run_tune,
+    runs_by_name,
+    seed_runs_started,
+    tune_args,
+)
 from tuner.population import population_size, worker_share
 
 # The search space keeps one structural knob (n_epochs), so populations have a structure to fix.
@@ -128,7 +137,7 @@ def test_an_interrupted_population_loses_nothing_and_resumes(tmp_path: Path) -> 
     )
     try:
         deadline = time.time() + 120
-        while not _seed_runs_started(tmp_path, 2):
+        while not seed_runs_started(tmp_path, 2):
             assert time.time() < deadline, "the population did not start"
             assert proc.poll() is None, "the sweep ended before it could be interrupted"
             time.sleep(0.2)
@@ -161,21 +170,6 @@ def test_an_interrupted_population_loses_nothing_and_resumes(tmp_path: Path) -> 
     retried = {t.number: t for t in counted(study)}
     for trial in interrupted:
         assert any(r.params == trial.params for r in retried.values())
-
-
-def _seed_runs_started(tmp_path: Path, n: int) -> bool:
-    """Whether ``n`` seed runs exist in the MLflow store (read without writing)."""
-    import sqlite3
-
-    db = tmp_path / "mlflow.db"
-    if not db.exists():
-        return False
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            (count,) = con.execute("SELECT COUNT(*) FROM runs WHERE name LIKE 'trial-%-seed%'").fetchone()
-    except sqlite3.Error:
-        return False
-    return int(count) >= n
 
 
 def test_a_population_is_sized_for_equal_waves_of_its_trials() -> None:

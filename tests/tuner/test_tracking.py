@@ -131,6 +131,14 @@ def test_a_deferred_block_raises_signals_only_inside_allowed_blocks() -> None:
                 time.sleep(5)  # interrupted at once
             with signals.allowed():
                 time.sleep(0.1)  # nothing is held any more
+            reached = False
+            with pytest.raises(RunTerminated), signals.allowed():
+                with signals.held():  # a write inside the training callback
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(0.1)
+                    reached = True
+                pytest.fail("the SIGTERM held in the held block did not raise on leaving it")
+            assert reached
             os.kill(os.getpid(), signal.SIGTERM)  # held to the end of the block
             time.sleep(0.1)
             assert received == []

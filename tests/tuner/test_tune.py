@@ -167,6 +167,66 @@ def running_trial_with_run(db: Path) -> tuple[int, str] | None:
     return None if row is None else (int(row[0]), json.loads(row[1]))
 
 
+def test_an_interrupted_sweep_loses_nothing_and_resumes(tmp_path: Path) -> None:
+    """SIGTERM while a trial trains, one trial at a time in the sweep's own process: one line, exit 143,
+    the trial's runs KILLED and the trial back in the queue; the same command then finishes the study."""
+    args = tune_args(tmp_path, "tune.n_trials=2", "tune.budget_steps=20000")
+    # faulthandler: if SIGTERM does not end the sweep, SIGABRT makes it print every thread's stack.
+    proc = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env={**ENV, "PYTHONFAULTHANDLER": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not seed_runs_started(tmp_path, 1):
+            assert time.time() < deadline, "the first trial did not start"
+            assert proc.poll() is None, "the sweep ended before it could be interrupted"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGABRT)
+            _, stderr = proc.communicate(timeout=30)
+            hung = f"the sweep did not exit within 60 s of SIGTERM; its stacks:\n{stderr}"
+            raise AssertionError(hung) from None
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "interrupted by SIGTERM" in stderr and "Traceback" not in stderr
+    runs = [r for rs in runs_by_name(tmp_path).values() for r in rs]
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    killed = {r.info.run_name for r in runs if r.info.status == "KILLED"}
+    assert "trial-0" in killed and any(name.startswith("trial-0-seed") for name in killed)
+    study = load(tmp_path)
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert [t.number for t in study.trials if t.state == TrialState.FAIL] == [0]
+
+    again = run_tune(tmp_path, "tune.n_trials=2")
+    assert again.returncode == 0, again.stderr
+    study = load(tmp_path)
+    assert [t.state for t in counted(study)] == [TrialState.COMPLETE] * 2
+    assert any(t.params == study.trials[0].params for t in counted(study))  # the retry of trial 0
+
+
+def seed_runs_started(tmp_path: Path, n: int) -> bool:
+    """Whether ``n`` seed runs exist in the MLflow store (read without writing)."""
+    db = tmp_path / "mlflow.db"
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            (count,) = con.execute("SELECT COUNT(*) FROM runs WHERE name LIKE 'trial-%-seed%'").fetchone()
+    except sqlite3.Error:
+        return False
+    return int(count) >= n
+
+
 def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path) -> None:
     args = tune_args(tmp_path, "tune.n_trials=2", "tune.budget_steps=30000")
     proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
