@@ -290,10 +290,7 @@ class RunSignals:
         outer = self._allowed
         try:  # set inside the try, so that no exception can leave the flag set
             self._allowed = True  # before the check: a signal from here on raises by itself
-            if self._held and not self.closing:
-                signum = self._held[-1]
-                self._held.clear()
-                _raise_for(signum)
+            self._raise_held()
             yield
         finally:
             self._allowed = outer
@@ -308,7 +305,12 @@ class RunSignals:
             yield
         finally:
             self._allowed = outer
-        if outer and self._held and not self.closing:
+        if outer:
+            self._raise_held()
+
+    def _raise_held(self) -> None:
+        """Raise for the latest held signal, if any (and not closing); the others are dropped."""
+        if self._held and not self.closing:
             signum = self._held[-1]
             self._held.clear()
             _raise_for(signum)
