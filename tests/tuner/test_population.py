@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -19,7 +17,7 @@ from tests.tuner.test_tune import (
     load,
     run_tune,
     runs_by_name,
-    seed_runs_started,
+    sigterm_once_started,
     tune_args,
 )
 from tuner.population import population_size, worker_share
@@ -130,29 +128,8 @@ def test_population_settings_are_checked_before_anything_runs(tmp_path: Path) ->
 
 def test_an_interrupted_population_loses_nothing_and_resumes(tmp_path: Path) -> None:
     args = tune_args(tmp_path, "tune.population=2", "tune.n_trials=4", "tune.budget_steps=20000")
-    # faulthandler: if SIGTERM does not end the sweep, SIGABRT makes it print every thread's stack.
-    env = {**ENV, "PYTHONFAULTHANDLER": "1"}
-    proc = subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.time() + 120
-        while not seed_runs_started(tmp_path, 2):
-            assert time.time() < deadline, "the population did not start"
-            assert proc.poll() is None, "the sweep ended before it could be interrupted"
-            time.sleep(0.2)
-        time.sleep(1.0)
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            _, stderr = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGABRT)
-            _, stderr = proc.communicate(timeout=30)
-            hung = f"the sweep did not exit within 60 s of SIGTERM; its stacks:\n{stderr}"
-            raise AssertionError(hung) from None
-    finally:
-        proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    returncode, stderr = sigterm_once_started(tmp_path, args, seed_runs=2)
+    assert returncode == 128 + signal.SIGTERM, stderr
     assert "interrupted by SIGTERM" in stderr and "Traceback" not in stderr
     runs = [r for rs in runs_by_name(tmp_path).values() for r in rs]
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]

@@ -170,34 +170,10 @@ def running_trial_with_run(db: Path) -> tuple[int, str] | None:
 def test_an_interrupted_sweep_loses_nothing_and_resumes(tmp_path: Path) -> None:
     """SIGTERM while a trial trains, one trial at a time in the sweep's own process: one line, exit 143,
     the trial's runs KILLED and the trial back in the queue; the same command then finishes the study."""
-    args = tune_args(tmp_path, "tune.n_trials=2", "tune.budget_steps=20000")
-    # faulthandler: if SIGTERM does not end the sweep, SIGABRT makes it print every thread's stack.
-    proc = subprocess.Popen(
-        args,
-        cwd=ROOT,
-        env={**ENV, "PYTHONFAULTHANDLER": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    returncode, stderr = sigterm_once_started(
+        tmp_path, tune_args(tmp_path, "tune.n_trials=2", "tune.budget_steps=20000"), seed_runs=1
     )
-    try:
-        deadline = time.time() + 120
-        while not seed_runs_started(tmp_path, 1):
-            assert time.time() < deadline, "the first trial did not start"
-            assert proc.poll() is None, "the sweep ended before it could be interrupted"
-            time.sleep(0.2)
-        time.sleep(1.0)
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            _, stderr = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGABRT)
-            _, stderr = proc.communicate(timeout=30)
-            hung = f"the sweep did not exit within 60 s of SIGTERM; its stacks:\n{stderr}"
-            raise AssertionError(hung) from None
-    finally:
-        proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert returncode == 128 + signal.SIGTERM, stderr
     assert "interrupted by SIGTERM" in stderr and "Traceback" not in stderr
     runs = [r for rs in runs_by_name(tmp_path).values() for r in rs]
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
@@ -212,6 +188,40 @@ def test_an_interrupted_sweep_loses_nothing_and_resumes(tmp_path: Path) -> None:
     study = load(tmp_path)
     assert [t.state for t in counted(study)] == [TrialState.COMPLETE] * 2
     assert any(t.params == study.trials[0].params for t in counted(study))  # the retry of trial 0
+
+
+def sigterm_once_started(tmp_path: Path, args: list[str], seed_runs: int) -> tuple[int, str]:
+    """Start a sweep, send it SIGTERM 1 s after ``seed_runs`` seed runs exist; (exit code, stderr).
+
+    If SIGTERM does not end it within 60 s, SIGABRT under faulthandler makes it print every thread's
+    stack, and the test fails with them.
+    """
+    proc = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env={**ENV, "PYTHONFAULTHANDLER": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not seed_runs_started(tmp_path, seed_runs):
+            assert time.time() < deadline, "the trials did not start"
+            assert proc.poll() is None, "the sweep ended before it could be interrupted"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGABRT)
+            _, stderr = proc.communicate(timeout=30)
+            hung = f"the sweep did not exit within 60 s of SIGTERM; its stacks:\n{stderr}"
+            raise AssertionError(hung) from None
+    finally:
+        proc.kill()
+    return proc.returncode, stderr
 
 
 def seed_runs_started(tmp_path: Path, n: int) -> bool:
