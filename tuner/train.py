@@ -267,8 +267,8 @@ def run_training(
             during training stops it there (that evaluation is then the final one).
         run_name: MLflow run name (default ``<algo>-<env>-seed<seed>``).
         tags: extra MLflow tags of the run (e.g. a benchmark cell's identity).
-        signals: the deferred signal block this runs in (a tuning worker's); signals then interrupt only
-            the learning itself, never a write. None: the run handles signals itself.
+        signals: the deferred signal block this runs in (a tuning worker's). None: the run opens one of
+            its own. Either way SIGINT and SIGTERM interrupt only the learning itself, never a write.
 
     Raises:
         ConfigError, UnsupportedSpaceError: before any MLflow run exists.
@@ -300,6 +300,27 @@ def _train_and_record(
     """Open the MLflow run, learn with the monitor, evaluate, store config, model and learning curve."""
     # Imported only once the config is valid: MLflow and matplotlib take ~2 s to import, which a bad
     # config or `--cfg job` need not wait for.
+    from tuner.tracking import interrupts_raise
+
+    if signals is not None:
+        return _record_run(agent, config, settings, parent_run_id, on_eval, run_name, extra_tags, signals)
+    # A run of its own (`make train`, a benchmark cell): signals are deferred as in a tuning worker, so
+    # an interrupt never cuts an MLflow write short and leaves the tracking database locked.
+    with interrupts_raise() as own:
+        return _record_run(agent, config, settings, parent_run_id, on_eval, run_name, extra_tags, own)
+
+
+def _record_run(
+    agent: Agent,
+    config: Mapping[str, Any],
+    settings: RunSettings,
+    parent_run_id: str | None,
+    on_eval: EvalHook | None,
+    run_name: str | None,
+    extra_tags: Mapping[str, Any],
+    signals: RunSignals,
+) -> TrainResult:
+    """The body of :func:`_train_and_record`, inside the deferred signal block ``signals``."""
     from tuner.tracking import start_run
 
     tags = {"algo": settings.algo, "env_id": settings.env_id, "seed": settings.seed, **extra_tags}
@@ -313,7 +334,7 @@ def _train_and_record(
         run_name,
         tags,
         parent_run_id,
-        handle_signals=signals is None,
+        handle_signals=False,  # signals: the deferred block around this run governs
     ) as run:
         log.info(
             "training %s on %s (seed %d) for %d env steps; MLflow run %s in experiment %r at %s",
@@ -333,7 +354,7 @@ def _train_and_record(
         )
         monitor = TrainingMonitor(agent, settings, run, progress, on_eval, signals)
         start = time.perf_counter()
-        with progress, signals.allowed() if signals is not None else contextlib.nullcontext():
+        with progress, signals.allowed():
             state = agent.learn(settings.total_steps, monitor)
         if monitor.stopped_early and monitor.last_result is not None:
             final = monitor.last_result  # the hook stopped training right after this evaluation

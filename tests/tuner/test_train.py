@@ -6,6 +6,7 @@ The command-line runs are independent, so the module starts them together on a s
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from algorithms import PPO, ConfigError, UnsupportedSpaceError
-from tuner.tracking import start_run
+from tuner.tracking import RunRecorder, RunTerminated, start_run
 from tuner.train import CONF_DIR, run_training
 
 REPO = Path(__file__).resolve().parents[2]
@@ -259,6 +260,34 @@ def test_run_training_evaluates_on_schedule_and_nests_under_a_parent(
     run = client.get_run(result.run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent.run_id
     assert run.info.status == "FINISHED"
+
+
+def test_a_signal_during_a_tracking_write_waits_for_the_write_then_kills_the_run(
+    compose_train: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = compose_train(
+        "algo.n_steps=64", "total_steps=512", "env.eval.freq_steps=128", "env.eval.n_episodes=2",
+        "progress=false",
+    )  # fmt: skip
+    log_metrics = RunRecorder.log_metrics
+
+    def sigterm_then_write(self: RunRecorder, metrics: dict[str, float], step: int) -> None:
+        if "eval/mean_return" in metrics:  # the first evaluation's write, in the middle of learning
+            monkeypatch.setattr(RunRecorder, "log_metrics", log_metrics)
+            os.kill(os.getpid(), signal.SIGTERM)
+        log_metrics(self, metrics, step)
+
+    monkeypatch.setattr(RunRecorder, "log_metrics", sigterm_then_write)
+    with pytest.raises(RunTerminated):
+        run_training(cfg)
+    (run,) = MlflowClient(cfg.tracking.uri).search_runs(
+        [MlflowClient(cfg.tracking.uri).get_experiment_by_name(cfg.tracking.experiment).experiment_id]
+    )
+    assert run.info.status == "KILLED"
+    # The write the signal arrived in finished, and learning stopped right after it.
+    evals = MlflowClient(cfg.tracking.uri).get_metric_history(run.info.run_id, "eval/mean_return")
+    assert [m.step for m in evals] == [128]
+    assert run.data.metrics["eval/std_return"] >= 0
 
 
 @pytest.mark.parametrize(
