@@ -23,6 +23,7 @@ best value, and the peak resident memory of its largest process. Needs the bench
     python bench/sweep_speed.py                        # K = 8, 20 trials × 50k steps, 1 and 2 workers
     python bench/sweep_speed.py --population 1,4,8,16,32 --workers 2 --evaluations 5
     python bench/sweep_speed.py --seeds 0,10,20 --population 8   # each study per seed, then medians
+    python bench/sweep_speed.py --seeds 20 --population 16 --population-trials 4 --skip sequential,zoo
 """
 
 from __future__ import annotations
@@ -146,6 +147,13 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20, help="trials per study")
     parser.add_argument("--budget-steps", type=int, default=50000, help="env steps per trial")
     parser.add_argument("--population", default="8", help="comma-separated K values for population mode")
+    parser.add_argument(
+        "--population-trials",
+        type=int,
+        default=None,
+        help="tune.population_trials for the population studies: trials a population takes before it "
+        "retires and the next one samples a new structure (default: rltune's, 2·K)",
+    )
     parser.add_argument("--evaluations", type=int, default=1, help="evaluations per trial (pruning points)")
     parser.add_argument("--zoo-threads", default="1", help="torch threads for rl-zoo3 runs (comma-separated)")
     parser.add_argument(
@@ -199,10 +207,15 @@ def run_studies(args: argparse.Namespace, work: Path, seed: int, skip: set[str])
     populations = [int(k) for k in args.population.split(",") if k]
     for workers in map(int, args.workers.split(",")):
         modes = [] if "sequential" in skip else [("sequential", 0)]
-        modes += [(f"population K={k}", k) for k in populations]
+        retire = "" if args.population_trials is None else f" ({args.population_trials} trials each)"
+        modes += [(f"population K={k}{retire}", k) for k in populations]
         for name, k in modes:
             label = f"rltune {name}, {workers} worker{'s' if workers > 1 else ''}"
-            extra = [f"tune.n_workers={workers}", *([f"tune.population={k}"] if k else [])]
+            extra = [f"tune.n_workers={workers}"]
+            if k:
+                extra.append(f"tune.population={k}")
+                if args.population_trials is not None:
+                    extra.append(f"tune.population_trials={args.population_trials}")
             results.append(rltune_study(label, work, n, budget, evals, seed, extra))
             _print_row(results[-1], results[0])
     return results
