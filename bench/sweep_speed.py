@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import pickle
 import re
 import statistics
 import subprocess
@@ -56,7 +57,9 @@ class Study:
     best: float | None
     peak_rss_mib: float
     failed: int | None = None
-    """Trials that failed (read from an rltune study's storage; None for rl-zoo3, which does not say)."""
+    """Trials that failed, read from the tool's own study (None when it could not be read). rl-zoo3
+    turns an error in training (a NaN, a failed assertion) into a pruned trial; a pruned trial without
+    any evaluation reported is such a trial, and counts as failed here."""
     seed: int = 0
     """The sampler seed of the study."""
 
@@ -127,16 +130,39 @@ def zoo_study(
     wall, rss = run_command(args, folder, log)
     text = log.read_text()
     best = re.search(r"Best trial:\s*\nValue:\s*([-\d.eE+]+)", text)
-    finished = re.search(r"Number of finished trials:\s*(\d+)", text)
     label = f"rl-zoo3, {threads} torch thread{'s' if threads > 1 else ''}, --n-jobs {jobs}"
-    return Study(
-        label,
-        wall,
-        int(finished.group(1)) if finished else n_trials,
-        float(best.group(1)) if best else None,
-        rss,
-        seed=seed,
-    )
+    counts = zoo_trial_counts(folder / "logs")
+    if counts is None:  # no pickled study: fall back on the count it prints (every trial, failed or not)
+        finished = re.search(r"Number of finished trials:\s*(\d+)", text)
+        trained, failed = (int(finished.group(1)) if finished else n_trials), None
+    else:
+        trained, failed = counts
+    return Study(label, wall, trained, float(best.group(1)) if best else None, rss, failed, seed)
+
+
+def zoo_trial_counts(log_folder: Path) -> tuple[int, int] | None:
+    """(trials that trained, trials that failed) of the study rl-zoo3 pickles beside its report.
+
+    Trained: complete, or pruned by the pruner at an evaluation. Failed: failed, or pruned with no
+    evaluation reported, which is how rl-zoo3's objective ends a trial whose training raised.
+    None when there is no such file.
+    """
+    reports = sorted(log_folder.glob("ppo/report_*.pkl"))
+    if not reports:
+        return None
+    with reports[-1].open("rb") as file:
+        study = pickle.load(file)  # written by the rl-zoo3 run this script just started
+    states = optuna.trial.TrialState
+
+    def trained(trial: optuna.trial.FrozenTrial) -> bool:
+        return trial.state == states.COMPLETE or (
+            trial.state == states.PRUNED and bool(trial.intermediate_values)
+        )
+
+    def failed(trial: optuna.trial.FrozenTrial) -> bool:
+        return trial.state == states.FAIL or (trial.state == states.PRUNED and not trial.intermediate_values)
+
+    return sum(map(trained, study.trials)), sum(map(failed, study.trials))
 
 
 def main() -> None:

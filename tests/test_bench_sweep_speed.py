@@ -1,10 +1,15 @@
-"""bench/sweep_speed.py's multi-seed summary: ratios are taken per seed, then their median."""
+"""bench/sweep_speed.py: the multi-seed summary (ratios per seed, then their median) and how rl-zoo3's
+trials are counted."""
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
+
+import optuna
 import pytest
 
-from bench.sweep_speed import Study, print_summary
+from bench.sweep_speed import Study, print_summary, zoo_trial_counts
 
 
 def test_the_summary_gives_each_studys_median_ratio_to_the_baseline_of_its_own_seed(
@@ -26,3 +31,21 @@ def test_the_summary_gives_each_studys_median_ratio_to_the_baseline_of_its_own_s
     assert "trials/hour   200.0" in lines[k8]
     assert "ratio median  3.00× (per seed 2.00, 5.00, 3.00)" in lines[k8]
     assert "best ≥ baseline's in 2/3 seeds" in lines[k8]
+
+
+def test_rl_zoo3_trials_pruned_before_any_evaluation_count_as_failed(tmp_path: Path) -> None:
+    study = optuna.create_study(direction="maximize")
+    states = optuna.trial.TrialState
+    study.add_trial(
+        optuna.trial.create_trial(state=states.COMPLETE, value=500.0, intermediate_values={50000: 500.0})
+    )
+    study.add_trial(
+        optuna.trial.create_trial(state=states.PRUNED, intermediate_values={50000: 9.0})
+    )  # the pruner
+    study.add_trial(optuna.trial.create_trial(state=states.PRUNED))  # rl-zoo3's objective caught a NaN
+    study.add_trial(optuna.trial.create_trial(state=states.FAIL))
+    (tmp_path / "ppo").mkdir()
+    with (tmp_path / "ppo" / "report_CartPole-v1_4-trials-50000-tpe-median_1.pkl").open("wb") as file:
+        pickle.dump(study, file)
+    assert zoo_trial_counts(tmp_path) == (2, 2)
+    assert zoo_trial_counts(tmp_path / "nothing") is None
