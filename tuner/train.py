@@ -279,10 +279,18 @@ def run_training(
     settings = RunSettings.from_config(config)
     configure_torch_cpu(settings.torch_threads)
     agent = build_agent(config, settings)
+    # Imported only once the config is valid: MLflow and matplotlib take ~2 s to import, which a bad
+    # config or `--cfg job` need not wait for.
+    from tuner.tracking import interrupts_raise
+
+    # A run of its own (`make train`, a benchmark cell) defers signals as a tuning worker does, so an
+    # interrupt never cuts an MLflow write short and leaves the tracking database locked.
+    block = contextlib.nullcontext(signals) if signals is not None else interrupts_raise()
     try:
-        return _train_and_record(
-            agent, config, settings, parent_run_id, on_eval, run_name, tags or {}, signals
-        )
+        with block as deferred:
+            return _train_and_record(
+                agent, config, settings, parent_run_id, on_eval, run_name, tags or {}, deferred
+            )
     finally:
         agent.close()
 
@@ -295,32 +303,10 @@ def _train_and_record(
     on_eval: EvalHook | None,
     run_name: str | None,
     extra_tags: Mapping[str, Any],
-    signals: RunSignals | None,
-) -> TrainResult:
-    """Open the MLflow run, learn with the monitor, evaluate, store config, model and learning curve."""
-    # Imported only once the config is valid: MLflow and matplotlib take ~2 s to import, which a bad
-    # config or `--cfg job` need not wait for.
-    from tuner.tracking import interrupts_raise
-
-    if signals is not None:
-        return _record_run(agent, config, settings, parent_run_id, on_eval, run_name, extra_tags, signals)
-    # A run of its own (`make train`, a benchmark cell): signals are deferred as in a tuning worker, so
-    # an interrupt never cuts an MLflow write short and leaves the tracking database locked.
-    with interrupts_raise() as own:
-        return _record_run(agent, config, settings, parent_run_id, on_eval, run_name, extra_tags, own)
-
-
-def _record_run(
-    agent: Agent,
-    config: Mapping[str, Any],
-    settings: RunSettings,
-    parent_run_id: str | None,
-    on_eval: EvalHook | None,
-    run_name: str | None,
-    extra_tags: Mapping[str, Any],
     signals: RunSignals,
 ) -> TrainResult:
-    """The body of :func:`_train_and_record`, inside the deferred signal block ``signals``."""
+    """Open the MLflow run, learn with the monitor, evaluate, store config, model and learning curve;
+    inside the deferred signal block ``signals``, which lets signals raise only during learning."""
     from tuner.tracking import start_run
 
     tags = {"algo": settings.algo, "env_id": settings.env_id, "seed": settings.seed, **extra_tags}
