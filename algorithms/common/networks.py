@@ -160,6 +160,39 @@ NARROW_HEAD_MAX_OUT = 8
 """Heads with at most this many outputs take the :class:`_NarrowHead` path when enabled."""
 
 
+class _GradWritingLinear(torch.autograd.Function):
+    """``torch.baddbmm(bias, h, weight)`` whose backward writes the weight and bias gradients straight
+    into ``weight.grad`` and ``bias.grad``, replacing what they held, and hands autograd nothing for them.
+
+    Autograd would compute each gradient into a new tensor and then add it to ``.grad``, which the
+    optimizer must zero again: three more passes over every gradient each step (read the new one, read
+    and write ``.grad``) plus the zeroing. Once a population's weights outgrow the cache, the update is
+    bound by those passes (bench/results/sweep_speed.md).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.save_for_backward(h, weight, bias)
+        return torch.baddbmm(bias, h, weight)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, None, None]:
+        h, weight, bias = ctx.saved_tensors  # type: ignore[attr-defined]
+        if weight.grad is None or bias.grad is None:
+            raise RuntimeError(
+                "write_grads: allocate the parameters' .grad before backward (flatten_by_member does)"
+            )
+        grad_h = torch.bmm(grad, weight.transpose(1, 2)) if ctx.needs_input_grad[0] else None  # type: ignore[attr-defined]
+        # beta=0: the old contents are ignored, NaN included, so nothing needs zeroing between steps.
+        weight.grad.baddbmm_(h.transpose(1, 2), grad, beta=0.0)
+        torch.sum(grad, dim=1, keepdim=True, out=bias.grad)
+        return grad_h, None, None
+
+
 class StackedMLP(nn.Module):
     """``G`` independent MLPs with the same hidden sizes, evaluated with one batched matmul per layer.
 
@@ -177,6 +210,11 @@ class StackedMLP(nn.Module):
         out_gains: head gain per member (0.01 for a policy head, 1 for a value head).
         narrow_head: compute a head of at most ``NARROW_HEAD_MAX_OUT`` outputs with transposed
             products (same function, much faster backward on CPU for Q-value and small action heads).
+        write_grads: each backward writes the weight and bias gradients into their ``.grad`` tensors,
+            replacing their contents, instead of adding to them (see :class:`_GradWritingLinear`). The
+            caller allocates those tensors (e.g. with :func:`algorithms.common.optim.flatten_by_member`),
+            calls backward through the network once per optimizer step and need not zero them. Its
+            Python-level backward costs more than it saves for small networks (under ~1 MiB of weights).
     """
 
     def __init__(
@@ -189,8 +227,11 @@ class StackedMLP(nn.Module):
         ortho_init: bool,
         out_gains: Sequence[float],
         narrow_head: bool = False,
+        write_grads: bool = False,
     ) -> None:
         super().__init__()
+        if narrow_head and write_grads:
+            raise ValueError("narrow_head and write_grads cannot be combined")
         if len(out_dims) != n_members or len(out_gains) != n_members:
             raise ValueError("out_dims and out_gains need one entry per member")
         self.n_members = n_members
@@ -218,6 +259,7 @@ class StackedMLP(nn.Module):
         # Plain tuple of (weight, bias) pairs: indexing a ParameterList costs microseconds per access.
         self._layers = tuple(zip(self.weights, self.biases, strict=True))
         self._narrow_head = narrow_head and max(out_dims) <= NARROW_HEAD_MAX_OUT
+        self.write_grads = write_grads
         self._numpy_act = NUMPY_ACTIVATIONS[activation]
         self._numpy_layers: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None
         self._numpy_ptr = 0
@@ -253,10 +295,11 @@ class StackedMLP(nn.Module):
         """``x`` of shape (B, in_dim), shared by all members, or (G, B, in_dim); returns (G, B, max_out)."""
         h = x.expand(self.n_members, *x.shape) if x.dim() == 2 else x
         last = len(self._layers) - 1
+        writing = self.write_grads and torch.is_grad_enabled()
         for i, (weight, bias) in enumerate(self._layers):
             if i == last and self._narrow_head:
                 return narrow_linear(h, weight, bias)
-            h = torch.baddbmm(bias, h, weight)
+            h = _GradWritingLinear.apply(h, weight, bias) if writing else torch.baddbmm(bias, h, weight)
             if i < last:
                 h = self.act(h)
         return h

@@ -151,6 +151,9 @@ class MemberAdam:
         n_members: K.
         betas: decay rates of the moment estimates (shared).
         eps: added to the denominator (shared).
+        accumulated: the gradients (views into ``param.grad``) that backward adds to, zeroed after each
+            step; None: the whole buffer. A network that writes its gradients afresh on every backward
+            (``StackedMLP(write_grads=True)``) leaves only its other parameters' here, often none.
     """
 
     def __init__(
@@ -159,6 +162,7 @@ class MemberAdam:
         n_members: int,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        accumulated: Sequence[torch.Tensor] | None = None,
     ) -> None:
         self.param = param
         self.n_members = n_members
@@ -174,6 +178,7 @@ class MemberAdam:
         """Adam steps each member has taken (drive its bias corrections)."""
         self.exp_avg = torch.zeros_like(self.rows)
         self.exp_avg_sq = torch.zeros_like(self.rows)
+        self._accumulated = (param.grad,) if accumulated is None else tuple(accumulated)
         self._clip_divisor = torch.ones(n_members)
         # Each member's tensors as views made once: indexing in the step loop costs microseconds a call.
         self._member_views = tuple(
@@ -195,7 +200,7 @@ class MemberAdam:
     @torch.no_grad()
     def step(self, active: torch.Tensor) -> None:
         """Clip each active member's gradient to its norm limit, update the members where ``active``
-        (bool, (K,)), then zero every gradient.
+        (bool, (K,)), then zero the gradients that backward accumulates into.
 
         An inactive member's weights, moments and step count stay exactly as they were, whatever its
         gradient holds (NaN from a diverged loss included).
@@ -209,7 +214,8 @@ class MemberAdam:
         for k in torch.nonzero(active).view(-1).tolist():
             row, grad, exp_avg, exp_avg_sq, step, clip_divisor = self._member_views[k]
             adam_update(row, grad, exp_avg, exp_avg_sq, step, lrs[k], self, clip_divisor)
-        self.grad_rows.zero_()
+        for grad in self._accumulated:
+            grad.zero_()
 
 
 class _AdamHyperparameters(Protocol):

@@ -3,13 +3,15 @@
 import copy
 import subprocess
 import sys
+import warnings
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch import nn
 
 from algorithms.common.networks import StackedMLP, fast_tanh, mlp
-from algorithms.common.optim import FlatAdam, flatten_parameters
+from algorithms.common.optim import FlatAdam, flatten_by_member, flatten_parameters
 
 
 def test_fast_tanh_matches_torch_tanh_values_and_gradients() -> None:
@@ -124,3 +126,32 @@ def test_adam_update_plain_ops_match_the_fused_kernel_with_a_gradient_divisor(mo
     for fused_t, plain_t in zip(*results, strict=True):
         torch.testing.assert_close(plain_t, fused_t, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(results[0][1], grad / 3)  # both leave the divided gradient behind
+
+
+def test_written_gradients_equal_autograd_s_and_replace_the_old_ones() -> None:
+    """write_grads: backward writes into the flat buffer's views what autograd would have accumulated into
+    zeroed gradients, and a second backward replaces the first's gradients (stale values and NaN alike)."""
+    torch.manual_seed(0)
+    plain = StackedMLP(4, 5, (16, 8), (2, 1, 2, 1), "tanh", True, (0.01, 1.0, 0.01, 1.0))
+    writing = copy.deepcopy(plain)
+    writing.write_grads = True
+    flat_plain = flatten_by_member(list(plain.parameters()), 2)
+    flat_writing = flatten_by_member(list(writing.parameters()), 2)
+    flat_writing.grad.fill_(float("nan"))  # stale contents: must be overwritten, not added to
+    for step in range(2):
+        x = torch.randn(4, 6, 5, generator=torch.Generator().manual_seed(step))
+        flat_plain.grad.zero_()
+        plain(x).pow(2).sum().backward()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no layout warning: autograd accumulates nothing here
+            writing(x).pow(2).sum().backward()
+        torch.testing.assert_close(flat_writing.grad, flat_plain.grad, rtol=1e-6, atol=1e-7)
+    assert flat_plain.grad.abs().sum() > 0
+
+
+def test_written_gradients_need_allocated_grad_tensors() -> None:
+    net = StackedMLP(2, 3, (4,), (1, 1), "relu", False, (1.0, 1.0), write_grads=True)
+    with pytest.raises(RuntimeError, match=r"allocate the parameters' \.grad"):
+        net(torch.randn(5, 3)).sum().backward()
+    with torch.no_grad():  # without autograd it is an ordinary forward pass
+        assert net(torch.randn(5, 3)).shape == (2, 5, 1)

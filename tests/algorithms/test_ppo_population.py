@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from algorithms import PPO, ConfigError, PPOConfig
+from algorithms import PPO, ConfigError, PPOConfig, ppo_population
 from algorithms.common.optim import FlatAdam, MemberAdam, flatten_by_member, flatten_parameters
 from algorithms.ppo_population import PopulationPPO, member_configs
 
@@ -26,6 +26,14 @@ PENDULUM = PPOConfig(
     anneal_lr=True,
 )
 BUDGET = 4096
+
+
+@pytest.fixture(params=[False, True], ids=["accumulated-grads", "written-grads"])
+def write_grads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run the test with autograd accumulating the gradients, then with the network writing them in
+    place (what populations of large networks get, see WRITE_GRADS_MIN_WEIGHTS)."""
+    monkeypatch.setattr(ppo_population, "WRITE_GRADS_MIN_WEIGHTS", 0 if request.param else 1 << 62)
+    return request.param
 
 
 def single_curve(env_id: str, config: PPOConfig, seed: int, steps: int = BUDGET) -> tuple[list, torch.Tensor]:
@@ -66,11 +74,17 @@ def assert_same_curve(a: list, b: list, returns_rtol: float, loss_iterations: in
     ids=["cartpole", "pendulum-normalised-target-kl"],
 )
 def test_population_of_one_reproduces_single_ppo(
-    env_id: str, config: PPOConfig, returns_rtol: float, loss_iterations: int | None, weights_atol: float
+    env_id: str,
+    config: PPOConfig,
+    returns_rtol: float,
+    loss_iterations: int | None,
+    weights_atol: float,
+    write_grads: bool,
 ) -> None:
     expected, expected_weights = single_curve(env_id, config, seed=3)
     curve = []
     with PopulationPPO(env_id, config, n_members=1) as population:
+        assert population.net.write_grads is write_grads
         population.start_member(0, config, seed=3, total_steps=BUDGET)
         while population.active_slots:
             state = population.learn_iteration().states[0]
@@ -124,9 +138,10 @@ def test_member_hyperparameters_take_effect() -> None:
     assert moved[2] > moved[1]  # same seed and data order: a 10x larger step moves further
 
 
-def test_restarting_a_slot_resets_exactly_that_member() -> None:
+def test_restarting_a_slot_resets_exactly_that_member(write_grads: bool) -> None:
     seeds = (7, 8)
     with PopulationPPO("CartPole-v1", CARTPOLE, n_members=2) as population:
+        assert population.net.write_grads is write_grads
         for slot, seed in enumerate(seeds):
             population.start_member(slot, CARTPOLE, seed=seed, total_steps=BUDGET)
         for _ in range(2):
@@ -225,13 +240,14 @@ def test_member_adam_steps_each_member_as_its_own_adam() -> None:
     assert float(flat.grad.abs().max()) == 0.0
 
 
-def test_a_diverging_member_stops_alone() -> None:
+def test_a_diverging_member_stops_alone(write_grads: bool) -> None:
     """A member whose loss turns NaN is reported and emptied; its neighbour learns as if nothing happened."""
     config = PPOConfig(n_envs=2, n_steps=64, batch_size=64, n_epochs=2)
     curves = []
     for first_lr in (1e4, 3e-4):  # 1e4 blows the first member's weights up within a few updates
         curve, diverged = [], {}
         with PopulationPPO("Pendulum-v1", config, n_members=2) as population:
+            assert population.net.write_grads is write_grads
             configs = member_configs(config, [{"learning_rate": first_lr}, {}])
             for slot, member_config in enumerate(configs):
                 population.start_member(slot, member_config, seed=slot, total_steps=2048)
