@@ -63,9 +63,9 @@ n_epochs, net_arch, normalisation, ...) is structural: shared by the whole popul
 
 WRITE_GRADS_MIN_WEIGHTS = 1 << 18
 """Populations whose networks hold at least this many weights in all (1 MiB of float32, a core's L2
-cache here) have their gradients written in place (``StackedMLP(write_grads=True)``). Measured with
-minibatch 4 on these CPUs: 256×256 networks, 10 members, 2.83 → 2.42 ms an update; 64×64, 10 members
-(92k weights), 0.84 → 0.92 ms, hence the threshold (bench/results/sweep_speed.md)."""
+cache here) have their gradients written in place (``StackedMLP(write_grads=True)``). Measured on these
+CPUs with 10 members: 256×256 networks, minibatch 4, 2.9 → 2.4–2.65 ms an update; 64×64 networks (92k
+weights), minibatch 8, 5–10 % slower, hence the threshold (bench/results/sweep_speed.md)."""
 
 
 def structural_fields(config: PPOConfig) -> dict[str, Any]:
