@@ -128,11 +128,12 @@ def test_adam_update_plain_ops_match_the_fused_kernel_with_a_gradient_divisor(mo
     torch.testing.assert_close(results[0][1], grad / 3)  # both leave the divided gradient behind
 
 
-def test_written_gradients_equal_autograd_s_and_replace_the_old_ones() -> None:
+@pytest.mark.parametrize("activation", ["tanh", "relu"])  # relu runs in place on the layer's output
+def test_written_gradients_equal_autograd_s_and_replace_the_old_ones(activation: str) -> None:
     """write_grads: backward writes into the flat buffer's views what autograd would have accumulated into
     zeroed gradients, and a second backward replaces the first's gradients (stale values and NaN alike)."""
     torch.manual_seed(0)
-    plain = StackedMLP(4, 5, (16, 8), (2, 1, 2, 1), "tanh", True, (0.01, 1.0, 0.01, 1.0))
+    plain = StackedMLP(4, 5, (16, 8), (2, 1, 2, 1), activation, True, (0.01, 1.0, 0.01, 1.0))
     writing = copy.deepcopy(plain)
     writing.write_grads = True
     flat_plain = flatten_by_member(list(plain.parameters()), 2)
