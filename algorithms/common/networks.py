@@ -230,8 +230,6 @@ class StackedMLP(nn.Module):
         write_grads: bool = False,
     ) -> None:
         super().__init__()
-        if narrow_head and write_grads:
-            raise ValueError("narrow_head and write_grads cannot be combined")
         if len(out_dims) != n_members or len(out_gains) != n_members:
             raise ValueError("out_dims and out_gains need one entry per member")
         self.n_members = n_members
@@ -258,11 +256,25 @@ class StackedMLP(nn.Module):
             self.biases.append(nn.Parameter(bias))
         # Plain tuple of (weight, bias) pairs: indexing a ParameterList costs microseconds per access.
         self._layers = tuple(zip(self.weights, self.biases, strict=True))
+        self._narrow_head_requested = narrow_head
         self._narrow_head = narrow_head and max(out_dims) <= NARROW_HEAD_MAX_OUT
+        self._write_grads = False
         self.write_grads = write_grads
         self._numpy_act = NUMPY_ACTIVATIONS[activation]
         self._numpy_layers: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None
         self._numpy_ptr = 0
+
+    @property
+    def write_grads(self) -> bool:
+        """Whether backward writes the gradients into ``.grad`` (see the class's ``write_grads`` argument)."""
+        return self._write_grads
+
+    @write_grads.setter
+    def write_grads(self, value: bool) -> None:
+        # The narrow head's gradients go through autograd and would accumulate where nothing zeroes them.
+        if value and self._narrow_head_requested:
+            raise ValueError("narrow_head and write_grads cannot be combined")
+        self._write_grads = value
 
     def _numpy_weights(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
         """Zero-copy numpy views of the weights, so optimizer steps are seen at once."""

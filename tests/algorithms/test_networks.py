@@ -156,3 +156,12 @@ def test_written_gradients_need_allocated_grad_tensors() -> None:
         net(torch.randn(5, 3)).sum().backward()
     with torch.no_grad():  # without autograd it is an ordinary forward pass
         assert net(torch.randn(5, 3)).shape == (2, 5, 1)
+
+
+def test_written_gradients_and_the_narrow_head_exclude_each_other() -> None:
+    with pytest.raises(ValueError, match="narrow_head and write_grads"):
+        StackedMLP(2, 3, (4,), (1, 1), "relu", False, (1.0, 1.0), narrow_head=True, write_grads=True)
+    net = StackedMLP(2, 3, (4,), (1, 1), "relu", False, (1.0, 1.0), narrow_head=True)
+    with pytest.raises(ValueError, match="narrow_head and write_grads"):  # set later, as a population does
+        net.write_grads = True
+    assert not net.write_grads
