@@ -24,7 +24,7 @@ import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -60,6 +60,11 @@ from algorithms.common.prioritized import PrioritizedSampler
 class D3QNConfig:
     """D3QN hyperparameters. Defaults are Stable-Baselines3's DQN ones, with the dueling head and
     double-Q targets on; invalid values raise ConfigError at once."""
+
+    ROLLOUT_FIELDS: ClassVar[tuple[str, ...]] = ("n_envs", "train_freq")
+    """The fields whose product is the env steps between two updates (a training phase)."""
+    WARMUP_FIELD: ClassVar[str | None] = "learning_starts"
+    """The field of env steps collected before the first update (None: none)."""
 
     learning_rate: float = 1e-4
     """Adam step size. Typical 1e-5 … 3e-3 (log scale)."""

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -44,6 +44,11 @@ POLICY_DISTS = ("auto", "categorical", "gaussian", "beta")
 @dataclass(frozen=True)
 class PPOConfig:
     """PPO hyperparameters. Defaults are Stable-Baselines3's; invalid values raise ConfigError at once."""
+
+    ROLLOUT_FIELDS: ClassVar[tuple[str, ...]] = ("n_envs", "n_steps")
+    """The fields whose product is the env steps between two updates (a rollout)."""
+    WARMUP_FIELD: ClassVar[str | None] = None
+    """The field of env steps collected before the first update (None: none)."""
 
     learning_rate: float = 3e-4
     """Adam step size. Typical 1e-5 … 2e-3 (log scale)."""

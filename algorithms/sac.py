@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -57,6 +57,11 @@ LOG_2 = math.log(2.0)
 @dataclass(frozen=True)
 class SACConfig:
     """SAC hyperparameters. Defaults are Stable-Baselines3's; invalid values raise ConfigError at once."""
+
+    ROLLOUT_FIELDS: ClassVar[tuple[str, ...]] = ("n_envs", "train_freq")
+    """The fields whose product is the env steps between two updates (a training phase)."""
+    WARMUP_FIELD: ClassVar[str | None] = "learning_starts"
+    """The field of env steps collected before the first update (None: none)."""
 
     learning_rate: float = 3e-4
     """Adam step size of every optimizer not overridden below (and always of α). Typical 1e-4 … 1e-3

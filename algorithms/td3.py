@@ -15,7 +15,7 @@ the actor step evaluates Q₁ only and computes no critic-weight gradients, and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -48,6 +48,11 @@ from algorithms.common.optim import FlatAdam, flatten_parameters
 @dataclass(frozen=True)
 class TD3Config:
     """TD3 hyperparameters. Defaults are Stable-Baselines3's; invalid values raise ConfigError at once."""
+
+    ROLLOUT_FIELDS: ClassVar[tuple[str, ...]] = ("n_envs", "train_freq")
+    """The fields whose product is the env steps between two updates (a training phase)."""
+    WARMUP_FIELD: ClassVar[str | None] = "learning_starts"
+    """The field of env steps collected before the first update (None: none)."""
 
     learning_rate: float = 1e-3
     """Adam step size of the actor and the critics. Typical 1e-4 … 1e-3 (log scale)."""

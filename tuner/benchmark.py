@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
-import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 
-from algorithms import ConfigError, UnsupportedSpaceError, get_algorithm
+from algorithms import ConfigError, get_algorithm
+from tuner.app import EXIT_FAILED, hydra_app
 from tuner.compose import CONF_DIR, algorithm_config, compose_config
 from tuner.secrets import mask_secrets
 from tuner.train import RunSettings, resolve_config
@@ -40,8 +40,6 @@ from tuner.train import RunSettings, resolve_config
 if TYPE_CHECKING:
     from tuner.tracking import RunReader
 
-EXIT_CONFIG_ERROR = 2
-EXIT_CELLS_FAILED = 1
 SOURCES = ("default", "preset", "tuned")
 KIND_PARENT = "benchmark"
 KIND_CELL = "benchmark_cell"
@@ -322,7 +320,7 @@ def run_cells(
 
 def run_benchmark(cfg: DictConfig, console: Console) -> int:
     """Plan, skip what is finished, train the rest; returns the exit code (0, or 1 if a cell failed)."""
-    from tuner.tracking import RunReader, start_run
+    from tuner.tracking import RunReader, check_tracking_store, start_run
 
     config = resolve_config(cfg)
     settings = BenchmarkSettings.from_config(config["benchmark"])
@@ -333,7 +331,8 @@ def run_benchmark(cfg: DictConfig, console: Console) -> int:
         console.print(f"skip {note}")
     if not plan.cells:
         raise ConfigError("benchmark: no compatible (algo, env) pair; see benchmark.algos and benchmark.envs")
-    reader = RunReader(tracking["uri"])
+    check_tracking_store(tracking["uri"], tracking["experiment"])  # before the first write anywhere
+    reader = RunReader(tracking["uri"], create=True)
     done = finished_cells(reader, tracking["experiment"], settings.name)
     todo = [cell for cell in plan.cells if (cell.key, cell.fingerprint) not in done]
     console.print(
@@ -361,7 +360,7 @@ def run_benchmark(cfg: DictConfig, console: Console) -> int:
         f"(finished before), {len(failed)} failed; report: "
         f"python -m tuner.report report.benchmark={settings.name}"
     )
-    return EXIT_CELLS_FAILED if failed else 0
+    return EXIT_FAILED if failed else 0
 
 
 def _train(
@@ -428,24 +427,15 @@ def _budgets(value: Any, envs: Sequence[str], known_envs: Sequence[str]) -> dict
     return budgets
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="benchmark")
+@hydra_app(
+    "benchmark",
+    interrupted="finished cells are kept in MLflow, re-run the same command to train the rest",
+)
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point. Exit codes: 2 bad config (nothing run), 1 a cell failed, 130/143 interrupted."""
+    """``python -m tuner.benchmark``; exit codes as in :mod:`tuner.app` (2 for a bad config, with
+    nothing run; 1 when a cell failed)."""
     console = Console(soft_wrap=True)  # long lines (paths, URIs) stay whole, also in logs
-    try:
-        code = run_benchmark(cfg, console)
-    except (ConfigError, UnsupportedSpaceError) as exc:
-        print(mask_secrets(f"error: {exc}"), file=sys.stderr)
-        sys.exit(EXIT_CONFIG_ERROR)
-    except KeyboardInterrupt as exc:
-        signum = getattr(exc, "signum", signal.SIGINT)
-        print(
-            f"interrupted by {signal.Signals(signum).name}; finished cells are kept in MLflow, re-run the "
-            "same command to train the rest",
-            file=sys.stderr,
-        )
-        sys.exit(128 + signum)
-    sys.exit(code)
+    sys.exit(run_benchmark(cfg, console))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ presets calls :func:`compose_config`, so a preset is defined once, in ``conf/``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from algorithms import ConfigError, build_config
+from algorithms import ALGORITHMS, ConfigError, build_config
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -34,11 +35,27 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train") ->
 def algorithm_config(algo: Mapping[str, Any]) -> tuple[str, Any]:
     """(algorithm name, validated config dataclass) from a resolved ``algo`` node.
 
-    Raises ConfigError, prefixed with ``algo:``, naming a bad or unknown hyperparameter.
+    Raises ConfigError naming a bad or unknown hyperparameter by its config key (``algo.gamma must be
+    …``), or prefixed with ``algo:`` when the message is about several fields.
     """
     hyperparameters = {key: value for key, value in algo.items() if key != "name"}
     name = str(algo.get("name", ""))
     try:
         return name, build_config(name, hyperparameters)
     except ConfigError as exc:
+        first_word = str(exc).split(" ", 1)[0]
+        if first_word in hyperparameters or first_word in _field_names(name):
+            raise ConfigError(f"algo.{exc}") from exc
         raise ConfigError(f"algo: {exc}") from exc
+
+
+def _field_names(algo: str) -> set[str]:
+    """The hyperparameter names of algorithm ``algo`` (empty for an unknown one)."""
+    spec = ALGORITHMS.get(algo)
+    return set() if spec is None else {f.name for f in dataclasses.fields(spec.config_cls)}
+
+
+def override_key(override: str) -> str:
+    """The top-level config key a Hydra override sets (``+algo.x=1`` → ``algo``)."""
+    key = override.lstrip("+~").split("=", 1)[0]
+    return key.split(".", 1)[0].split("@", 1)[0]

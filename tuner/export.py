@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ def export_preset(
     """Write the preset of ``trial`` to ``directory/<name>.yaml`` and return its path."""
     path = Path(directory) / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # its own: two sweep commands may export at once
     tmp.write_text(preset_text(trial, config, study_name, seed, name))
     tmp.replace(path)  # atomic: never a half-written preset
     return path

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from algorithms import ConfigError, NonFiniteLossError, UnsupportedSpaceError
 from tuner.compose import algorithm_config
 from tuner.search import SearchSpace, to_overrides
+from tuner.secrets import mask_secrets
 from tuner.study import FAIL_REASON_ATTR, TRIAL_RUN_ATTR
 from tuner.tracking import RunSignals, start_run
 from tuner.train import run_training
@@ -67,10 +68,6 @@ class TrialOutcome:
     state: TrialState
     value: float | None
     reason: str = ""
-
-
-class _PrunedError(Exception):
-    """Raised inside the trial's MLflow run when the pruner stopped a seed (ends the run normally)."""
 
 
 class PruningReporter:
@@ -130,7 +127,7 @@ def run_trial(
     """
     values = setup.space.suggest(trial)
     trial.set_user_attr(VALUES_ATTR, dict(values))
-    trial.set_user_attr(OVERRIDES_ATTR, trial_overrides(setup, values))
+    trial.set_user_attr(OVERRIDES_ATTR, mask_secrets(trial_overrides(setup, values)))
     try:
         algorithm_config(trial_config(setup, values, setup.seeds[0])["algo"])
     except ConfigError as exc:
@@ -138,6 +135,7 @@ def run_trial(
 
     tags = _trial_tags(study, trial)
     scores: list[float] = []
+    pruned_at: int | None = None
     started = time.perf_counter()
     try:
         with start_run(
@@ -149,7 +147,7 @@ def run_trial(
         ) as run:
             trial.set_user_attr(TRIAL_RUN_ATTR, run.run_id)
             run.log_params({"trial": {"number": trial.number}, "sampled": dict(values)})
-            run.log_text("\n".join(trial_overrides(setup, values)) + "\n", "overrides.txt")
+            run.log_text("\n".join(mask_secrets(trial_overrides(setup, values))) + "\n", "overrides.txt")
             for index, seed in enumerate(setup.seeds):
                 reporter = PruningReporter(trial, index, setup.budget_steps, scores)
                 result = run_training(
@@ -159,26 +157,27 @@ def run_trial(
                     run_name=f"trial-{trial.number}-seed{seed}",
                     signals=signals,
                 )
-                if result.stopped_early:
-                    run.set_tags({"optuna_state": "PRUNED", "pruned_step": reporter.pruned_at})
-                    raise _PrunedError(reporter.pruned_at)
+                if result.stopped_early:  # pruned: the runs end normally, their state in a tag
+                    pruned_at = reporter.pruned_at
+                    run.set_tags({"optuna_state": "PRUNED", "pruned_step": pruned_at})
+                    break
                 scores.append(result.mean_return)
                 run.log_metric("trial/seed_return", result.mean_return, index)
-            objective = sum(scores) / len(scores)
-            run.log_metrics(
-                {"trial/objective": objective, "trial/wall_time_s": time.perf_counter() - started}, 0
-            )
-            run.set_tags({"optuna_state": "COMPLETE"})
-    except _PrunedError:
-        trial.set_user_attr(SEED_RETURNS_ATTR, scores)
-        study.tell(trial, state=TrialState.PRUNED)
-        return TrialOutcome(trial.number, TrialState.PRUNED, None)
+            else:
+                objective = sum(scores) / len(scores)
+                run.log_metrics(
+                    {"trial/objective": objective, "trial/wall_time_s": time.perf_counter() - started}, 0
+                )
+                run.set_tags({"optuna_state": "COMPLETE"})
     except NonFiniteLossError as exc:
         return fail_trial(study, trial, f"training diverged: {exc}", None)
     except (ConfigError, UnsupportedSpaceError) as exc:
         return fail_trial(study, trial, f"invalid config: {exc}", None)
 
     trial.set_user_attr(SEED_RETURNS_ATTR, scores)
+    if pruned_at is not None:
+        study.tell(trial, state=TrialState.PRUNED)
+        return TrialOutcome(trial.number, TrialState.PRUNED, None)
     if setup.multi_objective:
         study.tell(trial, [objective, time.perf_counter() - started])
     else:

@@ -47,6 +47,7 @@ from tuner.objective import (
     trial_overrides,
 )
 from tuner.progress import TrainProgress
+from tuner.secrets import mask_secrets
 from tuner.study import (
     FAIL_REASON_ATTR,
     TRIAL_RUN_ATTR,
@@ -289,7 +290,7 @@ def _suggest(
     finally:
         study.sampler = base_sampler
     trial.set_user_attr(VALUES_ATTR, dict(values))
-    trial.set_user_attr(OVERRIDES_ATTR, trial_overrides(setup, values))
+    trial.set_user_attr(OVERRIDES_ATTR, mask_secrets(trial_overrides(setup, values)))
     return values
 
 
@@ -452,7 +453,10 @@ def _end_trial(
             trial.run.log_metrics({"trial/objective": objective, "trial/wall_time_s": wall_time}, 0)
             for index, value in enumerate(returns):
                 trial.run.log_metric("trial/seed_return", value, index)
-        trial.run.set_tags({"optuna_state": outcome.name, **({"end_reason": reason} if reason else {})})
+        tags = {"optuna_state": outcome.name, **({"end_reason": reason} if reason else {})}
+        if outcome == TrialState.PRUNED:
+            tags["pruned_step"] = max(trial.evals, default=0)  # pruned right after its latest report
+        trial.run.set_tags(tags)
         if outcome == TrialState.FAIL:
             trial.close.__exit__(_TrialFailedError, _TrialFailedError(reason), None)
         else:

@@ -12,10 +12,12 @@ import contextlib
 import logging
 import os
 import sys
+import zlib
 from collections.abc import Iterator
 
 from algorithms import ConfigError
 from tuner.secrets import mask_secrets
+from tuner.stores import CONNECT_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +33,12 @@ def ensure_database(url: str) -> None:
     """
     import sqlalchemy
 
-    target = sqlalchemy.engine.make_url(url)
-    name = target.database
-    if not name:
-        raise ConfigError(f"the PostgreSQL URL {mask_secrets(url)} names no database (…/dbname)")
-    engine = sqlalchemy.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    name = sqlalchemy.engine.make_url(url).database
+    engine = sqlalchemy.create_engine(
+        maintenance_url(url),
+        isolation_level="AUTOCOMMIT",
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+    )
     try:
         with engine.connect() as connection:
             exists = connection.execute(
@@ -66,28 +69,54 @@ def ensure_database(url: str) -> None:
         engine.dispose()
 
 
+def maintenance_url(url: str) -> str:
+    """``url`` with the server's ``postgres`` maintenance database in place of its own (to check the
+    server, or create the database, before the database exists). ConfigError if ``url`` names none."""
+    import sqlalchemy
+
+    target = sqlalchemy.engine.make_url(url)
+    if not target.database:
+        raise ConfigError(f"the PostgreSQL URL {mask_secrets(url)} names no database (…/dbname)")
+    return target.set(database="postgres").render_as_string(hide_password=False)
+
+
 def _unreachable(url: str, exc: Exception) -> ConfigError:
     """The error for a server that refused ``url``, its first line and any password masked."""
     reason = mask_secrets(str(getattr(exc, "orig", exc)).strip().splitlines()[0])
     return ConfigError(f"cannot reach PostgreSQL at {mask_secrets(url)}: {reason}")
 
 
-@contextlib.contextmanager
-def schema_lock(url: str) -> Iterator[None]:
-    """Hold a PostgreSQL advisory lock on the database of ``url`` for the block.
+def schema_lock(url: str) -> contextlib.AbstractContextManager[None]:
+    """Hold the advisory lock of schema creation on the database of ``url`` for the block.
 
     Opening an Optuna RDB storage creates its tables when they are missing. Two workers that open a fresh
     database at the same moment both try, and PostgreSQL rejects one of them with a unique violation
     (``pg_type_typname_nsp_index``); taking this lock around the open makes the second wait and then
-    find the tables. The lock is per connection, so it also goes when a killed worker's connection does.
+    find the tables.
+    """
+    return advisory_lock(url, SCHEMA_LOCK_KEY)
+
+
+def study_lock_key(study_name: str) -> int:
+    """The advisory lock id of one study's sweep bookkeeping (budget top-up, sweep run)."""
+    return zlib.crc32(f"rltune-study:{study_name}".encode())
+
+
+@contextlib.contextmanager
+def advisory_lock(url: str, key: int) -> Iterator[None]:
+    """Hold PostgreSQL's advisory lock ``key`` on the database of ``url`` for the block.
+
+    The lock is per connection, so it also goes when a killed process's connection does.
     """
     import sqlalchemy
 
     # NullPool: closing the connection really closes it, which releases the lock even if the block fails.
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    engine = sqlalchemy.create_engine(
+        url, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
+    )
     try:
         connection = engine.connect()
-        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
     except sqlalchemy.exc.SQLAlchemyError as exc:
         engine.dispose()
         raise _unreachable(url, exc) from exc

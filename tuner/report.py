@@ -19,12 +19,11 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import hydra
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
@@ -32,16 +31,14 @@ from rich.console import Console
 from rich.table import Table
 
 from algorithms import ConfigError
-from tuner.compose import CONF_DIR
+from tuner.app import hydra_app
 from tuner.curves import normalize, normalized_auc, time_to_threshold
-from tuner.secrets import mask_secrets
 from tuner.stats import bootstrap_ci, iqm, stratified_bootstrap_ci
 from tuner.train import resolve_config
 
 if TYPE_CHECKING:
     from tuner.tracking import RunReader
 
-EXIT_CONFIG_ERROR = 2
 KIND_REPORT = "benchmark_report"
 EVAL_METRIC = "eval/mean_return"
 
@@ -359,24 +356,48 @@ def publish(report: Report, files: Sequence[Path], uri: str, artifact_dir: str) 
         return run.run_id
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="report")
+@dataclass(frozen=True)
+class ReportSettings:
+    """The validated ``report`` node of conf/report.yaml (see the comments there)."""
+
+    benchmark: str | None
+    out_dir: str
+    confidence: float
+    n_resamples: int
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any]) -> ReportSettings:
+        """Read and check ``cfg.report``; ConfigError naming the key and the value otherwise."""
+        benchmark, out_dir = node.get("benchmark"), node.get("out_dir")
+        if benchmark is not None and (not isinstance(benchmark, str) or not benchmark):
+            raise ConfigError(f"report.benchmark must be a benchmark name or null, got {benchmark!r}")
+        if not isinstance(out_dir, str) or not out_dir:
+            raise ConfigError(f"report.out_dir must be a directory path, got {out_dir!r}")
+        confidence = node.get("confidence")
+        if isinstance(confidence, bool) or not isinstance(confidence, int | float) or not 0 < confidence < 1:
+            raise ConfigError(f"report.confidence must be a number in (0, 1), e.g. 0.95, got {confidence!r}")
+        resamples = node.get("n_resamples")
+        if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
+            raise ConfigError(f"report.n_resamples must be an integer >= 100, got {resamples!r}")
+        return cls(benchmark, out_dir, float(confidence), resamples)
+
+
+@hydra_app("report")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: build, print, write and publish the report; exit code 2 if there is none."""
+    """``python -m tuner.report``: build, print, write and publish the report; exit codes as in
+    :mod:`tuner.app` (2 when there is no benchmark to report on)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one file: no progress bar
     from tuner.tracking import RunReader
 
     console = Console() if sys.stdout.isatty() else Console(width=200)  # logs: tables unwrapped
-    try:
-        config = resolve_config(cfg)
-        settings, tracking = config["report"], config["tracking"]
-        confidence, resamples = float(settings["confidence"]), int(settings["n_resamples"])
-        report = build_report(RunReader(tracking["uri"]), settings["benchmark"], confidence, resamples)
-    except ConfigError as exc:
-        print(mask_secrets(f"error: {exc}"), file=sys.stderr)
-        sys.exit(EXIT_CONFIG_ERROR)
+    config = resolve_config(cfg)
+    settings, tracking = ReportSettings.from_config(config["report"]), config["tracking"]
+    report = build_report(
+        RunReader(tracking["uri"]), settings.benchmark, settings.confidence, settings.n_resamples
+    )
     print_report(report, console)
-    directory = Path(settings["out_dir"]) / report.name
-    files = write_outputs(report, directory, float(settings["confidence"]))
+    directory = Path(settings.out_dir) / report.name
+    files = write_outputs(report, directory, settings.confidence)
     run_id = publish(report, files, tracking["uri"], tracking["artifact_dir"])
     console.print(
         f"wrote {len(files)} files to {directory}; MLflow run {run_id} in {report.experiment!r} (make ui)"

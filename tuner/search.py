@@ -53,6 +53,10 @@ _KEYS: dict[str, frozenset[str]] = {
     "categorical": frozenset({"type", "choices", "values", "reparam"}),
 }
 _SPACE_KEYS = ("algo", "params")
+MIN_UPDATES_PER_TRIAL = 4
+"""A trial's budget holds at least this many rollouts (PPO) or training phases (SAC, TD3, D3QN) after
+the warm-up: fewer would score a policy that barely trained, and annealed schedules would reach 0 inside
+the first one. :meth:`SearchSpace.for_budget` narrows a space so that every sample keeps to it."""
 
 
 def _plain(value: Any) -> Any:
@@ -227,6 +231,35 @@ class ParamSpec:
             values=values,
             cap=cap,
         )
+
+    def narrowed(self, limit: float, why: str) -> ParamSpec:
+        """This parameter without the values whose config value exceeds ``limit`` (an int range loses
+        its top, a categorical those choices); ConfigError naming ``why`` when none is left."""
+        where = f"search.params.{self.name}"
+        if self.type == "categorical":
+            assert self.choices is not None
+            kept = tuple(c for c in self.choices if _numbers([self.to_value(c)], self.name)[0] <= limit)
+            if not kept:
+                raise ConfigError(
+                    f"{where}: no choice of {list(self.choices)} fits {why} (at most {limit:g})"
+                )
+            values = None if self.values is None else tuple((k, v) for k, v in self.values if k in kept)
+            return dataclasses.replace(self, choices=kept, values=values)
+        if self.type != "int" or self.reparam == "pow2_two_layers":
+            raise ConfigError(f"{where}: a field the budget bounds is searched as an int or a categorical")
+        assert self.low is not None and self.high is not None
+        step = int(self.step or 1)
+        fitting = [k for k in range(int(self.low), int(self.high) + 1, step) if self.to_value(k) <= limit]
+        if not fitting:
+            raise ConfigError(
+                f"{where}: its smallest value {self.to_value(self.low)} does not fit {why} (at most "
+                f"{limit:g}); raise the budget or lower {where}.low"
+            )
+        if fitting[-1] == self.high:
+            return self
+        if fitting[-1] == self.low and self.cap is None:  # one value left: a categorical of it
+            return ParamSpec(self.name, "categorical", choices=(self.to_value(fitting[-1]),))
+        return dataclasses.replace(self, high=fitting[-1])
 
     @property
     def optuna_name(self) -> str:
@@ -414,6 +447,45 @@ class SearchSpace:
                         f"in this range: {exc}"
                     ) from exc
 
+    def for_budget(self, budget_steps: int, base: Mapping[str, Any] | None = None) -> SearchSpace:
+        """This space narrowed so that every config it samples fits the trial budget ``budget_steps``.
+
+        The rule (:data:`MIN_UPDATES_PER_TRIAL`): the warm-up before the first update plus that many
+        rollouts (the env steps between two updates, the product of the config's ``ROLLOUT_FIELDS``) fit
+        into the budget. A searched rollout field loses the values that cannot fit even with the other
+        fields at their largest; a searched warm-up field loses those that leave no room for the
+        rollouts. ConfigError naming ``tune.budget_steps`` when no value is left, or when the base
+        config's unsearched fields break the rule.
+        """
+        config_cls = get_algorithm(self.algo).config_cls
+        values = {**_dataclass_defaults(config_cls), **_base_values(base)}
+        searched = {p.name: p for p in self.params}
+        bounded = (*config_cls.ROLLOUT_FIELDS, config_cls.WARMUP_FIELD)
+        largest = {n: max(_numbers(p.end_values(), n)) for n, p in searched.items() if n in bounded}
+        narrowed = dict(searched)
+        rollout_fields = config_cls.ROLLOUT_FIELDS
+        for name in rollout_fields:
+            others = math.prod(largest.get(f, values[f]) for f in rollout_fields if f != name)
+            limit = budget_steps // (MIN_UPDATES_PER_TRIAL * others)
+            if name in searched:
+                narrowed[name] = searched[name].narrowed(limit, f"tune.budget_steps={budget_steps}")
+                largest[name] = max(_numbers(narrowed[name].end_values(), name))
+        rollout = math.prod(largest.get(f, values[f]) for f in rollout_fields)
+        warmup_field = config_cls.WARMUP_FIELD
+        room = budget_steps - MIN_UPDATES_PER_TRIAL * rollout
+        if warmup_field in searched:
+            narrowed[warmup_field] = searched[warmup_field].narrowed(
+                room, f"tune.budget_steps={budget_steps}"
+            )
+        elif (warmup_field is not None and values[warmup_field] > room) or room < 0:
+            fields = " × ".join(f"algo.{f}" for f in rollout_fields)
+            warmup = f"algo.{warmup_field} ({values[warmup_field]}) + " if warmup_field else ""
+            raise ConfigError(
+                f"tune.budget_steps ({budget_steps}) must hold {warmup}{MIN_UPDATES_PER_TRIAL} updates of "
+                f"{fields} ({rollout}) env steps; raise it, or lower those fields"
+            )
+        return dataclasses.replace(self, params=tuple(narrowed[p.name] for p in self.params))
+
     @property
     def names(self) -> tuple[str, ...]:
         """The config field names of the tuned parameters."""
@@ -481,6 +553,19 @@ class SearchSpace:
                 raise ConfigError(f"search.params.{p.name}: no value for {p.name!r}")
             params[p.optuna_name] = p.to_sampled(values[p.name])
         return params
+
+
+def _dataclass_defaults(config_cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(config_cls) if f.default is not dataclasses.MISSING}
+
+
+def _numbers(values: Sequence[Any], name: str) -> list[float]:
+    """``values`` of a field the budget bounds, which must be numbers; ConfigError naming it otherwise."""
+    if not all(_is_number(v) for v in values):
+        raise ConfigError(
+            f"search.params.{name}: a field the budget bounds takes numbers, got {list(values)}"
+        )
+    return list(values)
 
 
 def _base_values(base: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -12,14 +12,12 @@ retry does.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import re
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -30,12 +28,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from algorithms import ConfigError
 from tuner.secrets import mask_secrets
+from tuner.stores import StoreMissing, check_server, check_sqlite, sqlite_lock, sqlite_path
 
 MULTI_OBJECTIVE_SAMPLERS = ("NSGAIISampler", "NSGAIIISampler")
 STUDY_STARTED_ATTR = "started_at"  # study user attr: when the latest sweep command started (tune.timeout)
 SWEEP_RUN_ATTR = "mlflow_sweep_run_id"  # study user attr: the MLflow parent run of the sweep
 TRIAL_RUN_ATTR = "mlflow_run_id"  # trial user attr: the trial's MLflow run
 FAIL_REASON_ATTR = "fail_reason"  # trial user attr: why a trial ended FAIL
+HEARTBEAT_LOST = "worker stopped sending heartbeats; retried"  # the reason of a stale trial
+INTERRUPTED = "interrupted; retried"  # the reason of a trial whose worker was stopped (Ctrl-C, SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class TuneSettings:
     """Slots of a population-mode worker (0: off; trials run one after another)."""
     population_trials: int = 0
     """Trials one population starts before it retires and the next samples a new structure."""
+    join_timeout: float = 600.0
+    """Seconds a worker waits for the sweep command to create the study and enqueue its trials."""
 
     @classmethod
     def from_config(cls, tune: Mapping[str, Any]) -> TuneSettings:
@@ -77,6 +80,14 @@ class TuneSettings:
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
         ):
             raise ConfigError(f"tune.timeout must be a number of seconds > 0 or null, got {timeout!r}")
+        join_timeout = tune.get("join_timeout")
+        if isinstance(join_timeout, bool) or not isinstance(join_timeout, int | float) or join_timeout < 0:
+            raise ConfigError(f"tune.join_timeout must be a number of seconds >= 0, got {join_timeout!r}")
+        storage, export = tune.get("storage"), tune.get("export")
+        if not isinstance(storage, str) or not storage:
+            raise ConfigError(f"tune.storage must be an RDB URL, got {mask_secrets(storage)!r}")
+        if not isinstance(export, bool):
+            raise ConfigError(f"tune.export must be true or false, got {export!r}")
         n_seeds, seeds_start = integer("n_seeds", 1), integer("seeds_start", 0)
         n_validate, validate_start = integer("validate_seeds", 0), integer("validate_seeds_start", 0)
         seeds = tuple(range(seeds_start, seeds_start + n_seeds))
@@ -110,7 +121,7 @@ class TuneSettings:
             raise ConfigError(f"tune.study_name must be a non-empty string, got {name!r}")
         return cls(
             study_name=name,
-            storage=str(tune.get("storage")),
+            storage=storage,
             n_trials=integer("n_trials", 1),
             timeout=None if timeout is None else float(timeout),
             n_seeds=n_seeds,
@@ -121,11 +132,12 @@ class TuneSettings:
             grace_period=grace,
             max_retry=integer("max_retry", 0),
             validate_seeds=validate_seeds,
-            export=bool(tune.get("export")),
+            export=export,
             export_dir=str(tune.get("export_dir")),
             export_name=_preset_name(tune.get("export_name")),
             population=population,
             population_trials=population_trials,
+            join_timeout=float(join_timeout),
         )
 
 
@@ -135,24 +147,39 @@ def _preset_name(name: Any) -> str:
     return name
 
 
+def check_storage(url: str, create: bool, key: str = "tune.storage") -> None:
+    """Check the Optuna storage at ``url`` before anything is created in it or elsewhere.
+
+    With ``create``, the storage must be creatable (a writable folder, a reachable server); without, it
+    must exist, else StoreMissing. ConfigError, password masked, names the storage and ``key``.
+    """
+    what = "Optuna storage"
+    path = sqlite_path(url)
+    if path is not None:
+        check_sqlite(path, what, key, create)
+    elif url.startswith("postgresql") and create:
+        from tuner.postgres import maintenance_url
+
+        check_server(maintenance_url(url), what, key, shown=url)  # the database is created on first use
+    elif "://" in url and not url.startswith("sqlite"):
+        check_server(url, what, key)
+    else:
+        raise ConfigError(
+            f"{key} must be an RDB URL (sqlite:///path.db, postgresql://user@host/db, mysql://…), "
+            f"got {mask_secrets(url)!r}"
+        )
+
+
 def make_storage(
-    settings: TuneSettings, on_stale_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None
+    settings: TuneSettings,
+    on_stale_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    create: bool = True,
 ) -> RDBStorage:
     """Optuna's RDB storage for ``settings.storage`` with worker heartbeats.
 
     ``on_stale_trial`` runs after Optuna marks a dead worker's trial FAIL (after the retry is enqueued).
-    ConfigError, with any password masked, when the URL is not an RDB URL or the database is unreachable.
+    Without ``create`` a storage that does not exist is a StoreMissing error, and nothing is created.
     """
-    url = settings.storage
-    creating: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-    database_file = sqlite_file(url)
-    if database_file is not None:
-        database_file.parent.mkdir(parents=True, exist_ok=True)
-    elif url.startswith("postgresql"):
-        from tuner.postgres import ensure_database, schema_lock
-
-        ensure_database(url)
-        creating = schema_lock(url)  # workers opening a fresh database would race to create the tables
     with warnings.catch_warnings():  # heartbeats and retries are marked experimental in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry)
@@ -162,31 +189,54 @@ def make_storage(
         if on_stale_trial is not None:
             on_stale_trial(study, trial)
 
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    with creating:  # its own ConfigError (server unreachable) is already the message to show
+    return open_storage(
+        settings.storage,
+        create,
+        heartbeat_interval=settings.heartbeat_interval,
+        grace_period=settings.grace_period,
+        heartbeat_stale_trial_callback=stale,
+    )
+
+
+def open_storage(url: str, create: bool, key: str = "tune.storage", **options: Any) -> RDBStorage:
+    """Check the storage (:func:`check_storage`), create it if ``create`` and it is missing, and open it
+    as an ``RDBStorage`` with ``options``; ConfigError, password masked, when that fails."""
+    check_storage(url, create, key)
+    path = sqlite_path(url)
+    first_use: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if path is not None and create:
+        first_use = sqlite_lock(path)  # two commands opening a fresh file would both create its tables
+    elif url.startswith("postgresql"):
+        from tuner.postgres import ensure_database, schema_lock
+
+        if create:
+            ensure_database(url)
+        first_use = schema_lock(url)  # workers opening a fresh database would race to create the tables
+    engine_kwargs = {"connect_args": {"timeout": 60}} if path is not None else {"pool_pre_ping": True}
+    with first_use:  # its own ConfigError (server unreachable) is already the message to show
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=settings.heartbeat_interval,
-                    grace_period=settings.grace_period,
-                    heartbeat_stale_trial_callback=stale,
-                )
+                return RDBStorage(url, engine_kwargs=engine_kwargs, **options)
         except Exception as exc:  # SQLAlchemy raises many types: bad URL, driver missing, refused connection
             reason = mask_secrets(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            raise ConfigError(
-                f"cannot open Optuna storage {mask_secrets(url)}: {reason} "
-                "(tune.storage takes an RDB URL: sqlite:///path.db, postgresql://user@host/db, mysql://…)"
-            ) from exc
+            raise ConfigError(f"cannot open Optuna storage {mask_secrets(url)} ({key}): {reason}") from exc
 
 
-def sqlite_file(url: str) -> Path | None:
-    """The database file of a ``sqlite:///`` storage URL; None for another backend or ``:memory:``."""
-    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
-        return None
-    return Path(url.removeprefix("sqlite:///"))
+def study_lock(url: str, study_name: str) -> contextlib.AbstractContextManager[None]:
+    """A lock, shared by every process on the storage, around one study's sweep bookkeeping (its budget
+    top-up and its sweep run), so that two sweep commands on one study add one budget and one run.
+
+    SQLite: a file lock beside the database; PostgreSQL: an advisory lock; other backends: none.
+    """
+    path = sqlite_path(url)
+    if path is not None:
+        return sqlite_lock(path)
+    if url.startswith("postgresql"):
+        from tuner.postgres import advisory_lock, study_lock_key
+
+        return advisory_lock(url, study_lock_key(study_name))
+    return contextlib.nullcontext()
 
 
 def build_sampler(node: DictConfig | Mapping[str, Any], seed_offset: int = 0) -> optuna.samplers.BaseSampler:
@@ -253,7 +303,7 @@ def open_study(
                 study_name=settings.study_name, storage=storage, sampler=sampler, pruner=pruner
             )
         except KeyError:
-            raise ConfigError(
+            raise StoreMissing(
                 f"no study {settings.study_name!r} in {mask_secrets(settings.storage)}; "
                 "start it with `make sweep` (python -m tuner.tune) first"
             ) from None
@@ -267,12 +317,22 @@ def open_study(
 
 
 def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
-    """Numbers of trials that failed with a dead worker and were re-enqueued (they no longer count)."""
+    """Numbers of trials that failed with a dead or interrupted worker and were re-enqueued (they no
+    longer count): every attempt in a retry's history, so a retry that failed again is left out too."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return {
-            n for t in trials if (n := RetryHeartbeatStaleTrialCallback.retried_trial_number(t)) is not None
-        }
+        return {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
+
+
+def fail_reason(trial: FrozenTrial, retried: set[int]) -> str | None:
+    """Why a FAIL trial failed (None for any other state): its ``fail_reason`` attribute, or, for an
+    attempt that was retried without one, that its worker stopped sending heartbeats (Optuna failed it)."""
+    if trial.state != TrialState.FAIL:
+        return None
+    reason = trial.user_attrs.get(FAIL_REASON_ATTR)
+    if reason:
+        return str(reason)
+    return HEARTBEAT_LOST if trial.number in retried else None
 
 
 @dataclass(frozen=True)
@@ -325,15 +385,17 @@ def claim_trial(study: optuna.Study, storage: RDBStorage) -> optuna.Trial | None
                 if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
                     # Re-read through the study so its trial cache knows the claimed trial's new state.
                     study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                    if frozen.user_attrs.get(FAIL_REASON_ATTR):  # a retry copies its failed attempt's
+                        storage.set_trial_user_attr(frozen._trial_id, FAIL_REASON_ATTR, "")
                     return optuna.Trial(study, frozen._trial_id)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another worker took and finished it meanwhile
     return None
 
 
-@contextlib.contextmanager
-def _claim_lock(url: str) -> Iterator[None]:
-    """On SQLite, hold an exclusive lock on ``<database>.claim-lock`` for the block; elsewhere nothing.
+def _claim_lock(url: str) -> contextlib.AbstractContextManager[None]:
+    """On SQLite, the database's file lock (:func:`tuner.stores.sqlite_lock`) for the block; elsewhere
+    nothing.
 
     Optuna's WAITING → RUNNING compare-and-set reads the state with ``SELECT … FOR UPDATE``, which
     PostgreSQL and MySQL honour, but SQLite reads outside the write transaction: two local workers
@@ -341,16 +403,8 @@ def _claim_lock(url: str) -> Iterator[None]:
     of 10 rounds of two processes claiming 20 trials). SQLite studies live on one machine, so a file lock
     beside the database serialises the claims.
     """
-    database_file = sqlite_file(url)
-    if database_file is None:
-        yield
-        return
-    with database_file.with_name(database_file.name + ".claim-lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    database_file = sqlite_path(url)
+    return contextlib.nullcontext() if database_file is None else sqlite_lock(database_file)
 
 
 def mark_started(study: optuna.Study) -> None:

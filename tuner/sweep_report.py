@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tuner.stats import Comparison
+from tuner.study import FAIL_REASON_ATTR, fail_reason, retried_numbers
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,6 @@ TRIALS_CSV = "trials.csv"
 TRIALS_MD = "trials.md"
 VALIDATION_CSV = "validation.csv"
 VALIDATION_MD = "validation.md"
-FAIL_REASON_ATTR = "fail_reason"
 MIN_COMPLETE_TRIALS_FOR_PLOTS = 2
 CONSOLE_WIDTH = 120
 
@@ -53,7 +53,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     Columns, in order: ``number``, ``state`` (``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``, ...),
     the objective value(s), one column per sampled parameter under its Optuna name (empty where a trial
     did not sample it), ``duration_s`` (empty while running), ``pruned_step`` (the last reported step of
-    a pruned trial) and ``fail_reason`` (the trial's user attribute of that name, if set).
+    a pruned trial) and ``fail_reason`` (why a FAIL trial failed, see :func:`tuner.study.fail_reason`).
 
     A single-objective study has one ``value`` column; a multi-objective one has ``value_<metric>`` per
     objective (``value_0``, ``value_1``, ... when the study has no metric names). A parameter whose
@@ -66,6 +66,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     value_columns = _value_columns(study)
     reserved = {"number", "state", *value_columns, "duration_s", "pruned_step", FAIL_REASON_ATTR}
     trials = sorted(study.get_trials(deepcopy=False), key=_sort_key(study))
+    retried = retried_numbers(trials)
     param_names = list(dict.fromkeys(name for trial in trials for name in trial.params))
     param_columns = {name: f"param_{name}" if name in reserved else name for name in param_names}
 
@@ -77,7 +78,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         row.update({param_columns[name]: trial.params.get(name) for name in param_names})
         row["duration_s"] = trial.duration.total_seconds() if trial.duration is not None else math.nan
         row["pruned_step"] = trial.last_step if trial.state == TrialState.PRUNED else None
-        row[FAIL_REASON_ATTR] = trial.user_attrs.get(FAIL_REASON_ATTR)
+        row[FAIL_REASON_ATTR] = fail_reason(trial, retried)
         rows.append(row)
 
     columns = ["number", "state", *value_columns, *param_columns.values()]

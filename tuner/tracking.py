@@ -10,6 +10,7 @@ params, tags, text artifacts — has URL passwords masked first (:func:`tuner.se
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -30,6 +31,15 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from algorithms import ConfigError
 from tuner.secrets import mask_secrets
+from tuner.stores import (
+    StoreMissing,
+    check_http,
+    check_server,
+    check_sqlite,
+    check_writable_dir,
+    sqlite_lock,
+    sqlite_path,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -184,7 +194,8 @@ def start_run(
 
 
 def _reopen(client: MlflowClient, run_id: str) -> str | None:
-    """Set an existing, not deleted run back to RUNNING; None if there is no such run."""
+    """Set an existing, not deleted run back to RUNNING, without the failure reason of an earlier end;
+    None if there is no such run."""
     try:
         run = client.get_run(run_id)
     except MlflowException:
@@ -192,6 +203,8 @@ def _reopen(client: MlflowClient, run_id: str) -> str | None:
     if run.info.lifecycle_stage != "active":
         return None
     client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    if FAILURE_TAG in run.data.tags:  # the reason an earlier session ended it; this one starts afresh
+        client.delete_tag(run_id, FAILURE_TAG)
     return run_id
 
 
@@ -221,10 +234,57 @@ def end_runs(uri: str, run_ids: Sequence[str], status: str, reason: str) -> list
     return ended
 
 
+def check_tracking_store(uri: str, experiment: str | None = None, create: bool = True) -> None:
+    """Check the tracking store before anything is created in it or elsewhere (see :mod:`tuner.stores`).
+
+    The store must be reachable and, with ``create``, writable; an existing store must be readable and,
+    if ``experiment`` is given and exists, that experiment must not be deleted. Raises ConfigError
+    naming the store (password masked); StoreMissing when ``create`` is False and there is no store.
+    """
+    what, key = "MLflow tracking store", "tracking.uri"
+    path = sqlite_path(uri)
+    if path is not None:
+        check_sqlite(path, what, key, create)
+        exists = path.exists()
+    elif uri.startswith(("http://", "https://")):
+        check_http(uri, "MLflow tracking server", key)
+        exists = True
+    elif "://" in uri and not uri.startswith("file:"):
+        check_server(uri, what, key)
+        exists = True
+    else:  # a local folder (MLflow's file store)
+        folder = Path(uri.removeprefix("file://"))
+        exists = folder.exists()
+        if create:
+            check_writable_dir(folder, what, key)
+        elif not exists:
+            raise StoreMissing(f"no {what} at {folder} ({key}): it does not exist yet")
+    if exists and experiment is not None:
+        try:
+            found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+        except MlflowException as exc:
+            raise ConfigError(f"cannot use {what} {mask_secrets(uri)}: {exc.message}") from exc
+        if found is not None and found.lifecycle_stage != "active":
+            raise ConfigError(_deleted_experiment(experiment))
+
+
+def _deleted_experiment(name: str) -> str:
+    return (
+        f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) "
+        "or choose another name with tracking.experiment=..."
+    )
+
+
 def _open_experiment(uri: str, name: str, artifact_dir: Path | None) -> tuple[MlflowClient, str]:
     """A client on ``uri`` and the id of the active experiment ``name``, created if missing."""
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_path(uri)
+    # A fresh SQLite store gets its tables on first use; two processes doing that at once collide.
+    first_use = contextlib.nullcontext() if path is None else sqlite_lock(path)
+    with first_use:
+        return _open_experiment_unlocked(uri, name, artifact_dir)
+
+
+def _open_experiment_unlocked(uri: str, name: str, artifact_dir: Path | None) -> tuple[MlflowClient, str]:
     try:
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(name)
@@ -240,10 +300,7 @@ def _open_experiment(uri: str, name: str, artifact_dir: Path | None) -> tuple[Ml
     except MlflowException as exc:
         raise ConfigError(f"cannot use MLflow tracking store {mask_secrets(uri)}: {exc.message}") from exc
     if experiment.lifecycle_stage != "active":
-        raise ConfigError(
-            f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) "
-            "or choose another name with tracking.experiment=..."
-        )
+        raise ConfigError(_deleted_experiment(name))
     return client, experiment.experiment_id
 
 
@@ -344,7 +401,10 @@ class RunReader:
     MLflow ``Run`` objects, newest first. MLflow errors become ConfigError naming the masked URI.
     """
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, create: bool = False) -> None:
+        """Read ``uri``; unless ``create`` (a command about to record there), a store that does not exist
+        yet is a StoreMissing error rather than a new, empty store."""
+        check_tracking_store(uri, create=create)
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
 

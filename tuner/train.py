@@ -14,33 +14,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
-import sys
 import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from algorithms import (
-    Agent,
-    ConfigError,
-    EvalResult,
-    NonFiniteLossError,
-    TrainState,
-    UnsupportedSpaceError,
-    get_algorithm,
-)
+from algorithms import Agent, ConfigError, EvalResult, TrainState, get_algorithm
 from algorithms.common.networks import configure_torch_cpu
-from tuner.compose import CONF_DIR, algorithm_config
+from tuner.app import hydra_app
+from tuner.compose import algorithm_config
 from tuner.progress import TrainProgress
 from tuner.secrets import mask_secrets
 
@@ -49,8 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXIT_TRAINING_FAILED = 1
-EXIT_CONFIG_ERROR = 2
 CONFIG_ARTIFACT = "config.yaml"
 MODEL_ARTIFACT = "model.pt"
 CURVE_ARTIFACT = "learning_curve.png"
@@ -129,7 +117,7 @@ class RunSettings:
             eval_episodes=_integer(config, "env.eval.n_episodes", 1),
             eval_freq_steps=0 if freq is None else _integer(config, "env.eval.freq_steps", 0),
             eval_seed_offset=_integer(config, "env.eval.seed_offset", 1),
-            progress=bool(_lookup(config, "progress")),
+            progress=_boolean(config, "progress"),
             tracking_uri=_string(config, "tracking.uri"),
             experiment=_string(config, "tracking.experiment"),
             artifact_dir=_optional_string(config, "tracking.artifact_dir"),
@@ -281,7 +269,13 @@ def run_training(
     agent = build_agent(config, settings)
     # Imported only once the config is valid: MLflow and matplotlib take ~2 s to import, which a bad
     # config or `--cfg job` need not wait for.
-    from tuner.tracking import interrupts_raise
+    from tuner.tracking import check_tracking_store, interrupts_raise
+
+    try:
+        check_tracking_store(settings.tracking_uri, settings.experiment)
+    except BaseException:
+        agent.close()
+        raise
 
     # A run of its own (`make train`, a benchmark cell) defers signals as a tuning worker does, so an
     # interrupt never cuts an MLflow write short and leaves the tracking database locked.
@@ -421,6 +415,13 @@ def _integer(config: Mapping[str, Any], key: str, minimum: int) -> int:
     return value
 
 
+def _boolean(config: Mapping[str, Any], key: str) -> bool:
+    value = _lookup(config, key)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
 def _string(config: Mapping[str, Any], key: str) -> str:
     value = _lookup(config, key)
     if not isinstance(value, str) or not value:
@@ -428,27 +429,12 @@ def _string(config: Mapping[str, Any], key: str) -> str:
     return value
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+@hydra_app("train")
 def main(cfg: DictConfig) -> float:
-    """Hydra entry point: :func:`run_training`, with expected failures as one line on stderr and an exit code.
-
-    Exit codes: 2 for a bad config (no MLflow run is created), 1 when training diverged (run FAILED),
-    128 + signal number when interrupted (run KILLED).
-    """
-    try:
-        return run_training(cfg).mean_return
-    except (ConfigError, UnsupportedSpaceError) as exc:
-        _exit(EXIT_CONFIG_ERROR, f"error: {exc}")
-    except NonFiniteLossError as exc:
-        _exit(EXIT_TRAINING_FAILED, f"error: training diverged: {exc}; the MLflow run is marked FAILED")
-    except KeyboardInterrupt as exc:
-        signum = getattr(exc, "signum", signal.SIGINT)  # tracking.RunTerminated carries SIGTERM's number
-        _exit(128 + signum, f"interrupted by {signal.Signals(signum).name}")
-
-
-def _exit(code: int, message: str) -> NoReturn:
-    print(mask_secrets(message), file=sys.stderr)
-    sys.exit(code)
+    """``python -m tuner.train``: :func:`run_training`; exit codes as in :mod:`tuner.app` (2 for a bad
+    config, with no MLflow run created; 1 when training diverged, the run FAILED; 128 + N when
+    interrupted, the run KILLED)."""
+    return run_training(cfg).mean_return
 
 
 if __name__ == "__main__":

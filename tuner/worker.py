@@ -7,23 +7,21 @@ any machine that reaches its storage; ``tuner.tune`` starts ``tune.n_workers`` o
 from __future__ import annotations
 
 import logging
-import sys
 import time
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import hydra
 import optuna
 from omegaconf import DictConfig
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from algorithms import ConfigError, UnsupportedSpaceError
-from tuner.compose import CONF_DIR
+from tuner.app import hydra_app
 from tuner.objective import TrialOutcome, TrialSetup, run_trial
-from tuner.secrets import mask_secrets
 from tuner.study import (
+    FAIL_REASON_ATTR,
+    INTERRUPTED,
     TRIAL_RUN_ATTR,
     Heartbeat,
     TuneSettings,
@@ -38,7 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXIT_CONFIG_ERROR = 2
+INTERRUPTED_HINT = (
+    "finished trials are kept and running ones go back to the queue; run the same command again to resume"
+)
 
 
 class StaleTrialRunCloser:
@@ -60,8 +60,10 @@ class StaleTrialRunCloser:
 
 
 def fail_and_retry(storage: RDBStorage, study: optuna.Study, trial: optuna.Trial) -> None:
-    """Mark an interrupted trial FAIL and re-enqueue it, exactly as for a worker that died."""
+    """Mark an interrupted trial FAIL (reason :data:`~tuner.study.INTERRUPTED`) and re-enqueue it, as
+    for a worker that died."""
     try:
+        storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, INTERRUPTED)
         if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
             return
     except optuna.exceptions.UpdateFinishedTrialError:
@@ -137,20 +139,13 @@ def work_and_report(prepared: Prepared, name: str) -> None:
     print(f"{name} done: {len(outcomes)} trials", flush=True)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="tune")
+@hydra_app("tune", interrupted=INTERRUPTED_HINT)
 def main(cfg: DictConfig) -> None:
-    """Join the study named by the config and work on it until its budget is used up."""
-    from tuner.tune import exit_interrupted, prepare
+    """``python -m tuner.worker``: join the study named by the config and work on it until its budget is
+    used up; exit codes as in :mod:`tuner.app`."""
+    from tuner.tune import join_study
 
-    try:
-        prepared = prepare(cfg, create=False)
-    except (ConfigError, UnsupportedSpaceError) as exc:
-        print(mask_secrets(f"error: {exc}"), file=sys.stderr)
-        sys.exit(EXIT_CONFIG_ERROR)
-    try:
-        work_and_report(prepared, "worker")
-    except KeyboardInterrupt as exc:
-        exit_interrupted(exc)
+    work_and_report(join_study(cfg, "worker"), "worker")
 
 
 if __name__ == "__main__":

@@ -72,3 +72,40 @@ def test_every_field_is_documented() -> None:
     }
     fields = {f for f in PPOConfig.__dataclass_fields__}
     assert fields == documented
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac", "td3", "d3qn"])
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("learning_rate", "abc", "learning_rate must be a number, got 'abc'"),
+        ("learning_rate", None, "learning_rate must be a number, got None"),
+        ("learning_rate", True, "learning_rate must be a number, got True"),
+        ("gamma", "0.9", "gamma must be a number, got '0.9'"),
+        ("batch_size", 64.0, "batch_size must be an integer, got 64.0"),
+        ("n_envs", "4", "n_envs must be an integer, got '4'"),
+        ("net_arch", [64, "wide"], "net_arch must be a list of integers, got [64, 'wide']"),
+        ("vectorization", 1, "vectorization must be a string, got 1"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_named_before_any_range_check(
+    algo: str, field: str, value: object, expected: str
+) -> None:
+    """A range check that compares first would raise TypeError ('>' between str and int) instead."""
+    with pytest.raises(ConfigError) as caught:
+        build_config(algo, {field: value})
+    assert str(caught.value) == expected
+
+
+def test_optional_and_union_fields_take_each_of_their_types() -> None:
+    assert (
+        build_config("ppo", {"clip_range_vf": None, "target_kl": 0.02, "learning_rate": 1}).learning_rate == 1
+    )
+    assert build_config("sac", {"ent_coef": "auto_0.1"}).learn_ent_coef
+    assert build_config("sac", {"ent_coef": 0.2}).ent_coef == 0.2
+    with pytest.raises(ConfigError, match=r"^clip_range_vf must be a number or null, got 'x'$"):
+        build_config("ppo", {"clip_range_vf": "x"})
+    with pytest.raises(ConfigError, match=r"^ent_coef must be a string or a number, got \[1\]$"):
+        build_config("sac", {"ent_coef": [1]})
+    with pytest.raises(ConfigError, match=r"^anneal_lr must be true or false, got 'yes'$"):
+        build_config("ppo", {"anneal_lr": "yes"})

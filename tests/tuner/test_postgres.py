@@ -28,8 +28,10 @@ from mlflow import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from tests.helpers import containing, files_containing, mlflow_values, optuna_values
 from tests.tuner.test_tune import ENV, ROOT, counted, tune_args
 from tuner.compose import compose_config
+from tuner.postgres import ensure_database
 from tuner.study import TuneSettings, make_storage
 
 SERVER = os.environ.get("RLTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
@@ -189,9 +191,105 @@ def test_unreachable_storage_is_one_masked_message_and_nothing_starts(tmp_path: 
     result = run(tmp_path, url, "tune.n_trials=2", timeout=120)
     assert result.returncode == 2
     assert PASSWORD not in result.stdout + result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: cannot reach PostgreSQL at postgresql://postgres:***@127.0.0.1:1/rltune")
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: cannot reach Optuna storage postgresql://postgres:***@127.0.0.1:1/rltune")
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def _databases() -> set[str]:
+    engine = _admin()
+    try:
+        with engine.connect() as connection:
+            return set(connection.execute(sqlalchemy.text("SELECT datname FROM pg_database")).scalars())
+    finally:
+        engine.dispose()
+
+
+def test_a_tracking_store_that_fails_leaves_no_study_and_no_new_database(tmp_path: Path, pg_url: str) -> None:
+    tracking = f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/mlflow"  # nothing listens on port 1
+    result = run(tmp_path, pg_url, "tune.n_trials=2", f"tracking.uri={tracking}", timeout=60)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "cannot reach MLflow tracking store postgresql://postgres:***@127.0.0.1:1/mlflow" in line
+    assert pg_url.rsplit("/", 1)[1] not in _databases()  # the study's database was never created
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_replay_reads_a_postgres_study_with_the_storage_settings_of_tune(tmp_path: Path, pg_url: str) -> None:
+    result = run(tmp_path, pg_url, "tune.n_trials=1")
+    assert result.returncode == 0, result.stderr
+    (trial,) = optuna.load_study(study_name="ppo_cartpole", storage=pg_url).trials
+    replay = subprocess.run(
+        [sys.executable, "-m", "tuner.replay", "storage=postgres", "study=ppo_cartpole", "trial=0",
+         f"paths.runs_dir={tmp_path}"],
+        cwd=ROOT, env={**ENV, "RLTUNE_STORAGE": pg_url}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr
+    assert f"final eval return {trial.user_attrs['seed_returns'][0]:.2f}" in replay.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "tuner.replay", "storage=postgres", "study=ppo_cartpole", "trial=0",
+         f"paths.runs_dir={tmp_path}"],
+        cwd=ROOT, env={**ENV, "RLTUNE_STORAGE": f"{pg_url}_none"}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "does not exist" in missing.stderr, missing.stderr
+    assert f"{pg_url.rsplit('/', 1)[1]}_none" not in _databases()  # read-only: never created
+
+
+def test_passwords_in_every_url_override_stay_out_of_a_whole_scale_out_sweep(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Study storage and MLflow store both on PostgreSQL, each URL with the password and given on the
+    command line; two worker processes; then a replay with the URLs again: nothing any of them printed,
+    logged or recorded holds the password."""
+    tracking = f"{pg_url}_mlflow"
+    ensure_database(tracking)
+    try:
+        urls = [f"tune.storage={with_password(pg_url)}", f"tracking.uri={with_password(tracking)}"]
+        sweep = subprocess.run(
+            [*tune_args(tmp_path, "tune.n_trials=2", "tune.n_workers=2", "tune.validate_seeds=1"), *urls],
+            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert sweep.returncode == 0, sweep.stderr[-3000:]
+        replay = subprocess.run(
+            [sys.executable, "-m", "tuner.replay", f"storage.url={with_password(pg_url)}",
+             f"tracking.uri={with_password(tracking)}", "study=ppo_cartpole", "trial=1",
+             f"paths.runs_dir={tmp_path}"],
+            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert replay.returncode == 0, replay.stderr
+        printed = sweep.stdout + sweep.stderr + replay.stdout + replay.stderr
+        assert PASSWORD not in printed and "postgres:***@" in printed
+        assert files_containing(tmp_path, PASSWORD) == []  # worker and Hydra logs, exported preset
+        assert containing(mlflow_values(tracking), PASSWORD) == []
+        stored = optuna_values(pg_url)
+        assert containing(stored, PASSWORD) == [] and containing(stored, "postgres:***@")
+    finally:
+        engine = _admin()
+        _drop_database(engine, tracking.rsplit("/", 1)[1])
+        engine.dispose()
+
+
+def test_a_worker_started_with_its_sweep_waits_for_the_trials(tmp_path: Path, pg_url: str) -> None:
+    """`make worker` and `make sweep` started at the same moment: the worker waits for the study and
+    its trials instead of finding none and exiting with 0 trials."""
+    extra = ("storage=postgres", "tune.n_trials=6", "tune.budget_steps=16384", "worker=3")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tuner.worker", *tune_args(tmp_path, *extra)[3:]],
+        cwd=ROOT, env={**ENV, "RLTUNE_STORAGE": pg_url}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        sweep = run(tmp_path, pg_url, "tune.n_trials=6", "tune.budget_steps=16384")
+        output, _ = worker.communicate(timeout=240)
+    finally:
+        worker.kill()
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert worker.returncode == 0, output
+    n_done = int(output.strip().splitlines()[-1].removeprefix("worker done: ").split()[0])
+    assert n_done >= 1, output
+    study = optuna.load_study(study_name="ppo_cartpole", storage=pg_url)
+    assert [t.state for t in counted(study)] == [TrialState.COMPLETE] * 6
 
 
 def _open_storage(settings: TuneSettings, barrier: Any, outcomes: Any) -> None:

@@ -13,8 +13,15 @@ import pytest
 from omegaconf import OmegaConf
 
 from algorithms import ConfigError, PPOConfig
-from tuner.compose import CONF_DIR, compose_config
-from tuner.search import ParamSpec, SearchSpace, format_override_value, load_search_space, to_overrides
+from tuner.compose import CONF_DIR, algorithm_config, compose_config
+from tuner.search import (
+    MIN_UPDATES_PER_TRIAL,
+    ParamSpec,
+    SearchSpace,
+    format_override_value,
+    load_search_space,
+    to_overrides,
+)
 
 PPO_SPACE_FILE = Path(CONF_DIR) / "search" / "ppo.yaml"
 N_TRIALS = 50
@@ -110,18 +117,13 @@ def test_sampled_values_cover_the_ranges(sampled: list[tuple[dict, dict]]) -> No
 
 
 def test_sampled_sets_build_valid_configs(sampled: list[tuple[dict, dict]]) -> None:
-    n_ok = 0
-    for values, _ in sampled:
-        if values["batch_size"] > values["n_steps"]:  # n_envs=1: the one interaction the space allows
-            with pytest.raises(ConfigError, match="batch_size"):
-                PPOConfig.from_dict(values)
-        else:
-            config = PPOConfig.from_dict(values)
-            assert {k: getattr(config, k) for k in values} == values
-            n_ok += 1
-        # With n_envs large enough every sample is a valid config.
-        PPOConfig.from_dict({**values, "n_envs": 32})
-    assert n_ok > N_TRIALS // 2
+    """batch_size is capped at the rollout (n_envs * n_steps): no sample is an invalid PPOConfig, and
+    larger batch draws become one minibatch of the whole rollout."""
+    for values, params in sampled:
+        config = PPOConfig.from_dict(values)
+        assert {k: getattr(config, k) for k in values} == values
+        assert values["batch_size"] == min(2 ** params["log2_batch_size"], values["n_steps"])
+    assert any(2 ** params["log2_batch_size"] > values["n_steps"] for values, params in sampled)
 
 
 def test_params_round_trip(ppo_space: SearchSpace, sampled: list[tuple[dict, dict]]) -> None:
@@ -419,3 +421,53 @@ def test_named_choices_map_to_config_values_and_back() -> None:
             "algo.net_arch=[64,64]",
             "algo.net_arch=[256,256]",
         }
+
+
+# --- every committed space against trial budgets ---------------------------------------------------------
+SPACES = {  # each committed space, with the presets whose base config it is tuned from
+    "ppo": [[], ["experiment=ppo_cartpole"], ["experiment=ppo_lunarlander"]],
+    "ppo_zoo": [[], ["experiment=ppo_cartpole"]],
+    "sac": [["algo=sac", "env=pendulum"], ["experiment=sac_pendulum"]],
+    "td3": [["algo=td3", "env=pendulum"], ["experiment=td3_pendulum"]],
+    "d3qn": [["algo=d3qn"], ["experiment=d3qn_cartpole"], ["experiment=d3qn_lunarlander"]],
+}
+
+
+def test_every_committed_search_space_is_listed_here() -> None:
+    assert set(SPACES) == {p.stem for p in (Path(CONF_DIR) / "search").glob("*.yaml")}
+
+
+@pytest.mark.parametrize("budget", [10_000, 50_000, 1_000_000])
+@pytest.mark.parametrize("space_name", SPACES)
+def test_a_thousand_draws_fit_their_algorithm_and_the_trial_budget(space_name: str, budget: int) -> None:
+    """1,000 random draws of each committed space, from each preset it tunes, at each budget: every one
+    is a valid config of its algorithm, and its warm-up plus MIN_UPDATES_PER_TRIAL rollouts (training
+    phases) fit into the budget."""
+    for base in SPACES[space_name]:
+        cfg = compose_config([*base, f"search={space_name}"], config_name="tune")
+        algo = OmegaConf.to_container(cfg.algo, resolve=True)
+        space = load_search_space(cfg.search, cfg.algo).for_budget(budget, base=algo)
+        study = _random_study()
+        for _ in range(1000 // len(SPACES[space_name]) + 1):
+            values = space.suggest(study.ask())
+            _, config = algorithm_config({**algo, **values})
+            rollout = math.prod(getattr(config, f) for f in config.ROLLOUT_FIELDS)
+            warmup = getattr(config, config.WARMUP_FIELD) if config.WARMUP_FIELD else 0
+            assert warmup + MIN_UPDATES_PER_TRIAL * rollout <= budget, (base, values)
+
+
+def test_a_budget_narrows_the_rollout_and_warm_up_draws_or_names_itself() -> None:
+    ppo = load_search_space(compose_config(["+search=ppo"]).search, {"name": "ppo", "n_envs": 8})
+    n_steps = {p.name: p for p in ppo.for_budget(20_000, base={"n_envs": 8}).params}["n_steps"]
+    assert (n_steps.low, n_steps.high) == (5, 9)  # 8 envs x 512 steps x 4 = 16,384 <= 20,000
+    assert ppo.for_budget(1_000_000, base={"n_envs": 8}) == ppo  # nothing to drop
+    with pytest.raises(ConfigError, match=r"search.params.n_steps: its smallest value 32 does not fit "):
+        ppo.for_budget(1000, base={"n_envs": 8})
+    cfg = compose_config(["algo=sac", "env=pendulum", "+search=sac"])
+    sac = {p.name: p for p in load_search_space(cfg.search, cfg.algo).for_budget(10_000).params}
+    assert sac["learning_starts"].choices == (100, 1000)  # 10,000 would leave no room for updates
+    fixed = SearchSpace.from_config(
+        _space({"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3}}), "ppo"
+    )
+    with pytest.raises(ConfigError, match=r"tune.budget_steps \(20000\) must hold 4 updates of "):
+        fixed.for_budget(20_000, base={"n_envs": 8, "n_steps": 4096, "batch_size": 64})
