@@ -3,21 +3,110 @@
 from __future__ import annotations
 
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from mlflow import MlflowClient
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+from algorithms import Agent, TrainState
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+POSTGRES = os.environ.get("RLTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+"""The PostgreSQL server of the ``postgres`` tests (trust auth); each test makes its own database."""
 
 
+def postgres_unreachable() -> str | None:
+    """Why :data:`POSTGRES` cannot be used (one line), or None when it answers."""
+    engine = sqlalchemy.create_engine(f"{POSTGRES}/postgres", connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        return f"PostgreSQL at {POSTGRES} is unreachable: {str(exc).splitlines()[0]}"
+    finally:
+        engine.dispose()
+    return None
+
+
+# --- tiny sweeps ------------------------------------------------------------------------------------
+
+# A tiny CartPole study: 2-env rollouts of 64 steps, 512 env steps per seed, random sampling over a
+# space without the structural knobs (so every sampled config is valid and fast).
+TINY = [
+    "algo.n_envs=2",
+    "algo.n_steps=64",
+    "algo.batch_size=64",
+    "algo.n_epochs=2",
+    "~search.params.n_steps",
+    "~search.params.batch_size",
+    "~search.params.n_epochs",
+    "tune.budget_steps=512",
+    "tune.n_seeds=1",
+    "tune.validate_seeds=0",
+    "tune.heartbeat_interval=1",
+    "tune.grace_period=3",
+    "env.eval.freq_steps=256",
+    "env.eval.n_episodes=2",
+]
+RANDOM_NO_PRUNING = ["sampler=random", "sampler.seed=0", "pruner=none"]
+
+
+def tune_args(tmp_path: Path, *extra: str) -> list[str]:
+    """The command line of a tiny sweep (:data:`TINY`, random sampling, no pruning unless ``extra`` picks
+    a sampler or pruner) recording under ``tmp_path``."""
+    return [
+        sys.executable,
+        "-m",
+        "tuner.tune",
+        *TINY,
+        *([] if any(e.startswith(("sampler=", "pruner=")) for e in extra) else RANDOM_NO_PRUNING),
+        f"paths.runs_dir={tmp_path}",
+        f"tune.export_dir={tmp_path}/conf/experiment",
+        *extra,
+    ]
+
+
+def run_tune(tmp_path: Path, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Run :func:`tune_args` to the end and capture its output."""
+    return subprocess.run(
+        tune_args(tmp_path, *extra), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def load(tmp_path: Path, name: str = "ppo_cartpole") -> optuna.Study:
+    """The study ``name`` of the runs directory ``tmp_path``."""
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db")
+
+
+def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count against the budget: all but attempts that were retried."""
+    trials = study.get_trials()
+    retried = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
+    return [t for t in trials if t.number not in retried]
+
+
+def runs_by_name(tmp_path: Path) -> dict[str, list]:
+    """The MLflow runs of experiment ``ppo_cartpole`` under ``tmp_path``, by run name."""
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("ppo_cartpole")
+    out: dict[str, list] = {}
+    for run in client.search_runs([experiment.experiment_id], max_results=1000):
+        out.setdefault(run.info.run_name, []).append(run)
+    return out
+
+
+# --- commands ---------------------------------------------------------------------------------------
 def command(
     module: str, *overrides: str, timeout: float = 240, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -121,10 +210,10 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
-def wait_for(condition: object, timeout: float, what: str, poll: float = 0.2) -> None:
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, poll: float = 0.2) -> None:
     """Poll ``condition()`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(poll)
 
@@ -132,3 +221,62 @@ def wait_for(condition: object, timeout: float, what: str, poll: float = 0.2) ->
 def containing(texts: Sequence[str], secret: str) -> list[str]:
     """The texts among ``texts`` that contain ``secret`` (an empty list when none does)."""
     return [t for t in texts if secret in t]
+
+
+def sigterm_once_started(tmp_path: Path, args: list[str], seed_runs: int) -> tuple[int, str]:
+    """Start a sweep, send it SIGTERM 1 s after ``seed_runs`` seed runs exist; (exit code, stderr).
+
+    If SIGTERM does not end it within 60 s, SIGABRT under faulthandler makes it print every thread's
+    stack, and the test fails with them.
+    """
+    proc = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env={**ENV, "PYTHONFAULTHANDLER": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not seed_runs_started(tmp_path, seed_runs):
+            assert time.time() < deadline, "the trials did not start"
+            assert proc.poll() is None, "the sweep ended before it could be interrupted"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGABRT)
+            _, stderr = proc.communicate(timeout=30)
+            hung = f"the sweep did not exit within 60 s of SIGTERM; its stacks:\n{stderr}"
+            raise AssertionError(hung) from None
+    finally:
+        proc.kill()
+    return proc.returncode, stderr
+
+
+def seed_runs_started(tmp_path: Path, n: int) -> bool:
+    """Whether ``n`` seed runs exist in the MLflow store (read without writing)."""
+    db = tmp_path / "mlflow.db"
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            (count,) = con.execute("SELECT COUNT(*) FROM runs WHERE name LIKE 'trial-%-seed%'").fetchone()
+    except sqlite3.Error:
+        return False
+    return int(count) >= n
+
+
+def record_curve(agent: Agent, steps: int) -> list[tuple]:
+    """``agent`` learns for ``steps`` env steps; every iteration's (step, episode returns, losses), for
+    comparing two runs bit for bit."""
+    curve: list[tuple] = []
+
+    def callback(state: TrainState) -> None:
+        curve.append((state.step, tuple(state.episode_returns), tuple(sorted(state.losses.items()))))
+
+    agent.learn(steps, callback)
+    return curve

@@ -260,8 +260,11 @@ def check_tracking_store(uri: str, experiment: str | None = None, create: bool =
         elif not exists:
             raise StoreMissing(f"no {what} at {folder} ({key}): it does not exist yet")
     if exists and experiment is not None:
+        # Opening the store can migrate its tables, which must not overlap another process creating them.
+        first_use = contextlib.nullcontext() if path is None else sqlite_lock(path)
         try:
-            found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+            with first_use:
+                found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
         except MlflowException as exc:
             raise ConfigError(f"cannot use {what} {mask_secrets(uri)}: {exc.message}") from exc
         if found is not None and found.lifecycle_stage != "active":
@@ -406,7 +409,9 @@ class RunReader:
         yet is a StoreMissing error rather than a new, empty store."""
         check_tracking_store(uri, create=create)
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        path = sqlite_path(uri)
+        with contextlib.nullcontext() if path is None else sqlite_lock(path):  # opening may create tables
+            self.client = MlflowClient(tracking_uri=uri)
 
     def find_runs(
         self, tags: Mapping[str, str], experiment: str | None = None, finished_only: bool = False

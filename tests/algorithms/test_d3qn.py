@@ -13,6 +13,7 @@ from algorithms.common.nstep import NStepAccumulator
 from algorithms.common.prioritized import PrioritizedSampler, SumTree
 from algorithms.common.replay import ReplayBuffer
 from algorithms.d3qn import NoisyLinear, dueling_q_values, td_targets
+from tests.helpers import record_curve
 
 SMALL = dict(net_arch=(32, 32), batch_size=32, learning_starts=100, target_update_interval=100)
 
@@ -200,19 +201,16 @@ VARIANTS = [
 ]
 
 
-def record_curve(agent: D3QN, steps: int) -> list[tuple]:
-    curve: list[tuple] = []
-    agent.learn(
-        steps, lambda s: curve.append((s.step, tuple(s.episode_returns), tuple(sorted(s.losses.items()))))
-    )
-    return curve
-
-
 @pytest.mark.parametrize("config", VARIANTS)
 def test_same_config_and_seed_give_a_bit_identical_learning_curve(config: D3QNConfig) -> None:
     with D3QN("CartPole-v1", config, seed=3) as a, D3QN("CartPole-v1", config, seed=3) as b:
-        assert record_curve(a, 2000) == record_curve(b, 2000)
-        assert torch.equal(a.q_flat, b.q_flat)
+        curve = record_curve(a, 2000)
+        assert curve == record_curve(b, 2000)
+        for name, tensor in a._tensors().items():  # online and target networks
+            assert torch.equal(tensor, b._tensors()[name]), name
+        assert torch.equal(a.optimizer.exp_avg_sq, b.optimizer.exp_avg_sq)
+    with D3QN("CartPole-v1", config, seed=4) as c:
+        assert record_curve(c, 2000) != curve, "a different seed must give a different curve"
 
 
 @pytest.mark.parametrize("config", VARIANTS)

@@ -8,6 +8,7 @@ import torch
 
 from algorithms import PPO, ConfigError, NonFiniteLossError, PPOConfig, TrainState, UnsupportedSpaceError
 from tests.algorithms.toy_envs import register_toy_envs
+from tests.helpers import record_curve
 
 
 def preset_config(name: str) -> PPOConfig:
@@ -19,16 +20,6 @@ def preset_config(name: str) -> PPOConfig:
     return algorithm_config(
         OmegaConf.to_container(compose_config([f"experiment={name}"]).algo, resolve=True)
     )[1]
-
-
-def record_curve(agent: PPO, steps: int) -> list[tuple]:
-    curve: list[tuple] = []
-
-    def callback(state: TrainState) -> None:
-        curve.append((state.step, tuple(state.episode_returns), tuple(sorted(state.losses.items()))))
-
-    agent.learn(steps, callback)
-    return curve
 
 
 @pytest.mark.parametrize(
@@ -70,7 +61,13 @@ def test_save_load_gives_identical_actions_and_eval_return(tmp_path: Path) -> No
                 agent.evaluate(3, seed=100).returns.tolist() == loaded.evaluate(3, seed=100).returns.tolist()
             )
             assert loaded.num_steps == agent.num_steps
-            np.testing.assert_array_equal(loaded.obs_normalizer.rms.mean, agent.obs_normalizer.rms.mean)
+            for name in ("obs_normalizer", "reward_normalizer"):  # every statistic of both normalisers
+                mine, theirs = getattr(agent, name).rms, getattr(loaded, name).rms
+                np.testing.assert_array_equal(theirs.mean, mine.mean)
+                np.testing.assert_array_equal(theirs.var, mine.var)
+                assert theirs.count == mine.count > 512  # every step's observations were folded in
+            assert torch.equal(loaded.optimizer.exp_avg_sq, agent.optimizer.exp_avg_sq)
+            assert loaded.optimizer.step_count == agent.optimizer.step_count > 0
             assert loaded.config == agent.config
 
 

@@ -26,6 +26,7 @@ from algorithms import (
 from algorithms.common.networks import StackedMLP
 from algorithms.common.off_policy import polyak_update, scale_action, twin_min_q, unscale_action
 from algorithms.sac import squashed_gaussian
+from tests.helpers import record_curve
 
 SMALL = dict(net_arch=(32, 32), batch_size=64, learning_starts=100)
 
@@ -145,16 +146,6 @@ AGENTS = [
 ]
 
 
-def record_curve(agent: Any, steps: int) -> list[tuple]:
-    curve: list[tuple] = []
-
-    def callback(state: TrainState) -> None:
-        curve.append((state.step, tuple(state.episode_returns), tuple(sorted(state.losses.items()))))
-
-    agent.learn(steps, callback)
-    return curve
-
-
 @pytest.mark.parametrize(("cls", "config"), AGENTS)
 def test_same_config_and_seed_give_a_bit_identical_learning_curve(cls: type, config: Any) -> None:
     with cls("Pendulum-v1", config, seed=7) as a, cls("Pendulum-v1", config, seed=7) as b:
@@ -162,7 +153,10 @@ def test_same_config_and_seed_give_a_bit_identical_learning_curve(cls: type, con
         curve_b = record_curve(b, 1200)
         assert curve_a == curve_b and len(curve_a) == 2
         assert curve_a[0][0] == 1000 and len(curve_a[0][1]) == 5  # one iteration = 1000 env steps
-        assert torch.equal(a.actor_flat, b.actor_flat) and torch.equal(a.critic_flat, b.critic_flat)
+        for name, tensor in a._tensors().items():  # weights, targets, log α: every piece of learned state
+            assert torch.equal(tensor, b._tensors()[name]), name
+        for name, optimizer in a._optimizers().items():
+            assert torch.equal(optimizer.exp_avg_sq, b._optimizers()[name].exp_avg_sq), name
     with cls("Pendulum-v1", config, seed=8) as c:
         assert record_curve(c, 1200) != curve_a, "a different seed must give a different curve"
 
@@ -313,3 +307,38 @@ def test_twin_min_q_gives_autograds_input_gradient_through_the_smaller_critic(ac
     torch.testing.assert_close(twin_min_q(critic, x.detach()), reference.detach())
     torch.testing.assert_close(x.grad, expected_x.grad)
     assert all(p.grad is None for p in critic.parameters())
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_sac_moves_log_alpha_towards_the_target_entropy_and_leaves_a_fixed_alpha_alone(learned: bool) -> None:
+    """Adam's first step on log α is ±lr: up when the policy's entropy (−E log π, the logged
+    ``losses/entropy``) is below the target −dim(A), down when above."""
+    config = SACConfig(**SMALL, learning_rate=1e-3, ent_coef="auto" if learned else 0.2)
+    with SAC("Pendulum-v1", config, seed=0) as agent:
+        agent.learn(99)  # fills the buffer, no update yet
+        assert agent.n_updates == 0
+        before = agent.log_alpha.item()
+        agent._train(1)
+        entropy = agent._pop_losses()["entropy"]
+        moved = agent.log_alpha.item() - before
+    if not learned:
+        assert moved == 0.0 and before == pytest.approx(math.log(0.2))
+        return
+    below_target = entropy < agent.target_entropy
+    assert moved == pytest.approx(1e-3 if below_target else -1e-3, rel=1e-4)
+
+
+def test_td3_smooths_the_target_policy_with_noise_clipped_to_target_noise_clip() -> None:
+    """With the noise clipped to 0 the target is the unsmoothed one (the same update as no noise at all);
+    with a clip above 0 the noise changes the critic's target, and so its update."""
+
+    def critic_after_one_update(noise: float, clip: float) -> torch.Tensor:
+        config = TD3Config(**SMALL, target_policy_noise=noise, target_noise_clip=clip)
+        with TD3("Pendulum-v1", config, seed=0) as agent:
+            agent.learn(99)  # fills the buffer, no update yet
+            agent._train(1)
+            return agent.critic_flat.clone()
+
+    unsmoothed = critic_after_one_update(0.0, 0.5)
+    assert torch.equal(critic_after_one_update(0.5, 0.0), unsmoothed)  # every draw clipped to 0
+    assert not torch.equal(critic_after_one_update(0.5, 0.5), unsmoothed)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,10 +13,9 @@ import pytest
 from mlflow import MlflowClient
 
 from algorithms import ConfigError
+from tests.helpers import ENV, ROOT
 from tuner.benchmark import BenchmarkSettings, plan_cells
 
-ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
 BASE = {
     "name": "t",
     "algos": ["ppo", "sac"],

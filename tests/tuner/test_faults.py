@@ -27,14 +27,18 @@ from tests.helpers import (
     command,
     commands_two_at_a_time,
     containing,
+    counted,
     files_containing,
+    load,
     mlflow_values,
     one_error_line,
     optuna_values,
     read_only_dir,
+    run_tune,
+    runs_by_name,
+    tune_args,
     wait_for,
 )
-from tests.tuner.test_tune import counted, load, run_tune, runs_by_name, tune_args
 from tuner.compose import compose_config
 from tuner.study import (
     HEARTBEAT_LOST,

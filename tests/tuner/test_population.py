@@ -10,7 +10,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tests.tuner.test_tune import (
+from tests.helpers import (
     ENV,
     ROOT,
     counted,

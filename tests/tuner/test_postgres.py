@@ -28,13 +28,24 @@ from mlflow import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from tests.helpers import containing, files_containing, mlflow_values, optuna_values
-from tests.tuner.test_tune import ENV, ROOT, counted, tune_args
+from tests.helpers import (
+    ENV,
+    POSTGRES,
+    ROOT,
+    containing,
+    counted,
+    files_containing,
+    mlflow_values,
+    optuna_values,
+    postgres_unreachable,
+    tune_args,
+)
 from tuner.compose import compose_config
 from tuner.postgres import ensure_database
 from tuner.study import TuneSettings, make_storage
 
-SERVER = os.environ.get("RLTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+pytestmark = pytest.mark.postgres
+SERVER = POSTGRES
 PASSWORD = "pg-s3cret-pw"  # trust auth accepts any password, so it can ride along in every URL
 
 
@@ -50,16 +61,12 @@ def _drop_database(engine: sqlalchemy.engine.Engine, name: str) -> None:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """URL of a database that does not exist yet (the storage creates it); dropped after the test."""
-    engine = _admin()
-    try:
-        with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("SELECT 1"))
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        engine.dispose()
-        message = f"PostgreSQL at {SERVER} is unreachable: {str(exc).splitlines()[0]}"
+    message = postgres_unreachable()
+    if message is not None:
         if os.environ.get("RLTUNE_REQUIRE_POSTGRES") == "1":
             pytest.fail(message)
         pytest.skip(message)
+    engine = _admin()
     name = f"rltune_test_{uuid.uuid4().hex[:10]}"
     yield f"{SERVER}/{name}"
     _drop_database(engine, name)

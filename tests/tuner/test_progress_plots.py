@@ -51,6 +51,16 @@ def test_learning_curve_draws_episodes_evaluations_and_reference_lines() -> None
     assert buffer.getvalue().startswith(b"\x89PNG")
 
 
-def test_learning_curve_without_finished_episodes_still_renders() -> None:
+def test_learning_curve_without_finished_episodes_draws_the_evaluations_alone() -> None:
     fig = learning_curve([], [(200, -1200.0, 50.0)], "ppo on Pendulum-v1")
-    fig.savefig(io.BytesIO(), format="png")
+    (ax,) = fig.axes
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels == ["evaluation (±std)"]  # no training-episode scatter or running mean
+    (errorbar,) = ax.containers  # the evaluation: its point, and caps at ± one std
+    data_line, caps, _ = errorbar.lines
+    assert list(data_line.get_xdata()) == [200] and list(data_line.get_ydata()) == [-1200.0]
+    assert sorted(cap.get_ydata()[0] for cap in caps) == [-1250.0, -1150.0]
+    assert ax.get_title() == "ppo on Pendulum-v1"
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    assert buffer.getvalue().startswith(b"\x89PNG")

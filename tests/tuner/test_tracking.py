@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow import MlflowClient
@@ -15,6 +17,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from algorithms import ConfigError
 from tuner import tracking
+from tuner.stores import sqlite_lock
 from tuner.tracking import RunTerminated, flatten_params, start_run
 
 SECRET = "hunter2"
@@ -162,3 +165,34 @@ def test_deleted_experiment_is_a_config_error(store: dict[str, str]) -> None:
     client.delete_experiment(client.create_experiment("deleted_one"))
     with pytest.raises(ConfigError, match="deleted"), start_run(**{**store, "experiment": "deleted_one"}):
         pass
+
+
+def _hold_the_store_lock(path: str, held: Any, seconds: float) -> None:
+    """Child process: hold the SQLite store's lock, as a command creating its tables does."""
+    with sqlite_lock(Path(path)):
+        held.set()
+        time.sleep(seconds)
+
+
+@pytest.mark.parametrize("opening", ["check", "reader"])
+def test_opening_an_existing_sqlite_store_waits_while_another_process_creates_its_tables(
+    tmp_path: Path, opening: str
+) -> None:
+    """MLflow migrates a store's tables when a client opens it; a worker that did so while the sweep was
+    still creating them failed with a CircularDependencyError. Opening waits for the creator's lock."""
+    db = tmp_path / "mlflow.db"
+    db.touch()  # the creator has made the file, not yet the tables
+    context = multiprocessing.get_context("spawn")
+    held = context.Event()
+    creator = context.Process(target=_hold_the_store_lock, args=(str(db), held, 5.0))
+    creator.start()
+    try:
+        assert held.wait(60)
+        started = time.monotonic()
+        if opening == "check":
+            tracking.check_tracking_store(f"sqlite:///{db}", "ppo_cartpole")
+        else:
+            tracking.RunReader(f"sqlite:///{db}")
+        assert time.monotonic() - started > 4.0  # it waited for the lock (creating the tables takes ~2 s)
+    finally:
+        creator.join(30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import multiprocessing
 import os
@@ -15,72 +16,23 @@ from typing import Any
 
 import optuna
 import pytest
+import yaml
 from mlflow import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from tests.helpers import (
+    ENV,
+    ROOT,
+    counted,
+    load,
+    run_tune,
+    runs_by_name,
+    sigterm_once_started,
+    tune_args,
+)
+from tuner.stats import compare
 from tuner.study import claim_trial
-
-ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
-
-# A tiny CartPole study: 2-env rollouts of 64 steps, 512 env steps per seed, random sampling over a
-# space without the structural knobs (so every sampled config is valid and fast).
-TINY = [
-    "algo.n_envs=2",
-    "algo.n_steps=64",
-    "algo.batch_size=64",
-    "algo.n_epochs=2",
-    "~search.params.n_steps",
-    "~search.params.batch_size",
-    "~search.params.n_epochs",
-    "tune.budget_steps=512",
-    "tune.n_seeds=1",
-    "tune.validate_seeds=0",
-    "tune.heartbeat_interval=1",
-    "tune.grace_period=3",
-    "env.eval.freq_steps=256",
-    "env.eval.n_episodes=2",
-]
-RANDOM_NO_PRUNING = ["sampler=random", "sampler.seed=0", "pruner=none"]
-
-
-def tune_args(tmp_path: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "tuner.tune",
-        *TINY,
-        *([] if any(e.startswith(("sampler=", "pruner=")) for e in extra) else RANDOM_NO_PRUNING),
-        f"paths.runs_dir={tmp_path}",
-        f"tune.export_dir={tmp_path}/conf/experiment",
-        *extra,
-    ]
-
-
-def run_tune(tmp_path: Path, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        tune_args(tmp_path, *extra), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def load(tmp_path: Path, name: str = "ppo_cartpole") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db")
-
-
-def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    trials = study.get_trials()
-    retried = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
-    return [t for t in trials if t.number not in retried]
-
-
-def runs_by_name(tmp_path: Path) -> dict[str, list]:
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    experiment = client.get_experiment_by_name("ppo_cartpole")
-    out: dict[str, list] = {}
-    for run in client.search_runs([experiment.experiment_id], max_results=1000):
-        out.setdefault(run.info.run_name, []).append(run)
-    return out
 
 
 def test_study_resumes_up_to_the_new_budget_and_nests_runs(tmp_path: Path) -> None:
@@ -188,53 +140,6 @@ def test_an_interrupted_sweep_loses_nothing_and_resumes(tmp_path: Path) -> None:
     study = load(tmp_path)
     assert [t.state for t in counted(study)] == [TrialState.COMPLETE] * 2
     assert any(t.params == study.trials[0].params for t in counted(study))  # the retry of trial 0
-
-
-def sigterm_once_started(tmp_path: Path, args: list[str], seed_runs: int) -> tuple[int, str]:
-    """Start a sweep, send it SIGTERM 1 s after ``seed_runs`` seed runs exist; (exit code, stderr).
-
-    If SIGTERM does not end it within 60 s, SIGABRT under faulthandler makes it print every thread's
-    stack, and the test fails with them.
-    """
-    proc = subprocess.Popen(
-        args,
-        cwd=ROOT,
-        env={**ENV, "PYTHONFAULTHANDLER": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.time() + 120
-        while not seed_runs_started(tmp_path, seed_runs):
-            assert time.time() < deadline, "the trials did not start"
-            assert proc.poll() is None, "the sweep ended before it could be interrupted"
-            time.sleep(0.2)
-        time.sleep(1.0)
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            _, stderr = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGABRT)
-            _, stderr = proc.communicate(timeout=30)
-            hung = f"the sweep did not exit within 60 s of SIGTERM; its stacks:\n{stderr}"
-            raise AssertionError(hung) from None
-    finally:
-        proc.kill()
-    return proc.returncode, stderr
-
-
-def seed_runs_started(tmp_path: Path, n: int) -> bool:
-    """Whether ``n`` seed runs exist in the MLflow store (read without writing)."""
-    db = tmp_path / "mlflow.db"
-    if not db.exists():
-        return False
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            (count,) = con.execute("SELECT COUNT(*) FROM runs WHERE name LIKE 'trial-%-seed%'").fetchone()
-    except sqlite3.Error:
-        return False
-    return int(count) >= n
 
 
 def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path) -> None:
@@ -386,12 +291,18 @@ def test_every_sampler_and_pruner_runs_a_study(tmp_path: Path, sampler: str, pru
 
 
 def test_timeout_stops_claiming_trials_and_a_rerun_finishes_the_budget(tmp_path: Path) -> None:
+    """Trials of about a second each and a 1-second timeout: the first command stops claiming before the
+    budget is used (how many it started depends on the machine's load; none is fine), and the same
+    command again finishes exactly the budget."""
     first = run_tune(tmp_path, "tune.n_trials=6", "tune.timeout=1")
     assert first.returncode == 0, first.stderr
     states = [t.state for t in load(tmp_path).trials]
-    assert 1 <= states.count(TrialState.COMPLETE) < 6 and TrialState.WAITING in states
-    second = run_tune(tmp_path, "tune.n_trials=6", "tune.study_name=ppo_cartpole")
+    assert len(states) == 6 and TrialState.WAITING in states and TrialState.RUNNING not in states
+    second = run_tune(tmp_path, "tune.n_trials=6")
     assert second.returncode == 0, second.stderr
+    study = load(tmp_path)
+    assert sorted(t.number for t in study.trials) == list(range(6))  # no surplus trial
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
 
 
 @pytest.mark.parametrize(
@@ -439,3 +350,48 @@ def test_off_policy_algorithms_tune_with_their_own_search_space(
     study = load(tmp_path, f"{algo}_{env}")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert own_param in study.trials[0].params and "one_minus_gamma" in study.trials[0].params
+
+
+def test_held_out_validation_retrains_default_and_best_on_unseen_seeds_and_compares_them(
+    tmp_path: Path,
+) -> None:
+    """The sweep's last step, as a user reads it: default and tuned retrained on seeds 1001–1004 (never
+    tuning seeds), the tuned config equal to the best trial's and to the exported preset, and the table
+    equal to tuner.stats.compare of the returns those runs recorded."""
+    result = run_tune(tmp_path, "tune.n_trials=3", "tune.validate_seeds=4")
+    assert result.returncode == 0, result.stderr
+    assert "held-out validation: default vs tuned" in result.stdout
+    best = load(tmp_path).best_trial
+    runs = runs_by_name(tmp_path)
+    (sweep,) = runs["sweep-ppo_cartpole"]
+    returns: dict[str, list[float]] = {}
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    for label in ("default", "tuned"):
+        (parent,) = runs[f"validation-{label}"]
+        assert parent.data.tags["mlflow.parentRunId"] == sweep.info.run_id
+        seeds = [runs[f"validation-{label}-seed{s}"][0] for s in (1001, 1002, 1003, 1004)]
+        assert {r.data.tags["seed"] for r in seeds} == {"1001", "1002", "1003", "1004"}
+        assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in seeds)
+        returns[label] = [
+            client.get_metric_history(r.info.run_id, "eval/mean_return")[-1].value for r in seeds
+        ]
+        sampled = {k: float(r.data.params[f"algo.{k}"]) for r in seeds for k in ("learning_rate", "gamma")}
+        wanted = (
+            best.user_attrs["config_values"] if label == "tuned" else {"learning_rate": 3e-4, "gamma": 0.99}
+        )
+        assert sampled == {k: pytest.approx(float(wanted[k])) for k in ("learning_rate", "gamma")}
+    preset = yaml.safe_load((tmp_path / "conf" / "experiment" / "ppo_cartpole_tuned.yaml").read_text())
+    assert {k: preset["algo"][k] for k in best.user_attrs["config_values"]} == best.user_attrs[
+        "config_values"
+    ]
+
+    expected = compare(returns["default"], returns["tuned"], seed=0)
+    table = Path(client.download_artifacts(sweep.info.run_id, "validation.csv", str(tmp_path)))
+    rows = {row["config"]: row for row in csv.DictReader(table.open())}
+    assert float(rows["default"]["iqm"]) == pytest.approx(expected.baseline_iqm)
+    assert float(rows["tuned"]["iqm"]) == pytest.approx(expected.candidate_iqm)
+    assert float(rows["difference"]["ci_low"]) == pytest.approx(expected.difference_ci[0])
+    assert float(rows["difference"]["ci_high"]) == pytest.approx(expected.difference_ci[1])
+    assert rows["difference"]["significant"] == str(expected.significant)
+    metrics = client.get_run(sweep.info.run_id).data.metrics
+    assert metrics["validation/tuned_iqm"] == pytest.approx(expected.candidate_iqm)
