@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
+import pytest
 import sqlalchemy
 from mlflow import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -133,6 +134,15 @@ def commands_two_at_a_time(
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(zip(jobs, pool.map(one, jobs), strict=True))
+
+
+def commands_in_own_dirs(
+    factory: pytest.TempPathFactory, jobs: Mapping[str, tuple[str, Sequence[str]]]
+) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
+    """:func:`commands_two_at_a_time`, each job with a fresh runs directory; (directory, result) by name."""
+    dirs = {name: factory.mktemp(name) for name in jobs}
+    results = commands_two_at_a_time(jobs, dirs)
+    return {name: (dirs[name], results[name]) for name in jobs}
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:

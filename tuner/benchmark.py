@@ -320,7 +320,7 @@ def run_cells(
 
 def run_benchmark(cfg: DictConfig, console: Console) -> int:
     """Plan, skip what is finished, train the rest; returns the exit code (0, or 1 if a cell failed)."""
-    from tuner.tracking import RunReader, check_tracking_store, start_run
+    from tuner.tracking import RunReader, start_run
 
     config = resolve_config(cfg)
     settings = BenchmarkSettings.from_config(config["benchmark"])
@@ -331,8 +331,8 @@ def run_benchmark(cfg: DictConfig, console: Console) -> int:
         console.print(f"skip {note}")
     if not plan.cells:
         raise ConfigError("benchmark: no compatible (algo, env) pair; see benchmark.algos and benchmark.envs")
-    check_tracking_store(tracking["uri"], tracking["experiment"])  # before the first write anywhere
-    reader = RunReader(tracking["uri"], create=True)
+    # The store is checked (with the experiment) before the first write anywhere.
+    reader = RunReader(tracking["uri"], create=True, experiment=tracking["experiment"])
     done = finished_cells(reader, tracking["experiment"], settings.name)
     todo = [cell for cell in plan.cells if (cell.key, cell.fingerprint) not in done]
     console.print(

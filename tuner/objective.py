@@ -127,7 +127,8 @@ def run_trial(
     """
     values = setup.space.suggest(trial)
     trial.set_user_attr(VALUES_ATTR, dict(values))
-    trial.set_user_attr(OVERRIDES_ATTR, mask_secrets(trial_overrides(setup, values)))
+    overrides = mask_secrets(trial_overrides(setup, values))
+    trial.set_user_attr(OVERRIDES_ATTR, overrides)
     try:
         algorithm_config(trial_config(setup, values, setup.seeds[0])["algo"])
     except ConfigError as exc:
@@ -147,7 +148,7 @@ def run_trial(
         ) as run:
             trial.set_user_attr(TRIAL_RUN_ATTR, run.run_id)
             run.log_params({"trial": {"number": trial.number}, "sampled": dict(values)})
-            run.log_text("\n".join(mask_secrets(trial_overrides(setup, values))) + "\n", "overrides.txt")
+            run.log_text("\n".join(overrides) + "\n", "overrides.txt")
             for index, seed in enumerate(setup.seeds):
                 reporter = PruningReporter(trial, index, setup.budget_steps, scores)
                 result = run_training(

@@ -556,6 +556,7 @@ class SearchSpace:
 
 
 def _dataclass_defaults(config_cls: type) -> dict[str, Any]:
+    """The default value of each field of the config dataclass ``config_cls`` that has one."""
     return {f.name: f.default for f in dataclasses.fields(config_cls) if f.default is not dataclasses.MISSING}
 
 
@@ -581,9 +582,7 @@ def _cap_inputs(
 ) -> dict[str, Any]:
     """The base values of the unsearched fields that caps name; ConfigError names a bad cap."""
     searched = {p.name: p for p in params}
-    defaults = {
-        f.name: f.default for f in dataclasses.fields(config_cls) if f.default is not dataclasses.MISSING
-    }
+    defaults = _dataclass_defaults(config_cls)
     fixed: dict[str, Any] = {}
     for param in params:
         for name in param.cap or ():

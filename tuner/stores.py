@@ -87,6 +87,12 @@ def sqlite_lock(path: Path) -> Iterator[None]:
         yield
 
 
+def lock_if_sqlite(url: str) -> contextlib.AbstractContextManager[None]:
+    """:func:`sqlite_lock` of the database of a ``sqlite:///`` URL; nothing for any other backend."""
+    path = sqlite_path(url)
+    return contextlib.nullcontext() if path is None else sqlite_lock(path)
+
+
 def check_server(url: str, what: str, key: str, shown: str | None = None) -> None:
     """ConfigError unless the database server of an SQLAlchemy ``url`` accepts a connection within
     :data:`CONNECT_TIMEOUT_S` (StoreMissing when the server says the database does not exist). The

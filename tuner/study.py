@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from algorithms import ConfigError
 from tuner.secrets import mask_secrets
-from tuner.stores import StoreMissing, check_server, check_sqlite, sqlite_lock, sqlite_path
+from tuner.stores import StoreMissing, check_server, check_sqlite, lock_if_sqlite, sqlite_lock, sqlite_path
 
 MULTI_OBJECTIVE_SAMPLERS = ("NSGAIISampler", "NSGAIIISampler")
 STUDY_STARTED_ATTR = "started_at"  # study user attr: when the latest sweep command started (tune.timeout)
@@ -157,11 +157,13 @@ def check_storage(url: str, create: bool, key: str = "tune.storage") -> None:
     path = sqlite_path(url)
     if path is not None:
         check_sqlite(path, what, key, create)
+    elif url.startswith("sqlite"):
+        return  # an in-memory database: nothing to check or create
     elif url.startswith("postgresql") and create:
         from tuner.postgres import maintenance_url
 
         check_server(maintenance_url(url), what, key, shown=url)  # the database is created on first use
-    elif "://" in url and not url.startswith("sqlite"):
+    elif "://" in url:
         check_server(url, what, key)
     else:
         raise ConfigError(
@@ -229,14 +231,11 @@ def study_lock(url: str, study_name: str) -> contextlib.AbstractContextManager[N
 
     SQLite: a file lock beside the database; PostgreSQL: an advisory lock; other backends: none.
     """
-    path = sqlite_path(url)
-    if path is not None:
-        return sqlite_lock(path)
     if url.startswith("postgresql"):
         from tuner.postgres import advisory_lock, study_lock_key
 
         return advisory_lock(url, study_lock_key(study_name))
-    return contextlib.nullcontext()
+    return lock_if_sqlite(url)
 
 
 def build_sampler(node: DictConfig | Mapping[str, Any], seed_offset: int = 0) -> optuna.samplers.BaseSampler:
@@ -403,8 +402,7 @@ def _claim_lock(url: str) -> contextlib.AbstractContextManager[None]:
     of 10 rounds of two processes claiming 20 trials). SQLite studies live on one machine, so a file lock
     beside the database serialises the claims.
     """
-    database_file = sqlite_path(url)
-    return contextlib.nullcontext() if database_file is None else sqlite_lock(database_file)
+    return lock_if_sqlite(url)
 
 
 def mark_started(study: optuna.Study) -> None:

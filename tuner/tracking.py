@@ -10,7 +10,6 @@ params, tags, text artifacts — has URL passwords masked first (:func:`tuner.se
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import re
@@ -37,7 +36,7 @@ from tuner.stores import (
     check_server,
     check_sqlite,
     check_writable_dir,
-    sqlite_lock,
+    lock_if_sqlite,
     sqlite_path,
 )
 
@@ -261,9 +260,8 @@ def check_tracking_store(uri: str, experiment: str | None = None, create: bool =
             raise StoreMissing(f"no {what} at {folder} ({key}): it does not exist yet")
     if exists and experiment is not None:
         # Opening the store can migrate its tables, which must not overlap another process creating them.
-        first_use = contextlib.nullcontext() if path is None else sqlite_lock(path)
         try:
-            with first_use:
+            with lock_if_sqlite(uri):
                 found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
         except MlflowException as exc:
             raise ConfigError(f"cannot use {what} {mask_secrets(uri)}: {exc.message}") from exc
@@ -280,10 +278,8 @@ def _deleted_experiment(name: str) -> str:
 
 def _open_experiment(uri: str, name: str, artifact_dir: Path | None) -> tuple[MlflowClient, str]:
     """A client on ``uri`` and the id of the active experiment ``name``, created if missing."""
-    path = sqlite_path(uri)
     # A fresh SQLite store gets its tables on first use; two processes doing that at once collide.
-    first_use = contextlib.nullcontext() if path is None else sqlite_lock(path)
-    with first_use:
+    with lock_if_sqlite(uri):
         return _open_experiment_unlocked(uri, name, artifact_dir)
 
 
@@ -404,13 +400,13 @@ class RunReader:
     MLflow ``Run`` objects, newest first. MLflow errors become ConfigError naming the masked URI.
     """
 
-    def __init__(self, uri: str, create: bool = False) -> None:
-        """Read ``uri``; unless ``create`` (a command about to record there), a store that does not exist
-        yet is a StoreMissing error rather than a new, empty store."""
-        check_tracking_store(uri, create=create)
+    def __init__(self, uri: str, create: bool = False, experiment: str | None = None) -> None:
+        """Read ``uri``, checked first by :func:`check_tracking_store` (with ``experiment``, if given);
+        unless ``create`` (a command about to record there), a store that does not exist yet is a
+        StoreMissing error rather than a new, empty store."""
+        check_tracking_store(uri, experiment, create=create)
         self.uri = uri
-        path = sqlite_path(uri)
-        with contextlib.nullcontext() if path is None else sqlite_lock(path):  # opening may create tables
+        with lock_if_sqlite(uri):  # opening may create the tables
             self.client = MlflowClient(tracking_uri=uri)
 
     def find_runs(

@@ -388,7 +388,8 @@ def _open_sweep(prepared: Prepared, stack: contextlib.ExitStack) -> tuple[RunRec
     command created, the study is deleted again: a failed command leaves nothing behind.
     """
     settings, study = prepared.settings, prepared.study
-    config_yaml = OmegaConf.to_yaml(_sweep_params(prepared.config))
+    params = _sweep_params(prepared.config)
+    config_yaml = OmegaConf.to_yaml(params)
     with study_lock(settings.storage, study.study_name):
         new_study = budget_status(study).counted == 0
         added = top_up_budget(study, settings.n_trials)
@@ -408,7 +409,7 @@ def _open_sweep(prepared: Prepared, stack: contextlib.ExitStack) -> tuple[RunRec
             raise
         if previous != sweep.run_id:  # a new study (or its run was deleted)
             study.set_user_attr(SWEEP_RUN_ATTR, sweep.run_id)
-            sweep.log_params(_sweep_params(prepared.config))
+            sweep.log_params(params)
             sweep.log_text(config_yaml, "config.yaml")
             return sweep, added
     # MLflow params are write-once: a resumed or joined session's config is kept as an artifact.

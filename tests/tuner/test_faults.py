@@ -25,6 +25,7 @@ from tests.helpers import (
     ROOT,
     child_pids,
     command,
+    commands_in_own_dirs,
     commands_two_at_a_time,
     containing,
     counted,
@@ -90,10 +91,8 @@ def wrong_type_results(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
     """Every wrong-type command, each with its own runs directory."""
-    dirs = {name: tmp_path_factory.mktemp(name) for name in WRONG_TYPES}
     jobs = {name: (module, overrides) for name, (module, overrides, _) in WRONG_TYPES.items()}
-    results = commands_two_at_a_time(jobs, dirs)
-    return {name: (dirs[name], results[name]) for name in WRONG_TYPES}
+    return commands_in_own_dirs(tmp_path_factory, jobs)
 
 
 @pytest.mark.parametrize("name", WRONG_TYPES)
@@ -177,9 +176,7 @@ def password_results(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
     """Every command with a password in a URL override, each with its own runs directory."""
-    dirs = {name: tmp_path_factory.mktemp(name) for name in PASSWORD_CASES}
-    results = commands_two_at_a_time(PASSWORD_CASES, dirs)
-    return {name: (dirs[name], results[name]) for name in PASSWORD_CASES}
+    return commands_in_own_dirs(tmp_path_factory, PASSWORD_CASES)
 
 
 @pytest.mark.parametrize("name", PASSWORD_CASES)
