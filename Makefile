@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 ARGS ?=
+# pytest-xdist processes for make test, test-presets and test-full (0: one process, no xdist)
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 HOST ?= 127.0.0.1
 PORT ?= 5000
 DASHBOARD_PORT ?= 8080
@@ -22,7 +25,7 @@ TORCH_PIN := torch==2.13.0
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full sweep worker train replay benchmark report bench bench-sweep bench-ceiling bench-population bench-scores ui tracking-server dashboard lint format clean
+.PHONY: help install test test-presets test-full sweep worker train replay benchmark report bench bench-sweep bench-ceiling bench-population bench-scores ui tracking-server dashboard lint format clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -41,10 +44,13 @@ $(BENCH_STAMP): $(STAMP)
 install: $(STAMP) ## build .venv (torch CPU first, then rltune with its dev tools); re-run when pyproject changes
 
 test: install ## fast test suite (unit tests, small real learning runs)
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
+
+test-presets: install ## the preset score tests: full-budget learning runs that must reach published scores
+	$(PYTEST) -m slow tests/test_presets_slow.py $(ARGS)
 
 test-full: install ## every test, including the long learning runs
-	$(PY) -m pytest $(ARGS)
+	$(PYTEST) $(ARGS)
 
 # `make sweep` with no ARGS: a small real study that finishes in under 10 minutes on 2 cores. ARGS, when
 # given, replace these (so presets and algorithms can be chosen freely); conf/tune.yaml has the defaults.

@@ -233,10 +233,12 @@ def containing(texts: Sequence[str], secret: str) -> list[str]:
     return [t for t in texts if secret in t]
 
 
-def sigterm_once_started(tmp_path: Path, args: list[str], seed_runs: int) -> tuple[int, str]:
-    """Start a sweep, send it SIGTERM 1 s after ``seed_runs`` seed runs exist; (exit code, stderr).
+def interrupt_once_started(
+    tmp_path: Path, args: list[str], seed_runs: int, sig: signal.Signals = signal.SIGTERM
+) -> tuple[int, str]:
+    """Start a sweep, send it ``sig`` 1 s after ``seed_runs`` seed runs exist; (exit code, stderr).
 
-    If SIGTERM does not end it within 60 s, SIGABRT under faulthandler makes it print every thread's
+    If the signal does not end it within 60 s, SIGABRT under faulthandler makes it print every thread's
     stack, and the test fails with them.
     """
     proc = subprocess.Popen(
@@ -253,14 +255,14 @@ def sigterm_once_started(tmp_path: Path, args: list[str], seed_runs: int) -> tup
             assert time.time() < deadline, "the trials did not start"
             assert proc.poll() is None, "the sweep ended before it could be interrupted"
             time.sleep(0.2)
-        time.sleep(1.0)
-        os.kill(proc.pid, signal.SIGTERM)
+        time.sleep(1.0)  # into training: the runs exist and learn() has started
+        os.kill(proc.pid, sig)
         try:
             _, stderr = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGABRT)
             _, stderr = proc.communicate(timeout=30)
-            hung = f"the sweep did not exit within 60 s of SIGTERM; its stacks:\n{stderr}"
+            hung = f"the sweep did not exit within 60 s of {sig.name}; its stacks:\n{stderr}"
             raise AssertionError(hung) from None
     finally:
         proc.kill()
@@ -269,15 +271,22 @@ def sigterm_once_started(tmp_path: Path, args: list[str], seed_runs: int) -> tup
 
 def seed_runs_started(tmp_path: Path, n: int) -> bool:
     """Whether ``n`` seed runs exist in the MLflow store (read without writing)."""
+    return runs_named_like(tmp_path, "trial-%-seed%") >= n
+
+
+def runs_named_like(tmp_path: Path, pattern: str) -> int:
+    """How many runs of the MLflow store under ``tmp_path`` have a name SQL-``LIKE`` ``pattern``; 0 while
+    the store does not exist yet. Read-only: opening it through MLflow could create its tables in a race
+    with the command under test."""
     db = tmp_path / "mlflow.db"
     if not db.exists():
-        return False
+        return 0
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            (count,) = con.execute("SELECT COUNT(*) FROM runs WHERE name LIKE 'trial-%-seed%'").fetchone()
+            (count,) = con.execute("SELECT COUNT(*) FROM runs WHERE name LIKE ?", (pattern,)).fetchone()
     except sqlite3.Error:
-        return False
-    return int(count) >= n
+        return 0
+    return int(count)
 
 
 def record_curve(agent: Agent, steps: int) -> list[tuple]:

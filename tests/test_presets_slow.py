@@ -1,4 +1,7 @@
-"""The known-good presets reach their published-level scores at full budget (make test-full only)."""
+"""The known-good presets reach their published-level scores at full budget.
+
+Marked slow, so `make test` leaves them out; `make test-presets`, `make test-full` and CI run them.
+"""
 
 import pytest
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -13,8 +15,8 @@ import pytest
 from mlflow import MlflowClient
 
 from algorithms import ConfigError
-from tests.helpers import ENV, ROOT
-from tuner.benchmark import BenchmarkSettings, plan_cells
+from tests.helpers import ENV, ROOT, runs_named_like, wait_for
+from tuner.benchmark import BenchmarkSettings, cell_config, plan_cells
 
 BASE = {
     "name": "t",
@@ -80,6 +82,28 @@ def test_sources_select_presets(tmp_path: Path) -> None:
         plan_cells(tuned, tracking(tmp_path), str(ROOT))
 
 
+def test_source_tuned_trains_the_exported_preset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sources.ppo=tuned`` trains conf/experiment/ppo_cartpole_tuned.yaml (what a sweep exports), in a
+    copy of conf/ so the repository's own exported presets are left alone."""
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    (conf / "experiment" / "ppo_cartpole_tuned.yaml").write_text(
+        "# @package _global_\n"
+        "defaults:\n  - override /algo: ppo\n  - override /env: cartpole\n"
+        "algo:\n  learning_rate: 0.000777\n  gamma: 0.97\n"
+    )
+    monkeypatch.setattr("tuner.compose.CONF_DIR", conf)
+    monkeypatch.setattr("tuner.benchmark.CONF_DIR", conf)
+    only_ppo = {"algos": ["ppo"], "envs": ["cartpole"]}
+    tuned = plan_cells(settings(**only_ppo, sources={"ppo": "tuned"}), tracking(tmp_path), str(ROOT))
+    preset = plan_cells(settings(**only_ppo, sources={"ppo": "preset"}), tracking(tmp_path), str(ROOT))
+    assert [c.source for c in tuned.cells] == ["tuned:ppo_cartpole_tuned"] * 2
+    assert all("experiment=ppo_cartpole_tuned" in c.overrides for c in tuned.cells)
+    algo = cell_config(tuned.cells[0].overrides, tracking(tmp_path), str(ROOT)).algo
+    assert (algo.learning_rate, algo.gamma) == (0.000777, 0.97)
+    assert {c.fingerprint for c in tuned.cells}.isdisjoint(c.fingerprint for c in preset.cells)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -115,7 +139,7 @@ def bench_args(tmp_path: Path, *overrides: str) -> list[str]:
         "benchmark.algos=[ppo]",
         "benchmark.first_seed=2001",
         "benchmark.eval_points=2",
-        "benchmark.n_workers=1",
+        *([] if any(o.startswith("benchmark.n_workers=") for o in overrides) else ["benchmark.n_workers=1"]),
         f"paths.runs_dir={tmp_path}",
         *overrides,
     ]
@@ -128,26 +152,34 @@ def cell_runs(tmp_path: Path) -> list:
 
 
 def test_interrupted_benchmark_resumes_without_retraining_finished_cells(tmp_path: Path) -> None:
-    # Two quick CartPole cells, then a Pendulum cell far too long to finish: interrupt it with SIGTERM.
-    long_run = bench_args(
-        tmp_path, "benchmark.envs=[cartpole,pendulum]", "benchmark.seeds=2",
-        "benchmark.budget_steps={cartpole: 2048, pendulum: 10000000}",
-    )  # fmt: skip
-    proc = subprocess.Popen(
-        long_run, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    finished_lines = []
-    deadline = time.monotonic() + 180
-    assert proc.stdout is not None
-    for line in proc.stdout:  # wait until both CartPole cells report, and give the Pendulum cell a moment
-        if "final eval return" in line:
-            finished_lines.append(line)
-        if len(finished_lines) == 2 or time.monotonic() > deadline:
-            break
-    time.sleep(8)
-    proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=60)[0]
-    assert len(finished_lines) == 2, output
+    """Two workers: two quick CartPole cells, then two Pendulum cells far too long to finish, interrupted
+    with SIGTERM while both train; the same benchmark then trains only the Pendulum cells."""
+    two_workers = ("benchmark.envs=[cartpole,pendulum]", "benchmark.seeds=2", "benchmark.n_workers=2")
+    pendulum_too_long = "benchmark.budget_steps={cartpole: 2048, pendulum: 10000000}"
+    long_run = bench_args(tmp_path, *two_workers, pendulum_too_long)
+    log = tmp_path / "benchmark.out"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            long_run, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        # Interrupt once both CartPole cells are recorded as finished and both Pendulum cells' runs exist.
+        def cartpole_done_and_pendulum_started() -> bool:
+            cartpole_done = log.read_text().count("final eval return") == 2
+            return cartpole_done and runs_named_like(tmp_path, "ppo-pendulum-%") == 2
+
+        wait_for(
+            lambda: proc.poll() is not None or cartpole_done_and_pendulum_started(),
+            timeout=240,
+            what="the CartPole cells to finish and the Pendulum cells to start",
+        )
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # its cell workers too, should it hang
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert output.count("final eval return") == 2, output
     assert proc.returncode == 128 + signal.SIGTERM, output
     assert "re-run the same command" in output
 
@@ -157,13 +189,11 @@ def test_interrupted_benchmark_resumes_without_retraining_finished_cells(tmp_pat
         "ppo/cartpole/2001": "FINISHED",
         "ppo/cartpole/2002": "FINISHED",
         "ppo/pendulum/2001": "KILLED",
+        "ppo/pendulum/2002": "KILLED",
     }
 
     # The same benchmark with a Pendulum budget that fits: only the Pendulum cells are trained.
-    resumed = bench_cli(
-        tmp_path, "benchmark.envs=[cartpole,pendulum]", "benchmark.seeds=2",
-        "benchmark.budget_steps={cartpole: 2048, pendulum: 1024}",
-    )  # fmt: skip
+    resumed = bench_cli(tmp_path, *two_workers, "benchmark.budget_steps={cartpole: 2048, pendulum: 1024}")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "4 cells, 2 already finished in MLflow" in resumed.stdout
     runs = cell_runs(tmp_path)

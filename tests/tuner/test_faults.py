@@ -303,22 +303,25 @@ LONGER = ("tune.n_trials=6", "tune.budget_steps=16384")  # trials of seconds: a 
 
 
 def test_a_worker_started_before_its_sweep_waits_for_the_trials(tmp_path: Path) -> None:
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "tuner.worker", *tune_args(tmp_path, *LONGER)[3:], "worker=5"],
-        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    log = tmp_path / "worker.out"
+    with log.open("w") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tuner.worker", *tune_args(tmp_path, *LONGER)[3:], "worker=5"],
+            cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
-        assert worker.stdout is not None
-        seen: list[str] = []
-        while not any("waiting up to 600 s (tune.join_timeout)" in line for line in seen):
-            line = worker.stdout.readline()  # the wait is announced once, before the study exists
-            assert line and len(seen) < 50, "".join(seen)
-            seen.append(line)
+        wait_for(  # the wait is announced once, before the study exists
+            lambda: worker.poll() is not None or "waiting up to 600 s (tune.join_timeout)" in log.read_text(),
+            timeout=120,
+            what="the worker to announce its wait",
+        )
+        assert worker.poll() is None, log.read_text()
         assert not (tmp_path / "optuna.db").exists()
         sweep = run_tune(tmp_path, *LONGER)
-        rest, _ = worker.communicate(timeout=240)
+        worker.wait(timeout=240)
     finally:
         worker.kill()
+    rest = log.read_text()
     assert sweep.returncode == 0, sweep.stderr
     assert worker.returncode == 0, rest
     n_done = int(rest.strip().splitlines()[-1].removeprefix("worker done: ").split()[0])
@@ -408,3 +411,22 @@ def test_retried_attempts_say_why_they_failed_and_only_the_last_attempt_counts(t
     assert table.loc[2, "fail_reason"] == HEARTBEAT_LOST  # not the "interrupted" it inherited
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 3 + [TrialState.WAITING] * 2
     assert budget_status(study).counted == 2  # trials 3 and 4: each retry chain counts once
+
+
+@pytest.mark.parametrize("max_retry", [0, 2])
+def test_a_trial_is_retried_at_most_max_retry_times_then_counts_as_failed(
+    tmp_path: Path, max_retry: int
+) -> None:
+    """Each interruption of the same trial is retried until ``tune.max_retry`` retries were used; the
+    last attempt then stays FAIL and is the one trial the chain counts against the budget."""
+    cfg = compose_config([f"paths.runs_dir={tmp_path}", f"tune.max_retry={max_retry}"], "tune")
+    settings = TuneSettings.from_config(resolve_config(cfg)["tune"])
+    storage = make_storage(settings)
+    study = optuna.create_study(storage=storage, study_name="retries")
+    top_up_budget(study, 1)
+    while (trial := claim_trial(study, storage)) is not None:  # every attempt of the trial is interrupted
+        assert trial.number <= max_retry, "retried more than tune.max_retry times"
+        fail_and_retry(storage, study, trial)
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * (max_retry + 1)
+    status = budget_status(study)
+    assert (status.counted, status.failed, status.waiting) == (1, 1, 0)

@@ -14,10 +14,10 @@ from tests.helpers import (
     ENV,
     ROOT,
     counted,
+    interrupt_once_started,
     load,
     run_tune,
     runs_by_name,
-    sigterm_once_started,
     tune_args,
 )
 from tuner.population import population_size, worker_share
@@ -128,7 +128,7 @@ def test_population_settings_are_checked_before_anything_runs(tmp_path: Path) ->
 
 def test_an_interrupted_population_loses_nothing_and_resumes(tmp_path: Path) -> None:
     args = tune_args(tmp_path, "tune.population=2", "tune.n_trials=4", "tune.budget_steps=20000")
-    returncode, stderr = sigterm_once_started(tmp_path, args, seed_runs=2)
+    returncode, stderr = interrupt_once_started(tmp_path, args, seed_runs=2)
     assert returncode == 128 + signal.SIGTERM, stderr
     assert "interrupted by SIGTERM" in stderr and "Traceback" not in stderr
     runs = [r for rs in runs_by_name(tmp_path).values() for r in rs]
@@ -167,3 +167,34 @@ def test_a_new_population_plans_for_its_workers_share_of_the_unfinished_trials()
     assert worker_share(waiting=9, running=11, n_workers=2) == 10  # the other holds 10: the other half
     assert worker_share(waiting=4, running=9, n_workers=2) == 5  # the other is busy: the rest of the queue
     assert worker_share(waiting=0, running=1, n_workers=4) == 1  # the last trial
+
+
+def test_a_diverging_member_fails_its_trial_and_the_others_complete(tmp_path: Path) -> None:
+    """A member whose learning rate blows its loss up is a FAIL trial saying so; its neighbours in the
+    same population complete, and the budget stays exact."""
+    result = run_tune(
+        tmp_path,
+        "env=pendulum",
+        "tune.study_name=diverge",
+        "tracking.experiment=ppo_cartpole",
+        "tune.population=2",
+        "tune.n_trials=4",
+        "tune.budget_steps=2048",
+        "~search.params.learning_rate",
+        "+search.params.learning_rate={type:categorical,choices:[10000.0,0.0003]}",
+    )
+    assert result.returncode == 0, result.stderr
+    study = load(tmp_path, "diverge")
+    assert sorted(t.number for t in study.trials) == list(range(4))  # diverging is not retried
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(failed) + len(complete) == 4 and failed and complete
+    assert {t.params["learning_rate"] for t in failed} == {10000.0}
+    assert {t.params["learning_rate"] for t in complete} == {0.0003}
+    assert all(t.user_attrs["fail_reason"].startswith("training diverged: non-finite") for t in failed)
+    # One population held a diverging and a learning member side by side.
+    mixed = {t.user_attrs["population"] for t in failed} & {t.user_attrs["population"] for t in complete}
+    assert mixed, [(t.number, t.user_attrs["population"], t.params["learning_rate"]) for t in study.trials]
+    runs = runs_by_name(tmp_path)
+    assert {r.info.status for t in failed for r in runs[f"trial-{t.number}"]} == {"FAILED"}
+    assert {r.info.status for t in complete for r in runs[f"trial-{t.number}"]} == {"FINISHED"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -162,10 +163,12 @@ def test_four_workers_finish_exactly_the_budget_and_log_to_the_server(
     study = optuna.load_study(study_name="ppo_cartpole", storage=pg_url)
     assert sorted(t.number for t in study.trials) == list(range(12))  # exact, no duplicate numbers
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
-    logs = list((tmp_path / "logs" / "ppo_cartpole").glob("worker-*.log"))
-    assert len(logs) == 4 and all("trial " in p.read_text() for p in logs), (
-        "every worker must have run trials"
-    )
+    # Which worker ran how many trials depends on the schedule; that four ran and shared out exactly
+    # the twelve trials does not.
+    logs = sorted((tmp_path / "logs" / "ppo_cartpole").glob("worker-*.log"))
+    done = [re.findall(r"done: (\d+) trials", p.read_text()) for p in logs]
+    assert len(logs) == 4 and all(len(d) == 1 for d in done), done
+    assert sum(int(d[0]) for d in done) == 12
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()  # nothing local
 
     client = MlflowClient(mlflow_server)

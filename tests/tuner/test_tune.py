@@ -25,10 +25,10 @@ from tests.helpers import (
     ENV,
     ROOT,
     counted,
+    interrupt_once_started,
     load,
     run_tune,
     runs_by_name,
-    sigterm_once_started,
     tune_args,
 )
 from tuner.stats import compare
@@ -119,21 +119,30 @@ def running_trial_with_run(db: Path) -> tuple[int, str] | None:
     return None if row is None else (int(row[0]), json.loads(row[1]))
 
 
-def test_an_interrupted_sweep_loses_nothing_and_resumes(tmp_path: Path) -> None:
-    """SIGTERM while a trial trains, one trial at a time in the sweep's own process: one line, exit 143,
-    the trial's runs KILLED and the trial back in the queue; the same command then finishes the study."""
-    returncode, stderr = sigterm_once_started(
-        tmp_path, tune_args(tmp_path, "tune.n_trials=2", "tune.budget_steps=20000"), seed_runs=1
-    )
-    assert returncode == 128 + signal.SIGTERM, stderr
-    assert "interrupted by SIGTERM" in stderr and "Traceback" not in stderr
+@pytest.mark.parametrize(
+    ("sig", "n_workers"),
+    [(signal.SIGTERM, 1), (signal.SIGINT, 2)],
+    ids=["sigterm-1-worker", "ctrl-c-2-workers"],
+)
+def test_an_interrupted_sweep_loses_nothing_and_resumes(
+    tmp_path: Path, sig: signal.Signals, n_workers: int
+) -> None:
+    """A signal while the trials train (in the sweep's own process for one worker; in worker processes,
+    which the sweep stops, for two): one line, exit 128+N, the trials' runs KILLED and the trials back
+    in the queue; the same command then finishes the study."""
+    args = tune_args(tmp_path, "tune.n_trials=2", "tune.budget_steps=20000", f"tune.n_workers={n_workers}")
+    returncode, stderr = interrupt_once_started(tmp_path, args, seed_runs=n_workers, sig=sig)
+    assert returncode == 128 + sig, stderr
+    assert f"interrupted by {sig.name}" in stderr and "Traceback" not in stderr
     runs = [r for rs in runs_by_name(tmp_path).values() for r in rs]
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     killed = {r.info.run_name for r in runs if r.info.status == "KILLED"}
-    assert "trial-0" in killed and any(name.startswith("trial-0-seed") for name in killed)
+    interrupted = list(range(n_workers))  # each worker was training one trial
+    for number in interrupted:
+        assert f"trial-{number}" in killed and any(name.startswith(f"trial-{number}-seed") for name in killed)
     study = load(tmp_path)
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
-    assert [t.number for t in study.trials if t.state == TrialState.FAIL] == [0]
+    assert [t.number for t in study.trials if t.state == TrialState.FAIL] == interrupted
 
     again = run_tune(tmp_path, "tune.n_trials=2")
     assert again.returncode == 0, again.stderr
