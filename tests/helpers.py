@@ -270,20 +270,22 @@ def interrupt_once_started(
 
 
 def seed_runs_started(tmp_path: Path, n: int) -> bool:
-    """Whether ``n`` seed runs exist in the MLflow store (read without writing)."""
-    return runs_named_like(tmp_path, "trial-%-seed%") >= n
+    """Whether ``n`` seed runs are training: RUNNING in the MLflow store (read without writing). A seed
+    run that exists but has ended does not count: its trial may be over."""
+    return runs_named_like(tmp_path, "trial-%-seed%", status="RUNNING") >= n
 
 
-def runs_named_like(tmp_path: Path, pattern: str) -> int:
-    """How many runs of the MLflow store under ``tmp_path`` have a name SQL-``LIKE`` ``pattern``; 0 while
-    the store does not exist yet. Read-only: opening it through MLflow could create its tables in a race
-    with the command under test."""
+def runs_named_like(tmp_path: Path, pattern: str, status: str | None = None) -> int:
+    """How many runs of the MLflow store under ``tmp_path`` have a name SQL-``LIKE`` ``pattern`` (and
+    ``status``, if given); 0 while the store does not exist yet or is busy. Read-only: opening it
+    through MLflow could create its tables in a race with the command under test."""
     db = tmp_path / "mlflow.db"
     if not db.exists():
         return 0
+    query = "SELECT COUNT(*) FROM runs WHERE name LIKE ?" + ("" if status is None else " AND status = ?")
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            (count,) = con.execute("SELECT COUNT(*) FROM runs WHERE name LIKE ?", (pattern,)).fetchone()
+            (count,) = con.execute(query, (pattern,) if status is None else (pattern, status)).fetchone()
     except sqlite3.Error:
         return 0
     return int(count)

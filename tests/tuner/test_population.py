@@ -127,7 +127,7 @@ def test_population_settings_are_checked_before_anything_runs(tmp_path: Path) ->
 
 
 def test_an_interrupted_population_loses_nothing_and_resumes(tmp_path: Path) -> None:
-    args = tune_args(tmp_path, "tune.population=2", "tune.n_trials=4", "tune.budget_steps=20000")
+    args = tune_args(tmp_path, "tune.population=2", "tune.n_trials=4", "tune.budget_steps=1000000")
     returncode, stderr = interrupt_once_started(tmp_path, args, seed_runs=2)
     assert returncode == 128 + signal.SIGTERM, stderr
     assert "interrupted by SIGTERM" in stderr and "Traceback" not in stderr

@@ -130,7 +130,9 @@ def test_an_interrupted_sweep_loses_nothing_and_resumes(
     """A signal while the trials train (in the sweep's own process for one worker; in worker processes,
     which the sweep stops, for two): one line, exit 128+N, the trials' runs KILLED and the trials back
     in the queue; the same command then finishes the study."""
-    args = tune_args(tmp_path, "tune.n_trials=2", "tune.budget_steps=20000", f"tune.n_workers={n_workers}")
+    # Trials far longer than the wait for them to start: on a loaded machine too, the signal comes
+    # while every worker is training.
+    args = tune_args(tmp_path, "tune.n_trials=2", "tune.budget_steps=1000000", f"tune.n_workers={n_workers}")
     returncode, stderr = interrupt_once_started(tmp_path, args, seed_runs=n_workers, sig=sig)
     assert returncode == 128 + sig, stderr
     assert f"interrupted by {sig.name}" in stderr and "Traceback" not in stderr
