@@ -24,7 +24,7 @@ import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -33,11 +33,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from algorithms.common.config import (
-    config_from_mapping,
     require_choice,
     require_in_range,
     require_int,
-    require_net_arch,
     require_positive,
 )
 from algorithms.common.errors import NonFiniteLossError
@@ -45,8 +43,8 @@ from algorithms.common.networks import NUMPY_ACTIVATIONS, StackedMLP, activation
 from algorithms.common.nstep import NStepAccumulator
 from algorithms.common.off_policy import (
     OffPolicyAgent,
+    OffPolicyConfig,
     polyak_update,
-    require_gradient_steps,
     stats_to_dict,
 )
 from algorithms.common.optim import FlatAdam, flatten_parameters
@@ -57,31 +55,22 @@ from algorithms.common.prioritized import PrioritizedSampler
 # 1. Hyperparameters
 # ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class D3QNConfig:
+class D3QNConfig(OffPolicyConfig):
     """D3QN hyperparameters. Defaults are Stable-Baselines3's DQN ones, with the dueling head and
-    double-Q targets on; invalid values raise ConfigError at once."""
+    double-Q targets on; invalid values raise ConfigError at once.
 
-    ROLLOUT_FIELDS: ClassVar[tuple[str, ...]] = ("n_envs", "train_freq")
-    """The fields whose product is the env steps between two updates (a training phase)."""
-    WARMUP_FIELD: ClassVar[str | None] = "learning_starts"
-    """The field of env steps collected before the first update (None: none)."""
+    The fields every off-policy algorithm has, and their checks, are :class:`OffPolicyConfig`'s; this
+    class declares D3QN's own and redeclares those whose default differs.
+    """
 
     learning_rate: float = 1e-4
     """Adam step size. Typical 1e-5 … 3e-3 (log scale)."""
-    buffer_size: int = 1_000_000
-    """Replay capacity in transitions. Typical 1e4 … 1e6."""
-    learning_starts: int = 100
-    """Env steps of uniformly random actions before the first update. Typical 0 … 50 000."""
     batch_size: int = 32
     """Transitions per gradient step. Typical 32 … 512."""
     tau: float = 1.0
     """Target update coefficient in (0, 1]: 1 copies the online weights (hard update), less averages."""
-    gamma: float = 0.99
-    """Discount factor in [0, 1]. Typical 0.9 … 0.9999."""
     train_freq: int = 4
     """Vectorised env steps between two training phases. Typical 1 … 256."""
-    gradient_steps: int = 1
-    """Gradient steps per training phase; -1: one per env step collected (``train_freq · n_envs``)."""
     target_update_interval: int = 10_000
     """Env steps between two target-network updates. Typical 1 … 20 000 (hard updates: 250 … 10 000)."""
     exploration_fraction: float = 0.1
@@ -94,12 +83,6 @@ class D3QNConfig:
     """Clip the global gradient L2 norm to this. Typical 0.5 … 10."""
     net_arch: tuple[int, ...] = (64, 64)
     """Hidden layer sizes of the torso."""
-    activation: str = "relu"
-    """Hidden activation: relu, tanh, elu or gelu."""
-    n_envs: int = 1
-    """Parallel training environments. Typical 1 … 16."""
-    vectorization: str = "sync"
-    """How the training envs run: ``sync`` (one process) or ``async`` (one subprocess per env)."""
     dueling: bool = True
     """Dueling head: Q(s, a) = V(s) + A(s, a) − mean_a' A(s, a') instead of one Q output per action."""
     double_q: bool = True
@@ -120,24 +103,12 @@ class D3QNConfig:
     """Initial noise scale σ₀ of the noisy layers (σ = σ₀ / √fan_in), > 0. Typical 0.1 … 0.5."""
 
     def __post_init__(self) -> None:
-        require_positive("learning_rate", self.learning_rate)
-        require_int("buffer_size", self.buffer_size, 1)
-        require_int("learning_starts", self.learning_starts, 0)
-        require_int("batch_size", self.batch_size, 1)
-        require_in_range("tau", self.tau, 0.0, 1.0)
-        require_positive("tau", self.tau)
-        require_in_range("gamma", self.gamma, 0.0, 1.0)
-        require_int("train_freq", self.train_freq, 1)
-        require_gradient_steps(self.gradient_steps)
+        super().__post_init__()
         require_int("target_update_interval", self.target_update_interval, 1)
         require_in_range("exploration_fraction", self.exploration_fraction, 0.0, 1.0)
         require_in_range("exploration_initial_eps", self.exploration_initial_eps, 0.0, 1.0)
         require_in_range("exploration_final_eps", self.exploration_final_eps, 0.0, 1.0)
         require_positive("max_grad_norm", self.max_grad_norm)
-        require_net_arch("net_arch", self.net_arch)
-        activation_fn(self.activation)
-        require_int("n_envs", self.n_envs, 1)
-        require_choice("vectorization", self.vectorization, ("sync", "async"))
         for name in ("dueling", "double_q", "prioritized", "noisy"):
             require_choice(name, getattr(self, name), (True, False))
         require_int("n_step", self.n_step, 1)
@@ -145,11 +116,6 @@ class D3QNConfig:
         require_in_range("per_beta", self.per_beta, 0.0, 1.0)
         require_positive("per_eps", self.per_eps)
         require_positive("noisy_sigma", self.noisy_sigma)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> D3QNConfig:
-        """Build from a mapping (e.g. a Hydra node), naming any unknown key."""
-        return config_from_mapping(cls, values)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -27,23 +27,17 @@ import torch
 from torch.nn import functional as F
 
 from algorithms.common.config import (
-    config_from_mapping,
-    require_choice,
-    require_in_range,
     require_int,
-    require_net_arch,
     require_positive,
 )
 from algorithms.common.errors import ConfigError, NonFiniteLossError
-from algorithms.common.networks import StackedMLP, activation_fn
+from algorithms.common.networks import StackedMLP, make_twin_critic, twin_min_q
 from algorithms.common.off_policy import (
     OffPolicyAgent,
+    OffPolicyConfig,
     make_target,
-    make_twin_critic,
     polyak_update,
-    require_gradient_steps,
     stats_to_dict,
-    twin_min_q,
 )
 from algorithms.common.optim import FlatAdam, flatten_parameters
 
@@ -55,13 +49,12 @@ LOG_2 = math.log(2.0)
 # 1. Hyperparameters
 # ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class SACConfig:
-    """SAC hyperparameters. Defaults are Stable-Baselines3's; invalid values raise ConfigError at once."""
+class SACConfig(OffPolicyConfig):
+    """SAC hyperparameters. Defaults are Stable-Baselines3's; invalid values raise ConfigError at once.
 
-    ROLLOUT_FIELDS: ClassVar[tuple[str, ...]] = ("n_envs", "train_freq")
-    """The fields whose product is the env steps between two updates (a training phase)."""
-    WARMUP_FIELD: ClassVar[str | None] = "learning_starts"
-    """The field of env steps collected before the first update (None: none)."""
+    The fields every off-policy algorithm has, and their checks, are :class:`OffPolicyConfig`'s; this
+    class declares SAC's own and redeclares those whose default differs.
+    """
 
     learning_rate: float = 3e-4
     """Adam step size of every optimizer not overridden below (and always of α). Typical 1e-4 … 1e-3
@@ -70,21 +63,6 @@ class SACConfig:
     """Adam step size of the policy (None: ``learning_rate``)."""
     critic_learning_rate: float | None = None
     """Adam step size of the twin critics (None: ``learning_rate``)."""
-    buffer_size: int = 1_000_000
-    """Replay capacity in transitions. Typical 1e4 … 1e6."""
-    learning_starts: int = 100
-    """Env steps of uniformly random actions before the first update. Typical 100 … 10 000."""
-    batch_size: int = 256
-    """Transitions per gradient step. Typical 64 … 512."""
-    tau: float = 0.005
-    """Polyak coefficient of the target update, in (0, 1]: θ' ← (1 − τ) θ' + τ θ. Typical 0.001 … 0.05."""
-    gamma: float = 0.99
-    """Discount factor in [0, 1]. Typical 0.9 … 0.999."""
-    train_freq: int = 1
-    """Vectorised env steps between two training phases (each is ``n_envs`` env steps). Typical 1 … 64."""
-    gradient_steps: int = 1
-    """Gradient steps per training phase; -1 means as many as env steps collected in the phase
-    (``train_freq · n_envs``, one update per env step, as SB3's -1). Typical 1 … 64."""
     ent_coef: str | float = "auto"
     """Entropy temperature α: ``"auto"`` learns it towards the target entropy; a float > 0 fixes it.
     Typical fixed values 0.001 … 0.5. ``"auto_0.1"`` (SB3's form) learns it starting at 0.1."""
@@ -94,44 +72,24 @@ class SACConfig:
     """The learned α aims at entropy −scale · dim(A) nats. Typical 0.25 … 2."""
     target_update_interval: int = 1
     """Gradient steps between two Polyak updates of the target critics. Typical 1 … 8."""
-    net_arch: tuple[int, ...] = (256, 256)
-    """Hidden layer sizes of the policy and of each critic."""
-    activation: str = "relu"
-    """Hidden activation: relu, tanh, elu or gelu."""
-    n_envs: int = 1
-    """Parallel training environments. Typical 1 … 16."""
-    vectorization: str = "sync"
-    """How the training envs run: ``sync`` (one process) or ``async`` (one subprocess per env)."""
     log_std_min: float = -20.0
     """Lower clamp of the policy's log standard deviation (before the tanh squashing)."""
     log_std_max: float = 2.0
     """Upper clamp of the policy's log standard deviation, > ``log_std_min``."""
 
     def __post_init__(self) -> None:
-        require_positive("learning_rate", self.learning_rate)
+        super().__post_init__()
         for name in ("actor_learning_rate", "critic_learning_rate"):
             value = getattr(self, name)
             if value is not None:
                 require_positive(name, value)
-        require_int("buffer_size", self.buffer_size, 1)
-        require_int("learning_starts", self.learning_starts, 0)
-        require_int("batch_size", self.batch_size, 1)
-        require_int("train_freq", self.train_freq, 1)
-        require_gradient_steps(self.gradient_steps)
         require_int("target_update_interval", self.target_update_interval, 1)
-        require_int("n_envs", self.n_envs, 1)
-        require_in_range("tau", self.tau, 0.0, 1.0)
-        require_positive("tau", self.tau)
-        require_in_range("gamma", self.gamma, 0.0, 1.0)
         self.initial_log_alpha()  # validates ent_coef / init_ent_coef
         require_positive("target_entropy_scale", self.target_entropy_scale)
         if not self.log_std_min < self.log_std_max:
             raise ConfigError(
                 f"log_std_min ({self.log_std_min}) must be smaller than log_std_max ({self.log_std_max})"
             )
-        require_net_arch("net_arch", self.net_arch)
-        activation_fn(self.activation)
-        require_choice("vectorization", self.vectorization, ("sync", "async"))
 
     @property
     def learn_ent_coef(self) -> bool:
@@ -158,11 +116,6 @@ class SACConfig:
             raise ConfigError(error)
         require_positive("ent_coef", value)
         return math.log(value)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SACConfig:
-        """Build from a mapping (e.g. a Hydra node), naming any unknown key."""
-        return config_from_mapping(cls, values)
 
 
 # ----------------------------------------------------------------------------------------------------

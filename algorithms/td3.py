@@ -15,28 +15,23 @@ the actor step evaluates Q₁ only and computes no critic-weight gradients, and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from algorithms.common.config import (
-    config_from_mapping,
-    require_choice,
     require_in_range,
     require_int,
-    require_net_arch,
-    require_positive,
 )
 from algorithms.common.errors import NonFiniteLossError
-from algorithms.common.networks import StackedMLP, activation_fn, narrow_linear
+from algorithms.common.networks import StackedMLP, make_twin_critic, narrow_linear
 from algorithms.common.off_policy import (
     OffPolicyAgent,
+    OffPolicyConfig,
     make_target,
-    make_twin_critic,
     polyak_update,
-    require_gradient_steps,
     stats_to_dict,
 )
 from algorithms.common.optim import FlatAdam, flatten_parameters
@@ -46,31 +41,15 @@ from algorithms.common.optim import FlatAdam, flatten_parameters
 # 1. Hyperparameters
 # ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class TD3Config:
-    """TD3 hyperparameters. Defaults are Stable-Baselines3's; invalid values raise ConfigError at once."""
+class TD3Config(OffPolicyConfig):
+    """TD3 hyperparameters. Defaults are Stable-Baselines3's; invalid values raise ConfigError at once.
 
-    ROLLOUT_FIELDS: ClassVar[tuple[str, ...]] = ("n_envs", "train_freq")
-    """The fields whose product is the env steps between two updates (a training phase)."""
-    WARMUP_FIELD: ClassVar[str | None] = "learning_starts"
-    """The field of env steps collected before the first update (None: none)."""
+    The fields every off-policy algorithm has, and their checks, are :class:`OffPolicyConfig`'s; this
+    class declares TD3's own and redeclares those whose default differs.
+    """
 
     learning_rate: float = 1e-3
     """Adam step size of the actor and the critics. Typical 1e-4 … 1e-3 (log scale)."""
-    buffer_size: int = 1_000_000
-    """Replay capacity in transitions. Typical 1e4 … 1e6."""
-    learning_starts: int = 100
-    """Env steps of uniformly random actions before the first update. Typical 100 … 25 000."""
-    batch_size: int = 256
-    """Transitions per gradient step. Typical 64 … 512."""
-    tau: float = 0.005
-    """Polyak coefficient of the target updates, in (0, 1]. Typical 0.001 … 0.05."""
-    gamma: float = 0.99
-    """Discount factor in [0, 1]. Typical 0.9 … 0.999."""
-    train_freq: int = 1
-    """Vectorised env steps between two training phases (each is ``n_envs`` env steps). Typical 1 … 64."""
-    gradient_steps: int = 1
-    """Gradient steps per training phase; -1 means as many as env steps collected in the phase
-    (``train_freq · n_envs``, one update per env step, as SB3's -1). Typical 1 … 64."""
     policy_delay: int = 2
     """Critic steps per actor (and target) step. Typical 1 … 4."""
     target_policy_noise: float = 0.2
@@ -83,35 +62,12 @@ class TD3Config:
     the policy's [-1, 1] units), ≥ 0. Typical 0.05 … 0.5."""
     net_arch: tuple[int, ...] = (400, 300)
     """Hidden layer sizes of the actor and of each critic."""
-    activation: str = "relu"
-    """Hidden activation: relu, tanh, elu or gelu."""
-    n_envs: int = 1
-    """Parallel training environments. Typical 1 … 16."""
-    vectorization: str = "sync"
-    """How the training envs run: ``sync`` (one process) or ``async`` (one subprocess per env)."""
 
     def __post_init__(self) -> None:
-        require_positive("learning_rate", self.learning_rate)
-        require_int("buffer_size", self.buffer_size, 1)
-        require_int("learning_starts", self.learning_starts, 0)
-        require_int("batch_size", self.batch_size, 1)
-        require_int("train_freq", self.train_freq, 1)
-        require_gradient_steps(self.gradient_steps)
+        super().__post_init__()
         require_int("policy_delay", self.policy_delay, 1)
-        require_int("n_envs", self.n_envs, 1)
-        require_in_range("tau", self.tau, 0.0, 1.0)
-        require_positive("tau", self.tau)
-        require_in_range("gamma", self.gamma, 0.0, 1.0)
         for name in ("target_policy_noise", "target_noise_clip", "exploration_noise"):
             require_in_range(name, getattr(self, name), 0.0, float("inf"))
-        require_net_arch("net_arch", self.net_arch)
-        activation_fn(self.activation)
-        require_choice("vectorization", self.vectorization, ("sync", "async"))
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TD3Config:
-        """Build from a mapping (e.g. a Hydra node), naming any unknown key."""
-        return config_from_mapping(cls, values)
 
 
 # ----------------------------------------------------------------------------------------------------

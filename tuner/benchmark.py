@@ -25,20 +25,19 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gymnasium as gym
 from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from algorithms import ConfigError, get_algorithm
+from algorithms import ConfigError, NonFiniteLossError, get_algorithm
 from tuner.app import EXIT_FAILED, hydra_app
 from tuner.compose import CONF_DIR, algorithm_config, compose_config
 from tuner.secrets import mask_secrets
-from tuner.train import RunSettings, resolve_config
-
-if TYPE_CHECKING:
-    from tuner.tracking import RunReader
+from tuner.tracking import RunReader, start_run
+from tuner.train import RunSettings, resolve_config, run_training
 
 SOURCES = ("default", "preset", "tuned")
 KIND_PARENT = "benchmark"
@@ -264,8 +263,6 @@ def parent_run_id(reader: RunReader, experiment: str, name: str) -> str | None:
 
 def train_cell(cell: Cell, tracking: Mapping[str, Any], root_dir: str, parent: str, name: str) -> CellOutcome:
     """Train one cell (in a worker process) and say how it ended; never raises for a failed run."""
-    from algorithms import NonFiniteLossError
-    from tuner.train import run_training
 
     cfg = cell_config(cell.overrides, tracking, root_dir)
     tags = {
@@ -320,7 +317,6 @@ def run_cells(
 
 def run_benchmark(cfg: DictConfig, console: Console) -> int:
     """Plan, skip what is finished, train the rest; returns the exit code (0, or 1 if a cell failed)."""
-    from tuner.tracking import RunReader, start_run
 
     config = resolve_config(cfg)
     settings = BenchmarkSettings.from_config(config["benchmark"])
@@ -372,7 +368,6 @@ def _train(
     console: Console,
 ) -> list[CellOutcome]:
     """Run the cells with a progress bar; returns the failed outcomes (interruption propagates)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     failed: list[CellOutcome] = []
     if not todo:

@@ -8,6 +8,8 @@ and 1 the reference score (rl-zoo3's), which makes areas and aggregates comparab
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -63,3 +65,42 @@ def _curve(steps: npt.ArrayLike, values: npt.ArrayLike) -> tuple[np.ndarray, np.
     if np.any(np.diff(steps_arr) < 0):
         raise ValueError("curve steps must be sorted")
     return steps_arr, values_arr
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the report needs from one finished cell run.
+
+    Attributes:
+        algo, env, seed, source: the cell (``env`` is the conf/env name).
+        steps, returns: the evaluation curve (env step, mean eval return), the final evaluation last.
+        budget_steps: the cell's training budget.
+        threshold: the env's solved threshold, None where it has none.
+        random_score: mean return of a random policy on the env.
+        reference: the env's rl-zoo3 reference score for this algorithm, None where it has none.
+        env_reference: the env's normalization reference: the best rl-zoo3 score of any algorithm.
+        wall_time_s: training plus evaluation time; sps: training env-steps per second.
+    """
+
+    algo: str
+    env: str
+    seed: int
+    source: str
+    steps: tuple[float, ...]
+    returns: tuple[float, ...]
+    budget_steps: int
+    threshold: float | None
+    random_score: float
+    reference: float | None
+    env_reference: float
+    wall_time_s: float
+    sps: float
+
+    @property
+    def final_return(self) -> float:
+        """Mean return of the final evaluation."""
+        return self.returns[-1]
+
+    def normalized(self, values: Sequence[float] | float) -> np.ndarray:
+        """``values`` on the env's normalized scale (0 random, 1 the env's reference)."""
+        return normalize(values, self.random_score, self.env_reference)

@@ -25,7 +25,7 @@ from tuner.compose import algorithm_config
 from tuner.search import SearchSpace, to_overrides
 from tuner.secrets import mask_secrets
 from tuner.study import FAIL_REASON_ATTR, TRIAL_RUN_ATTR
-from tuner.tracking import RunSignals, start_run
+from tuner.tracking import FAILED, RunSignals, open_run, start_run
 from tuner.train import run_training
 
 log = logging.getLogger(__name__)
@@ -193,20 +193,17 @@ def fail_trial(
     log.warning("trial %d failed: %s", trial.number, reason)
     trial.set_user_attr(FAIL_REASON_ATTR, reason)
     if setup is not None:  # no run exists yet: record one, so the MLflow view shows the failure too
-        tags = _trial_tags(study, trial)
+        run = open_run(
+            **setup.tracking,
+            run_name=f"trial-{trial.number}",
+            tags=_trial_tags(study, trial),
+            parent_run_id=setup.sweep_run_id,
+        )
         try:
-            with start_run(
-                **setup.tracking,
-                run_name=f"trial-{trial.number}",
-                tags=tags,
-                parent_run_id=setup.sweep_run_id,
-                handle_signals=False,  # a short block; the caller's handler (a worker's) governs
-            ) as run:
-                trial.set_user_attr(TRIAL_RUN_ATTR, run.run_id)
-                run.set_tags({"optuna_state": "FAIL"})
-                raise _TrialFailedError(reason)
-        except _TrialFailedError:
-            pass
+            trial.set_user_attr(TRIAL_RUN_ATTR, run.run_id)
+            run.set_tags({"optuna_state": "FAIL"})
+        finally:
+            run.end(FAILED, reason)
     study.tell(trial, state=TrialState.FAIL)
     return TrialOutcome(trial.number, TrialState.FAIL, None, reason)
 
@@ -214,7 +211,3 @@ def fail_trial(
 def _trial_tags(study: optuna.Study, trial: optuna.Trial) -> dict[str, Any]:
     """Tags of a trial's MLflow run: which study and trial it belongs to."""
     return {"optuna_study": study.study_name, "optuna_trial": trial.number, "kind": "trial"}
-
-
-class _TrialFailedError(Exception):
-    """Ends a trial's MLflow run FAILED with the reason as its message."""

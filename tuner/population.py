@@ -55,9 +55,11 @@ from tuner.study import (
     TuneSettings,
     budget_status,
     claim_trial,
+    fail_and_retry,
     time_left,
+    trial_id,
 )
-from tuner.tracking import RunRecorder, RunSignals, interrupts_raise, start_run
+from tuner.tracking import FAILED, FINISHED, RunRecorder, RunSignals, interrupts_raise, open_run
 from tuner.train import RunSettings, TrainingMonitor, finish_run
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,6 @@ class SeedRun:
     config: dict[str, Any]
     run: RunRecorder
     monitor: TrainingMonitor
-    close: contextlib.ExitStack
     final: EvalResult | None = None
 
 
@@ -86,7 +87,6 @@ class RunningTrial:
     trial: optuna.Trial
     values: dict[str, Any]
     run: RunRecorder
-    close: contextlib.ExitStack
     seeds: list[SeedRun]
     started: float = field(default_factory=time.perf_counter)
     evals: dict[int, dict[int, float]] = field(default_factory=dict)
@@ -113,7 +113,8 @@ class PopulationState:
     number: int = 0
     trials: dict[int, RunningTrial] = field(default_factory=dict)
     deferred: tuple[optuna.Trial, dict[str, Any]] | None = None
-    heartbeats: dict[int, Heartbeat] = field(default_factory=dict)
+    heartbeats: dict[int, contextlib.ExitStack] = field(default_factory=dict)
+    """The running heartbeat of each claimed trial, by trial number."""
 
     def free_slots(self, n_members: int) -> list[int]:
         """Slots no running trial occupies."""
@@ -133,8 +134,6 @@ def run_population(
     On an interrupt or an error every running trial's MLflow runs end (KILLED or FAILED) and the trial
     goes back to the queue as a retry, exactly as a sequential worker's trial does.
     """
-    from tuner.worker import fail_and_retry
-
     configure_torch_cpu(int(setup.base_config.get("torch_threads", 1)))
     state = PopulationState()
     outcomes: list[TrialOutcome] = []
@@ -177,7 +176,7 @@ def run_population(
             raise
         finally:
             for heartbeat in state.heartbeats.values():
-                heartbeat.__exit__(None, None, None)
+                heartbeat.close()
             if state.population is not None:
                 state.population.close()
     return outcomes
@@ -220,8 +219,9 @@ def _fill_slots(
             trial = claim_trial(study, storage)
             if trial is None:
                 return
-            state.heartbeats[trial.number] = Heartbeat(storage, trial._trial_id, settings.heartbeat_interval)
-            state.heartbeats[trial.number].__enter__()
+            heartbeat = contextlib.ExitStack()
+            heartbeat.enter_context(Heartbeat(storage, trial_id(trial), settings.heartbeat_interval))
+            state.heartbeats[trial.number] = heartbeat
             values = _suggest(study, trial, setup, state)
         config = trial_config(setup, values, setup.seeds[0])
         try:
@@ -313,41 +313,33 @@ def _start_trial(
     """Open the trial's MLflow run and its seeds' runs, and start a member per seed."""
     assert state.population is not None
     trial.set_user_attr(POPULATION_ATTR, state.number)
-    close = contextlib.ExitStack()
     tags = {"optuna_study": study.study_name, "optuna_trial": trial.number, "kind": "trial"}
-    run = close.enter_context(
-        start_run(
-            **setup.tracking,
-            run_name=f"trial-{trial.number}",
-            tags={**tags, "population": state.number},
-            parent_run_id=setup.sweep_run_id,
-            handle_signals=False,
-        )
+    run = open_run(
+        **setup.tracking,
+        run_name=f"trial-{trial.number}",
+        tags={**tags, "population": state.number},
+        parent_run_id=setup.sweep_run_id,
     )
     trial.set_user_attr(TRIAL_RUN_ATTR, run.run_id)
     run.log_params({"trial": {"number": trial.number}, "sampled": dict(values)})
     run.log_text("\n".join(trial_overrides(setup, values)) + "\n", "overrides.txt")
     slots = state.free_slots(state.population.n_members)
-    running = RunningTrial(trial, dict(values), run, close, seeds=[])
+    running = RunningTrial(trial, dict(values), run, seeds=[])
     state.trials[trial.number] = running  # from here on, an error ends its runs with the others
     for slot, seed in zip(slots, setup.seeds, strict=False):
         config = trial_config(setup, values, seed)
         settings = RunSettings.from_config(config)
         _, algo_config = algorithm_config(config["algo"])
-        seed_close = contextlib.ExitStack()
-        seed_run = seed_close.enter_context(
-            start_run(
-                settings.tracking_uri,
-                settings.experiment,
-                settings.artifact_dir,
-                f"trial-{trial.number}-seed{seed}",
-                {"algo": settings.algo, "env_id": settings.env_id, "seed": seed, "population_slot": slot},
-                run.run_id,
-                handle_signals=False,
-            )
+        seed_run = open_run(
+            settings.tracking_uri,
+            settings.experiment,
+            settings.artifact_dir,
+            f"trial-{trial.number}-seed{seed}",
+            {"algo": settings.algo, "env_id": settings.env_id, "seed": seed, "population_slot": slot},
+            run.run_id,
         )
         monitor = TrainingMonitor(None, settings, seed_run, TrainProgress(settings.total_steps, "", False))
-        running.seeds.append(SeedRun(slot, seed, settings, config, seed_run, monitor, seed_close))
+        running.seeds.append(SeedRun(slot, seed, settings, config, seed_run, monitor))
         seed_run.log_params(config)
         seed_run.log_text(OmegaConf.to_yaml(config), "config.yaml")
         state.population.start_member(slot, algo_config, seed, settings.total_steps)
@@ -428,7 +420,7 @@ def _end_trial(
             member = population.members[seed.slot]
             seed.monitor.stopped_early = outcome == TrialState.PRUNED
             if outcome == TrialState.FAIL or member is None:
-                seed.close.__exit__(_TrialFailedError, _TrialFailedError(reason), None)
+                seed.run.end(FAILED, reason)
                 continue
             last = seed.final or seed.monitor.last_result
             assert last is not None
@@ -446,7 +438,7 @@ def _end_trial(
             finally:
                 agent.close()
             returns.append(result.mean_return)
-            seed.close.close()
+            seed.run.end(FINISHED)
         wall_time = time.perf_counter() - trial.started
         if outcome == TrialState.COMPLETE:
             objective = sum(returns) / len(returns)
@@ -458,9 +450,9 @@ def _end_trial(
             tags["pruned_step"] = max(trial.evals, default=0)  # pruned right after its latest report
         trial.run.set_tags(tags)
         if outcome == TrialState.FAIL:
-            trial.close.__exit__(_TrialFailedError, _TrialFailedError(reason), None)
+            trial.run.end(FAILED, reason)
         else:
-            trial.close.close()
+            trial.run.end(FINISHED)
     finally:
         for seed in trial.seeds:
             population.stop_member(seed.slot)
@@ -479,21 +471,15 @@ def _end_trial(
 
 def _end_runs(trial: RunningTrial, exc: BaseException) -> None:
     """End a trial's MLflow runs (seeds first) as the exception says: KILLED for an interrupt."""
-    for seed in trial.seeds:
-        with contextlib.suppress(BaseException):
-            seed.close.__exit__(type(exc), exc, exc.__traceback__)
-    with contextlib.suppress(BaseException):
-        trial.close.__exit__(type(exc), exc, exc.__traceback__)
+    for run in [*(seed.run for seed in trial.seeds), trial.run]:
+        with contextlib.suppress(BaseException):  # one store error must not keep the others RUNNING
+            run.end_for(exc)
 
 
 def _stop_heartbeat(state: PopulationState, number: int) -> None:
     heartbeat = state.heartbeats.pop(number, None)
     if heartbeat is not None:
-        heartbeat.__exit__(None, None, None)
-
-
-class _TrialFailedError(Exception):
-    """Ends a failed trial's MLflow runs FAILED with the reason as its message."""
+        heartbeat.close()
 
 
 def check_population(settings: TuneSettings, algo: str, multi_objective: bool) -> None:

@@ -15,6 +15,8 @@ import sys
 import zlib
 from collections.abc import Iterator
 
+import sqlalchemy
+
 from algorithms import ConfigError
 from tuner.secrets import mask_secrets
 from tuner.stores import CONNECT_TIMEOUT_S
@@ -31,8 +33,6 @@ def ensure_database(url: str) -> None:
     not create databases gets a ConfigError saying to create it (``createdb``). Unreachable servers raise
     ConfigError too, with any password masked.
     """
-    import sqlalchemy
-
     name = sqlalchemy.engine.make_url(url).database
     engine = sqlalchemy.create_engine(
         maintenance_url(url),
@@ -72,8 +72,6 @@ def ensure_database(url: str) -> None:
 def maintenance_url(url: str) -> str:
     """``url`` with the server's ``postgres`` maintenance database in place of its own (to check the
     server, or create the database, before the database exists). ConfigError if ``url`` names none."""
-    import sqlalchemy
-
     target = sqlalchemy.engine.make_url(url)
     if not target.database:
         raise ConfigError(f"the PostgreSQL URL {mask_secrets(url)} names no database (…/dbname)")
@@ -108,8 +106,6 @@ def advisory_lock(url: str, key: int) -> Iterator[None]:
 
     The lock is per connection, so it also goes when a killed process's connection does.
     """
-    import sqlalchemy
-
     # NullPool: closing the connection really closes it, which releases the lock even if the block fails.
     engine = sqlalchemy.create_engine(
         url, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}

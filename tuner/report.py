@@ -22,7 +22,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,54 +32,16 @@ from rich.table import Table
 
 from algorithms import ConfigError
 from tuner.app import hydra_app
-from tuner.curves import normalize, normalized_auc, time_to_threshold
+from tuner.benchmark import KIND_CELL, KIND_PARENT, PLAN_ARTIFACT
+from tuner.curves import RunRecord, normalized_auc, time_to_threshold
+from tuner.report_plots import aggregate_figure, curves_figure, profile_figure
 from tuner.stats import bootstrap_ci, iqm, stratified_bootstrap_ci
+from tuner.sweep_report import markdown_table
+from tuner.tracking import RunReader, start_run
 from tuner.train import resolve_config
-
-if TYPE_CHECKING:
-    from tuner.tracking import RunReader
 
 KIND_REPORT = "benchmark_report"
 EVAL_METRIC = "eval/mean_return"
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """What the report needs from one finished cell run.
-
-    Attributes:
-        algo, env, seed, source: the cell (``env`` is the conf/env name).
-        steps, returns: the evaluation curve (env step, mean eval return), the final evaluation last.
-        budget_steps: the cell's training budget.
-        threshold: the env's solved threshold, None where it has none.
-        random_score: mean return of a random policy on the env.
-        reference: the env's rl-zoo3 reference score for this algorithm, None where it has none.
-        env_reference: the env's normalization reference: the best rl-zoo3 score of any algorithm.
-        wall_time_s: training plus evaluation time; sps: training env-steps per second.
-    """
-
-    algo: str
-    env: str
-    seed: int
-    source: str
-    steps: tuple[float, ...]
-    returns: tuple[float, ...]
-    budget_steps: int
-    threshold: float | None
-    random_score: float
-    reference: float | None
-    env_reference: float
-    wall_time_s: float
-    sps: float
-
-    @property
-    def final_return(self) -> float:
-        """Mean return of the final evaluation."""
-        return self.returns[-1]
-
-    def normalized(self, values: Sequence[float] | float) -> np.ndarray:
-        """``values`` on the env's normalized scale (0 random, 1 the env's reference)."""
-        return normalize(values, self.random_score, self.env_reference)
 
 
 @dataclass(frozen=True)
@@ -101,7 +63,6 @@ def find_benchmark(reader: RunReader, name: str | None) -> tuple[str, str, str]:
 
     Raises ConfigError naming the benchmarks that exist when there is no match.
     """
-    from tuner.benchmark import KIND_PARENT
 
     runs = reader.find_runs({"kind": KIND_PARENT, **({"benchmark": name} if name else {})})
     if not runs:
@@ -119,7 +80,6 @@ def read_records(
     reader: RunReader, name: str, experiment: str, parent_id: str
 ) -> tuple[list[RunRecord], list[str]]:
     """The newest FINISHED run of every cell in the parent's plan, and the cells that have none."""
-    from tuner.benchmark import KIND_CELL, PLAN_ARTIFACT
 
     plan = json.loads(reader.read_text(parent_id, PLAN_ARTIFACT))
     newest: dict[str, Any] = {}
@@ -264,8 +224,6 @@ def _groups(records: Sequence[RunRecord], key: Any) -> dict[Any, list[RunRecord]
 # --- output ------------------------------------------------------------------------------------------------
 def write_outputs(report: Report, directory: Path, confidence: float = 0.95) -> list[Path]:
     """CSV and markdown tables and PNG plots of ``report`` in ``directory``; returns the files."""
-    from tuner.report_plots import aggregate_figure, curves_figure, profile_figure
-    from tuner.sweep_report import markdown_table
 
     directory.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
@@ -340,7 +298,6 @@ def _fmt(value: Any, fmt: str) -> str:
 
 def publish(report: Report, files: Sequence[Path], uri: str, artifact_dir: str) -> str:
     """Log ``files`` as artifacts of a new ``report`` run in the benchmark's experiment; returns its id."""
-    from tuner.tracking import start_run
 
     with start_run(
         uri,
@@ -387,7 +344,6 @@ def main(cfg: DictConfig) -> None:
     """``python -m tuner.report``: build, print, write and publish the report; exit codes as in
     :mod:`tuner.app` (2 when there is no benchmark to report on)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one file: no progress bar
-    from tuner.tracking import RunReader
 
     console = Console() if sys.stdout.isatty() else Console(width=200)  # logs: tables unwrapped
     config = resolve_config(cfg)

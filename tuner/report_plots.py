@@ -6,16 +6,13 @@ Plain ``matplotlib.figure.Figure`` objects (no pyplot state, no GUI backend), as
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from tuner.curves import RunRecord
 from tuner.stats import bootstrap_ci, iqm, performance_profile
-
-if TYPE_CHECKING:
-    from tuner.report import RunRecord
 
 CURVE_RESAMPLES = 2000  # per evaluation point; the bands are a visual aid, the tables use more
 

@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import sqlalchemy
 from filelock import FileLock
 
 from algorithms import ConfigError
@@ -97,8 +98,6 @@ def check_server(url: str, what: str, key: str, shown: str | None = None) -> Non
     """ConfigError unless the database server of an SQLAlchemy ``url`` accepts a connection within
     :data:`CONNECT_TIMEOUT_S` (StoreMissing when the server says the database does not exist). The
     message names ``shown`` (default ``url``), password masked."""
-    import sqlalchemy
-
     engine = sqlalchemy.create_engine(
         url, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
     )

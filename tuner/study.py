@@ -27,6 +27,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from algorithms import ConfigError
+from tuner.postgres import advisory_lock, ensure_database, maintenance_url, schema_lock, study_lock_key
 from tuner.secrets import mask_secrets
 from tuner.stores import StoreMissing, check_server, check_sqlite, lock_if_sqlite, sqlite_lock, sqlite_path
 
@@ -160,8 +161,6 @@ def check_storage(url: str, create: bool, key: str = "tune.storage") -> None:
     elif url.startswith("sqlite"):
         return  # an in-memory database: nothing to check or create
     elif url.startswith("postgresql") and create:
-        from tuner.postgres import maintenance_url
-
         check_server(maintenance_url(url), what, key, shown=url)  # the database is created on first use
     elif "://" in url:
         check_server(url, what, key)
@@ -209,8 +208,6 @@ def open_storage(url: str, create: bool, key: str = "tune.storage", **options: A
     if path is not None and create:
         first_use = sqlite_lock(path)  # two commands opening a fresh file would both create its tables
     elif url.startswith("postgresql"):
-        from tuner.postgres import ensure_database, schema_lock
-
         if create:
             ensure_database(url)
         first_use = schema_lock(url)  # workers opening a fresh database would race to create the tables
@@ -232,8 +229,6 @@ def study_lock(url: str, study_name: str) -> contextlib.AbstractContextManager[N
     SQLite: a file lock beside the database; PostgreSQL: an advisory lock; other backends: none.
     """
     if url.startswith("postgresql"):
-        from tuner.postgres import advisory_lock, study_lock_key
-
         return advisory_lock(url, study_lock_key(study_name))
     return lock_if_sqlite(url)
 
@@ -376,20 +371,50 @@ def top_up_budget(study: optuna.Study, n_trials: int) -> int:
     return max(0, missing)
 
 
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    """The storage's id of ``trial``: what RDBStorage's trial methods take.
+
+    Optuna keeps it private (``_trial_id``); its public route, ``get_trial_id_from_study_id_trial_number``,
+    costs two queries a call. This is the one place that reads the private attribute; a test checks it
+    against the public route.
+    """
+    return trial._trial_id
+
+
 def claim_trial(study: optuna.Study, storage: RDBStorage) -> optuna.Trial | None:
     """Take a WAITING trial for this worker (atomic RUNNING compare-and-set); None when none is left."""
     with _claim_lock(storage.url):
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             try:
-                if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                if storage.set_trial_state_values(trial_id(frozen), state=TrialState.RUNNING):
                     # Re-read through the study so its trial cache knows the claimed trial's new state.
                     study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                     if frozen.user_attrs.get(FAIL_REASON_ATTR):  # a retry copies its failed attempt's
-                        storage.set_trial_user_attr(frozen._trial_id, FAIL_REASON_ATTR, "")
-                    return optuna.Trial(study, frozen._trial_id)
+                        storage.set_trial_user_attr(trial_id(frozen), FAIL_REASON_ATTR, "")
+                    return optuna.Trial(study, trial_id(frozen))
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another worker took and finished it meanwhile
     return None
+
+
+def fail_and_retry(storage: RDBStorage, study: optuna.Study, trial: optuna.Trial) -> None:
+    """Mark an interrupted trial FAIL (reason :data:`INTERRUPTED`) and re-enqueue it, as for a worker
+    that died."""
+    try:
+        storage.set_trial_user_attr(trial_id(trial), FAIL_REASON_ATTR, INTERRUPTED)
+        if not storage.set_trial_state_values(trial_id(trial), state=TrialState.FAIL):
+            return
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return
+    callback = storage.get_heartbeat_stale_trial_callback()
+    if callback is not None:
+        callback(study, storage.get_trial(trial_id(trial)))
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The COMPLETE trial with the highest mean return (NSGA-II: the Pareto point with the best return)."""
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return max(finished, key=lambda t: t.values[0], default=None)
 
 
 def _claim_lock(url: str) -> contextlib.AbstractContextManager[None]:

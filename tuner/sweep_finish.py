@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from tuner.export import export_preset
 from tuner.objective import VALUES_ATTR, trial_config
-from tuner.study import budget_status
+from tuner.prepare import Prepared
+from tuner.study import best_trial, budget_status
 from tuner.sweep_report import (
     summary_table,
     trials_table,
@@ -21,9 +21,6 @@ from tuner.sweep_report import (
 )
 from tuner.tracking import RunRecorder, start_run
 from tuner.validate import run_validation
-
-if TYPE_CHECKING:
-    from tuner.tune import Prepared
 
 TOP_TRIALS = 10
 CONSOLE_COLUMNS = (
@@ -38,8 +35,6 @@ CONSOLE_COLUMNS = (
 
 def finish_sweep(prepared: Prepared, sweep: RunRecorder, console: Console) -> None:
     """Trials table, plots, best params and value on the sweep run; export; validation; console tables."""
-    from tuner.tune import best_trial
-
     study, settings = prepared.study, prepared.settings
     status = budget_status(study)
     table = trials_table(study)

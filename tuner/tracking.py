@@ -51,6 +51,7 @@ PARAMS_PER_BATCH = 100  # log_batch limits
 METRICS_PER_BATCH = 1000
 FLUSH_INTERVAL_S = 2.0
 FAILURE_TAG = "failure_reason"
+FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"  # how a run ends (MLflow's RunStatus names)
 
 T = TypeVar("T")
 
@@ -84,6 +85,7 @@ class RunRecorder:
         self._flush_interval_s = flush_interval_s
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
+        self.ended = False
 
     def log_params(self, config: Mapping[str, Any]) -> None:
         """Log a nested config as flat params (``algo.learning_rate``), masked and cut to MLflow's limit."""
@@ -131,6 +133,50 @@ class RunRecorder:
         """Store a matplotlib figure as the image artifact ``artifact_file`` (e.g. ``curve.png``)."""
         self.client.log_figure(self.run_id, figure, artifact_file)
 
+    def end(self, status: str, reason: str = "") -> None:
+        """Write what is queued and end the run with ``status`` (FINISHED, FAILED or KILLED), ``reason``
+        as its ``failure_reason`` tag; later calls do nothing."""
+        if self.ended:
+            return
+        self.ended = True
+        try:
+            if reason:
+                self.set_tags({FAILURE_TAG: reason})
+            self.flush()
+        finally:
+            self.client.set_terminated(self.run_id, status)
+
+    def end_for(self, exc: BaseException) -> None:
+        """End the run as ``exc`` says: KILLED for an interrupt (KeyboardInterrupt, SIGTERM's
+        :class:`RunTerminated`), FAILED for anything else, with the exception as the reason."""
+        status = KILLED if isinstance(exc, KeyboardInterrupt) else FAILED
+        reason = _describe(exc)
+        log.warning("MLflow run %s ends %s: %s", self.run_id, status, reason)
+        self.end(status, reason)
+
+
+def open_run(
+    uri: str,
+    experiment: str,
+    artifact_dir: str | Path | None,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
+) -> RunRecorder:
+    """Create an MLflow run in ``experiment`` (created if needed), or reopen ``resume_run_id``; the caller
+    ends it with :meth:`RunRecorder.end`. For runs that open and end in no nested order (a population's
+    trials); everything else uses :func:`start_run`. Arguments as there."""
+    local_dir = None if artifact_dir is None else Path(artifact_dir)
+    client, experiment_id = _open_experiment(uri, experiment, local_dir)
+    all_tags = dict(tags or {})
+    if parent_run_id is not None:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    run_id = _reopen(client, resume_run_id) if resume_run_id else None
+    if run_id is None:
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=_tag_dict(all_tags)).info.run_id
+    return RunRecorder(client, run_id)
+
 
 @contextmanager
 def start_run(
@@ -155,41 +201,23 @@ def start_run(
         parent_run_id: makes this run a child of that run (same experiment, for the UI to nest it).
         resume_run_id: reopen this existing run (e.g. a resumed study's sweep run) instead of creating
             one; a new run is created if it no longer exists.
-        handle_signals: turn SIGTERM into :class:`RunTerminated` while the run is open. Runs that are
-            opened and ended in no nested order (a population's trials) pass False and sit inside
-            one :func:`interrupts_raise` block instead.
+        handle_signals: turn SIGTERM into :class:`RunTerminated` while the run is open. Runs inside a
+            worker's :func:`interrupts_raise` block pass False and leave signals to it.
 
     The run ends FINISHED, KILLED (KeyboardInterrupt, or SIGTERM, which raises :class:`RunTerminated`
     while the run is open) or FAILED (any other exception, re-raised). Raises ConfigError when the
     tracking store or the experiment cannot be used; no run exists then.
     """
-    local_dir = None if artifact_dir is None else Path(artifact_dir)
-    client, experiment_id = _open_experiment(uri, experiment, local_dir)
-    all_tags = dict(tags or {})
-    if parent_run_id is not None:
-        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    run_id = _reopen(client, resume_run_id) if resume_run_id else None
-    if run_id is None:
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=_tag_dict(all_tags)).info.run_id
-    recorder = RunRecorder(client, run_id)
-    status = RunStatus.FAILED
+    recorder = open_run(uri, experiment, artifact_dir, run_name, tags, parent_run_id, resume_run_id)
     with RunSignals(install=handle_signals) as signals:
         try:
             yield recorder
-            status = RunStatus.FINISHED
         except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt):
-                status = RunStatus.KILLED
-            reason = _describe(exc)
-            log.warning("MLflow run %s ends %s: %s", run_id, RunStatus.to_string(status), reason)
-            recorder.set_tags({FAILURE_TAG: reason})
-            raise
-        finally:
             signals.closing = True
-            try:
-                recorder.flush()
-            finally:
-                client.set_terminated(run_id, RunStatus.to_string(status))
+            recorder.end_for(exc)
+            raise
+        signals.closing = True
+        recorder.end(FINISHED)
 
 
 def _reopen(client: MlflowClient, run_id: str) -> str | None:

@@ -20,14 +20,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from optuna.storages import RDBStorage
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -40,97 +39,25 @@ from rich.progress import (
 
 from algorithms import ConfigError
 from tuner.app import CommandFailed, hydra_app
-from tuner.compose import algorithm_config, override_key
-from tuner.objective import TrialOutcome, TrialSetup
-from tuner.population import check_population
-from tuner.search import SearchSpace
+from tuner.objective import TrialOutcome
+from tuner.prepare import Prepared, join_study, prepare, worker_index
 from tuner.secrets import mask_secrets
-from tuner.stores import StoreMissing
 from tuner.study import (
     SWEEP_RUN_ATTR,
     BudgetStatus,
-    TuneSettings,
+    best_trial,
     budget_status,
-    build_pruner,
-    build_sampler,
     fail_reason,
-    is_multi_objective,
-    make_storage,
     mark_started,
-    open_study,
     retried_numbers,
     study_lock,
     top_up_budget,
 )
 from tuner.sweep_finish import finish_sweep
-from tuner.tracking import RunRecorder, check_tracking_store, interrupts_raise, start_run
-from tuner.train import RunSettings, build_agent, resolve_config
-from tuner.worker import INTERRUPTED_HINT, StaleTrialRunCloser, run_worker, work_and_report
+from tuner.tracking import RunRecorder, interrupts_raise, start_run
+from tuner.worker import INTERRUPTED_HINT, run_worker, work_and_report
 
 log = logging.getLogger(__name__)
-
-JOIN_POLL_S = 2.0  # seconds between two looks at a study a worker waits for
-# Config nodes that are not part of a training run.
-TUNE_GROUPS = ("tune", "search", "sampler", "pruner", "storage", "worker")
-NOT_FORWARDED = ("hydra", "seed", "total_steps", *TUNE_GROUPS)  # overrides the trials set themselves
-
-
-@dataclass
-class Prepared:
-    """A validated sweep: its settings, storage, study and what every trial needs."""
-
-    settings: TuneSettings
-    storage: RDBStorage
-    study: optuna.Study
-    setup: TrialSetup
-    config: dict[str, Any]
-
-
-def training_overrides(overrides: Sequence[str]) -> tuple[str, ...]:
-    """The overrides of a tune command that tuner.train understands (algo, env, experiment, tracking…)."""
-    return tuple(o for o in overrides if override_key(o) not in NOT_FORWARDED)
-
-
-def prepare(cfg: DictConfig, create: bool) -> Prepared:
-    """Validate the whole sweep config, check both stores and open the study (create it, if ``create``);
-    raises ConfigError before anything is created, StoreMissing when not creating and there is no study."""
-    config = resolve_config(cfg)
-    settings = TuneSettings.from_config(config["tune"])
-    algo, _ = algorithm_config(config["algo"])  # names a bad value by its key, before the space uses it
-    space = SearchSpace.from_config(config["search"], algo, base=config["algo"])
-    space = space.for_budget(settings.budget_steps, base=config["algo"])
-    base_config = {k: v for k, v in config.items() if k not in TUNE_GROUPS}
-    base_config["total_steps"] = settings.budget_steps
-    # Build the agent once on the base config: an unknown env id, a missing extra or an unsupported
-    # space is reported now, not as a failure of every trial.
-    base_config["seed"] = settings.seeds[0]
-    build_agent(base_config, RunSettings.from_config(base_config)).close()
-
-    sampler = build_sampler(cfg.sampler, seed_offset=worker_index(cfg.get("worker")) or 0)
-    check_population(settings, algo, is_multi_objective(sampler))
-    pruner = build_pruner(cfg.pruner)
-    tracking = {
-        "uri": str(config["tracking"]["uri"]),
-        "experiment": str(config["tracking"]["experiment"]),
-        "artifact_dir": config["tracking"]["artifact_dir"],  # None: the tracking server's store
-    }
-    # Both stores are checked before either is created in (make_storage checks its own first): a bad
-    # one leaves nothing behind.
-    check_tracking_store(tracking["uri"], tracking["experiment"])
-    storage = make_storage(settings, StaleTrialRunCloser(tracking["uri"]), create=create)
-    study = open_study(settings, storage, sampler, pruner, create=create)
-    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    setup = TrialSetup(
-        base_config=base_config,
-        base_overrides=training_overrides(overrides),
-        space=space,
-        seeds=settings.seeds,
-        budget_steps=settings.budget_steps,
-        tracking=tracking,
-        sweep_run_id=study.user_attrs.get(SWEEP_RUN_ATTR),
-        multi_objective=is_multi_objective(sampler),
-    )
-    return Prepared(settings, storage, study, setup, config)
 
 
 class SweepProgress:
@@ -157,13 +84,13 @@ class SweepProgress:
         self._reported = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
 
     def __enter__(self) -> SweepProgress:
-        self.progress.__enter__()
+        self.progress.start()
         self.refresh()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.refresh()
-        self.progress.__exit__(*exc_info)
+        self.progress.stop()
 
     def refresh(self) -> BudgetStatus:
         """Re-read the study, print newly finished trials and update the bar."""
@@ -201,12 +128,6 @@ def best_value(study: optuna.Study) -> float | None:
     """Best mean return so far (the first objective of a multi-objective study)."""
     best = best_trial(study)
     return None if best is None else best.values[0]
-
-
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The COMPLETE trial with the highest mean return (NSGA-II: the Pareto point with the best return)."""
-    finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return max(finished, key=lambda t: t.values[0], default=None)
 
 
 def run_local_workers(prepared: Prepared, overrides: Sequence[str], progress: SweepProgress) -> None:
@@ -291,74 +212,6 @@ def main(cfg: DictConfig) -> None:
         run_sweep(prepared, overrides)
     else:
         work_and_report(prepared, f"worker {index}")
-
-
-def worker_index(value: Any) -> int | None:
-    """The ``worker`` setting: None, or a job index >= 0; ConfigError otherwise."""
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(
-            f"worker must be null or an index >= 0 (worker='range(N)' in a multirun), got {value!r}"
-        )
-    return value
-
-
-def join_study(cfg: DictConfig, who: str) -> Prepared:
-    """Open the study once its sweep command has created it, enqueued its trial budget and opened its
-    sweep run, waiting up to ``tune.join_timeout`` seconds (a worker can start before or with the sweep
-    command, and a multirun's jobs in any order, or far apart on a cluster's queue).
-
-    Prints one line when it has to wait; nothing is created meanwhile.
-    """
-    timeout_s = TuneSettings.from_config(resolve_config(cfg)["tune"]).join_timeout
-    deadline = time.monotonic() + timeout_s
-    waiting = _Waiting(who, timeout_s)
-    while True:  # until the storage and the study exist
-        try:
-            prepared = prepare(cfg, create=False)
-            break
-        except StoreMissing as exc:
-            if time.monotonic() > deadline:
-                raise
-            waiting.say(str(exc))
-        time.sleep(JOIN_POLL_S)
-    name = prepared.study.study_name
-    while True:  # then only re-read the study, not the whole config, agent and storage
-        sweep_run_id = prepared.study.user_attrs.get(SWEEP_RUN_ATTR)
-        # A resumed study has a sweep run already; its topped-up budget says the sweep command got there.
-        topped_up = budget_status(prepared.study).counted >= prepared.settings.n_trials
-        if sweep_run_id and topped_up:
-            return replace(prepared, setup=replace(prepared.setup, sweep_run_id=sweep_run_id))
-        if time.monotonic() > deadline:
-            raise ConfigError(
-                f"study {name!r} got no sweep run and {prepared.settings.n_trials} enqueued trials within "
-                f"{timeout_s:.0f} s (tune.join_timeout); start its sweep command (make sweep) with the same "
-                "settings"
-            )
-        waiting.say(f"study {name!r} has no sweep run or enqueued trials yet")
-        time.sleep(JOIN_POLL_S)
-
-
-class _Waiting:
-    """Prints, once, what a joining worker waits for and for how long."""
-
-    def __init__(self, who: str, timeout_s: float) -> None:
-        self.who = who
-        self.timeout_s = timeout_s
-        self.said = False
-
-    def say(self, reason: str) -> None:
-        """Print the first reason to wait; later ones are the same wait."""
-        if not self.said:
-            print(
-                mask_secrets(
-                    f"{self.who}: {reason}; waiting up to {self.timeout_s:.0f} s (tune.join_timeout) for the "
-                    "sweep command to create it and enqueue its trials"
-                ),
-                flush=True,
-            )
-            self.said = True
 
 
 def run_sweep(prepared: Prepared, overrides: Sequence[str]) -> None:

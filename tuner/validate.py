@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from tuner.stats import Comparison, compare
+from tuner.train import run_training
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,6 @@ def _train(job: ValidationJob) -> float:
 
     ``run_training`` sets the torch threads and denormal flushing from the config's ``torch_threads``.
     """
-    from tuner.train import run_training
 
     config = {**job.config, "seed": job.seed, "progress": False}
     result = run_training(

@@ -10,67 +10,31 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import optuna
 from omegaconf import DictConfig
 from optuna.storages import RDBStorage
-from optuna.trial import FrozenTrial, TrialState
 
 from tuner.app import hydra_app
 from tuner.objective import TrialOutcome, TrialSetup, run_trial
+from tuner.population import run_population
+from tuner.prepare import Prepared, join_study
 from tuner.study import (
-    FAIL_REASON_ATTR,
-    INTERRUPTED,
-    TRIAL_RUN_ATTR,
     Heartbeat,
     TuneSettings,
     budget_status,
     claim_trial,
+    fail_and_retry,
     time_left,
+    trial_id,
 )
-from tuner.tracking import end_runs, interrupts_raise
-
-if TYPE_CHECKING:
-    from tuner.tune import Prepared
+from tuner.tracking import interrupts_raise
 
 log = logging.getLogger(__name__)
 
 INTERRUPTED_HINT = (
     "finished trials are kept and running ones go back to the queue; run the same command again to resume"
 )
-
-
-class StaleTrialRunCloser:
-    """Heartbeat callback: ends the MLflow runs of a trial whose worker died (they stay RUNNING otherwise)."""
-
-    def __init__(self, tracking_uri: str) -> None:
-        self.tracking_uri = tracking_uri
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """End the trial's run and its seed runs KILLED, naming the lost worker as the reason."""
-        run_id = trial.user_attrs.get(TRIAL_RUN_ATTR)
-        if run_id:
-            end_runs(
-                self.tracking_uri,
-                [run_id],
-                "KILLED",
-                f"worker of trial {trial.number} stopped sending heartbeats; the trial is retried",
-            )
-
-
-def fail_and_retry(storage: RDBStorage, study: optuna.Study, trial: optuna.Trial) -> None:
-    """Mark an interrupted trial FAIL (reason :data:`~tuner.study.INTERRUPTED`) and re-enqueue it, as
-    for a worker that died."""
-    try:
-        storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, INTERRUPTED)
-        if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-            return
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return
-    callback = storage.get_heartbeat_stale_trial_callback()
-    if callback is not None:
-        callback(study, storage.get_trial(trial._trial_id))
 
 
 def run_worker(
@@ -88,8 +52,6 @@ def run_worker(
     as a retry once its heartbeat is stale, and any live worker picks it up.
     """
     if settings.population:
-        from tuner.population import run_population
-
         return run_population(study, storage, setup, settings, on_outcome)
     outcomes: list[TrialOutcome] = []
     # Signals raise only while a trial learns or the worker sleeps (signals.allowed()); during claims,
@@ -107,7 +69,7 @@ def run_worker(
                 with signals.allowed():
                     time.sleep(settings.heartbeat_interval)
                 continue
-            with Heartbeat(storage, trial._trial_id, settings.heartbeat_interval):
+            with Heartbeat(storage, trial_id(trial), settings.heartbeat_interval):
                 try:
                     outcome = run_trial(study, trial, setup, signals)
                 except BaseException:
@@ -143,8 +105,6 @@ def work_and_report(prepared: Prepared, name: str) -> None:
 def main(cfg: DictConfig) -> None:
     """``python -m tuner.worker``: join the study named by the config and work on it until its budget is
     used up; exit codes as in :mod:`tuner.app`."""
-    from tuner.tune import join_study
-
     work_and_report(join_study(cfg, "worker"), "worker")
 
 

@@ -340,3 +340,69 @@ def configure_torch_cpu(threads: int) -> None:
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
+
+
+# --- twin critics (SAC, TD3) ------------------------------------------------------------------------
+def make_twin_critic(obs_dim: int, act_dim: int, net_arch: Sequence[int], activation: str) -> StackedMLP:
+    """Q₁ and Q₂ as one two-member stacked MLP on the concatenated (s, a); output (2, B, 1).
+
+    nn.Linear's default initialisation, as SB3's off-policy networks.
+    """
+    return StackedMLP(2, obs_dim + act_dim, net_arch, (1, 1), activation, False, (1.0, 1.0), narrow_head=True)
+
+
+class _TwinMinQ(torch.autograd.Function):
+    """min(Q₁, Q₂) of a two-member ReLU critic at inputs x, differentiable in x only.
+
+    The gradient of a row's minimum flows through the smaller critic alone (the other's is zero), so
+    the backward pass runs each row through one member: half the matmul work of differentiating both
+    critics, as autograd would. Used by SAC's policy step, which needs ∂ min Q / ∂a but no critic
+    weight gradients.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, critic: StackedMLP
+    ) -> torch.Tensor:
+        layers = list(zip(critic.weights, critic.biases, strict=True))
+        hidden: list[torch.Tensor] = []  # post-ReLU activations, (2, B, width) each
+        with torch.no_grad():
+            h = x.expand(2, *x.shape)
+            for weight, bias in layers[:-1]:
+                h = torch.baddbmm(bias, h, weight).relu_()
+                hidden.append(h)
+            q = narrow_linear(h, *layers[-1])[:, :, 0]
+            q_min, member = q.min(0)
+        ctx.save_for_backward(member, *hidden)
+        ctx.layers = layers  # type: ignore[attr-defined]
+        return q_min
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, None]:
+        member, *hidden = ctx.saved_tensors  # type: ignore[attr-defined]
+        layers = ctx.layers  # type: ignore[attr-defined]
+        grad_x = torch.zeros(grad.shape[0], layers[0][0].shape[1])
+        with torch.no_grad():
+            for m in (0, 1):
+                rows = torch.nonzero(member == m)[:, 0]
+                if rows.numel() == 0:
+                    continue
+                g = grad[rows, None] * layers[-1][0][m, :, 0]  # through the linear head
+                for i in range(len(hidden) - 1, -1, -1):
+                    g = (g * (hidden[i][m, rows] > 0)) @ layers[i][0][m].t()  # ReLU, then linear
+                grad_x[rows] = g
+        return grad_x, None
+
+
+def twin_min_q(critic: StackedMLP, x: torch.Tensor) -> torch.Tensor:
+    """min over the two members of ``critic`` at inputs ``x`` (B, in), shape (B,).
+
+    Meant for a backward pass that asks for input gradients only (``backward(inputs=…)``): ReLU
+    critics take the one-member backward of :class:`_TwinMinQ`, which computes no weight gradients;
+    other activations go through autograd.
+    """
+    if critic.activation == "relu" and critic.n_members == 2:
+        return _TwinMinQ.apply(x, critic)
+    return critic(x).amin(0)[:, 0]

@@ -1,27 +1,39 @@
-"""What SAC, TD3 (and later D3QN) share: action rescaling, Polyak averaging, evaluation and the
-off-policy training loop.
+"""What SAC, TD3 and D3QN share, so that each algorithm's module holds only its algorithm.
 
-The loop is one small object the agents compose, not a base class: :class:`OffPolicyRunner` owns the
-training envs, the replay buffer and the agent's only random generator, and :meth:`OffPolicyRunner.learn`
-steps the envs with the agent's exploration policy, stores transitions and calls the agent's update.
-Everything algorithm-specific (networks, losses, optimizers) stays in the algorithm's module.
+- :class:`OffPolicyConfig`: the hyperparameters every off-policy algorithm has, and their checks; each
+  algorithm's config subclasses it.
+- :class:`OffPolicyRunner`: the training envs, the replay buffer, the agent's only random generator and
+  the loop that steps the envs with the agent's exploration policy, stores transitions and calls the
+  agent's update.
+- :class:`OffPolicyAgent`: the base class of the three agents: ``learn``, ``evaluate``, ``save``, ``load``
+  and ``close`` around a runner; the subclass supplies networks, losses and optimizers.
+- Small pieces: action rescaling, Polyak averaging, target networks, the ``gradient_steps`` check.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import gymnasium as gym
 import numpy as np
 import torch
 
+from algorithms.common.config import (
+    config_from_mapping,
+    require_choice,
+    require_in_range,
+    require_int,
+    require_net_arch,
+    require_positive,
+)
 from algorithms.common.envs import EpisodeTracker, check_spaces, eval_envs, evaluate_episodes, make_vec_env
 from algorithms.common.errors import ConfigError, UnsupportedSpaceError
-from algorithms.common.networks import StackedMLP, narrow_linear
+from algorithms.common.networks import StackedMLP, activation_fn
 from algorithms.common.optim import FlatAdam, flatten_parameters
 from algorithms.common.replay import ReplayBuffer
 from algorithms.common.types import Callback, EvalResult, TrainState
@@ -50,71 +62,6 @@ def polyak_update(target: torch.Tensor, source: torch.Tensor, tau: float) -> Non
     target.lerp_(source, tau)
 
 
-def make_twin_critic(obs_dim: int, act_dim: int, net_arch: Sequence[int], activation: str) -> StackedMLP:
-    """Q₁ and Q₂ as one two-member stacked MLP on the concatenated (s, a); output (2, B, 1).
-
-    nn.Linear's default initialisation, as SB3's off-policy networks.
-    """
-    return StackedMLP(2, obs_dim + act_dim, net_arch, (1, 1), activation, False, (1.0, 1.0), narrow_head=True)
-
-
-class _TwinMinQ(torch.autograd.Function):
-    """min(Q₁, Q₂) of a two-member ReLU critic at inputs x, differentiable in x only.
-
-    The gradient of a row's minimum flows through the smaller critic alone (the other's is zero), so
-    the backward pass runs each row through one member: half the matmul work of differentiating both
-    critics, as autograd would. Used by SAC's policy step, which needs ∂ min Q / ∂a but no critic
-    weight gradients.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, critic: StackedMLP
-    ) -> torch.Tensor:
-        layers = list(zip(critic.weights, critic.biases, strict=True))
-        hidden: list[torch.Tensor] = []  # post-ReLU activations, (2, B, width) each
-        with torch.no_grad():
-            h = x.expand(2, *x.shape)
-            for weight, bias in layers[:-1]:
-                h = torch.baddbmm(bias, h, weight).relu_()
-                hidden.append(h)
-            q = narrow_linear(h, *layers[-1])[:, :, 0]
-            q_min, member = q.min(0)
-        ctx.save_for_backward(member, *hidden)
-        ctx.layers = layers  # type: ignore[attr-defined]
-        return q_min
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
-    ) -> tuple[torch.Tensor, None]:
-        member, *hidden = ctx.saved_tensors  # type: ignore[attr-defined]
-        layers = ctx.layers  # type: ignore[attr-defined]
-        grad_x = torch.zeros(grad.shape[0], layers[0][0].shape[1])
-        with torch.no_grad():
-            for m in (0, 1):
-                rows = torch.nonzero(member == m)[:, 0]
-                if rows.numel() == 0:
-                    continue
-                g = grad[rows, None] * layers[-1][0][m, :, 0]  # through the linear head
-                for i in range(len(hidden) - 1, -1, -1):
-                    g = (g * (hidden[i][m, rows] > 0)) @ layers[i][0][m].t()  # ReLU, then linear
-                grad_x[rows] = g
-        return grad_x, None
-
-
-def twin_min_q(critic: StackedMLP, x: torch.Tensor) -> torch.Tensor:
-    """min over the two members of ``critic`` at inputs ``x`` (B, in), shape (B,).
-
-    Meant for a backward pass that asks for input gradients only (``backward(inputs=…)``): ReLU
-    critics take the one-member backward of :class:`_TwinMinQ`, which computes no weight gradients;
-    other activations go through autograd.
-    """
-    if critic.activation == "relu" and critic.n_members == 2:
-        return _TwinMinQ.apply(x, critic)
-    return critic(x).amin(0)[:, 0]
-
-
 def make_target(
     source_flat: torch.Tensor, build: Callable[[], StackedMLP]
 ) -> tuple[StackedMLP, torch.Tensor]:
@@ -139,6 +86,65 @@ def require_gradient_steps(value: object) -> None:
         raise ConfigError(
             f"gradient_steps must be an int >= 0, or -1 for one update per collected env step; got {value!r}"
         )
+
+
+# --- the hyperparameters every off-policy algorithm has ---------------------------------------------------
+@dataclass(frozen=True)
+class OffPolicyConfig:
+    """The fields and checks SAC, TD3 and D3QN share. Defaults are Stable-Baselines3's SAC ones; each
+    algorithm's config subclasses this, redeclares the fields whose default differs and checks its own
+    fields after :meth:`__post_init__`."""
+
+    ROLLOUT_FIELDS: ClassVar[tuple[str, ...]] = ("n_envs", "train_freq")
+    """The fields whose product is the env steps between two updates (a training phase)."""
+    WARMUP_FIELD: ClassVar[str | None] = "learning_starts"
+    """The field of env steps collected before the first update (None: none)."""
+
+    learning_rate: float = 3e-4
+    """Adam step size. Typical 1e-4 … 1e-3 (log scale)."""
+    buffer_size: int = 1_000_000
+    """Replay capacity in transitions. Typical 1e4 … 1e6."""
+    learning_starts: int = 100
+    """Env steps of uniformly random actions before the first update. Typical 100 … 25 000."""
+    batch_size: int = 256
+    """Transitions per gradient step. Typical 64 … 512."""
+    tau: float = 0.005
+    """Polyak coefficient of the target update, in (0, 1]: θ' ← (1 − τ) θ' + τ θ. Typical 0.001 … 0.05."""
+    gamma: float = 0.99
+    """Discount factor in [0, 1]. Typical 0.9 … 0.999."""
+    train_freq: int = 1
+    """Vectorised env steps between two training phases (each is ``n_envs`` env steps). Typical 1 … 64."""
+    gradient_steps: int = 1
+    """Gradient steps per training phase; -1 means as many as env steps collected in the phase
+    (``train_freq · n_envs``, one update per env step, as SB3's -1). Typical 1 … 64."""
+    net_arch: tuple[int, ...] = (256, 256)
+    """Hidden layer sizes of each network."""
+    activation: str = "relu"
+    """Hidden activation: relu, tanh, elu or gelu."""
+    n_envs: int = 1
+    """Parallel training environments. Typical 1 … 16."""
+    vectorization: str = "sync"
+    """How the training envs run: ``sync`` (one process) or ``async`` (one subprocess per env)."""
+
+    def __post_init__(self) -> None:
+        require_positive("learning_rate", self.learning_rate)
+        require_int("buffer_size", self.buffer_size, 1)
+        require_int("learning_starts", self.learning_starts, 0)
+        require_int("batch_size", self.batch_size, 1)
+        require_int("train_freq", self.train_freq, 1)
+        require_gradient_steps(self.gradient_steps)
+        require_int("n_envs", self.n_envs, 1)
+        require_in_range("tau", self.tau, 0.0, 1.0)
+        require_positive("tau", self.tau)
+        require_in_range("gamma", self.gamma, 0.0, 1.0)
+        require_net_arch("net_arch", self.net_arch)
+        activation_fn(self.activation)
+        require_choice("vectorization", self.vectorization, ("sync", "async"))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Self:
+        """Build from a mapping (e.g. a Hydra node), naming any unknown key."""
+        return config_from_mapping(cls, values)
 
 
 def supporting_algorithms(action_space: gym.Space) -> list[str]:

@@ -23,8 +23,8 @@ from algorithms import (
     build_config,
     get_algorithm,
 )
-from algorithms.common.networks import StackedMLP
-from algorithms.common.off_policy import polyak_update, scale_action, twin_min_q, unscale_action
+from algorithms.common.networks import StackedMLP, twin_min_q
+from algorithms.common.off_policy import polyak_update, scale_action, unscale_action
 from algorithms.sac import squashed_gaussian
 from tests.helpers import record_curve
 

@@ -47,12 +47,13 @@ from tuner.study import (
     TuneSettings,
     budget_status,
     claim_trial,
+    fail_and_retry,
     make_storage,
     top_up_budget,
+    trial_id,
 )
 from tuner.sweep_report import trials_table
 from tuner.train import resolve_config
-from tuner.worker import fail_and_retry
 
 SECRET = "s3cr3t-pw"
 UNREACHABLE = f"postgresql://alice:{SECRET}@127.0.0.1:1/rltune"  # nothing listens on port 1
@@ -430,3 +431,17 @@ def test_a_trial_is_retried_at_most_max_retry_times_then_counts_as_failed(
     assert [t.state for t in study.trials] == [TrialState.FAIL] * (max_retry + 1)
     status = budget_status(study)
     assert (status.counted, status.failed, status.waiting) == (1, 1, 0)
+
+
+def test_trial_id_is_the_storage_id_optuna_gives_through_its_public_route(tmp_path: Path) -> None:
+    """The one read of Optuna's private ``_trial_id`` agrees with the storage's public lookup, for live
+    and frozen trials of two studies sharing one storage (so ids and numbers differ)."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/optuna.db")
+    for name in ("first", "second"):
+        study = optuna.create_study(storage=storage, study_name=name)
+        top_up_budget(study, 3)
+        live = claim_trial(study, storage)
+        assert live is not None
+        study_id = storage.get_study_id_from_name(name)
+        for trial in [live, *study.trials]:
+            assert trial_id(trial) == storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
