@@ -233,6 +233,14 @@ def containing(texts: Sequence[str], secret: str) -> list[str]:
     return [t for t in texts if secret in t]
 
 
+def sigint_default() -> None:
+    """Run in a child before it executes the command: SIGINT's default action, whatever the test runner
+    inherited. A shell without job control starts background jobs (``make test &`` in a script) with
+    SIGINT ignored, the ignored disposition survives exec, and rltune rightly leaves an ignored signal
+    ignored; a Ctrl-C test would then wait for a sweep that never sees its signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_once_started(
     tmp_path: Path, args: list[str], seed_runs: int, sig: signal.Signals = signal.SIGTERM
 ) -> tuple[int, str]:
@@ -248,6 +256,7 @@ def interrupt_once_started(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_default,
     )
     try:
         deadline = time.time() + 120
