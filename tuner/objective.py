@@ -134,42 +134,9 @@ def run_trial(
     except ConfigError as exc:
         return fail_trial(study, trial, f"invalid sampled config: {exc}", setup)
 
-    tags = _trial_tags(study, trial)
-    scores: list[float] = []
-    pruned_at: int | None = None
     started = time.perf_counter()
     try:
-        with start_run(
-            **setup.tracking,
-            run_name=f"trial-{trial.number}",
-            tags=tags,
-            parent_run_id=setup.sweep_run_id,
-            handle_signals=signals is None,
-        ) as run:
-            trial.set_user_attr(TRIAL_RUN_ATTR, run.run_id)
-            run.log_params({"trial": {"number": trial.number}, "sampled": dict(values)})
-            run.log_text("\n".join(overrides) + "\n", "overrides.txt")
-            for index, seed in enumerate(setup.seeds):
-                reporter = PruningReporter(trial, index, setup.budget_steps, scores)
-                result = run_training(
-                    OmegaConf.create(trial_config(setup, values, seed)),
-                    parent_run_id=run.run_id,
-                    on_eval=None if setup.multi_objective else reporter,
-                    run_name=f"trial-{trial.number}-seed{seed}",
-                    signals=signals,
-                )
-                if result.stopped_early:  # pruned: the runs end normally, their state in a tag
-                    pruned_at = reporter.pruned_at
-                    run.set_tags({"optuna_state": "PRUNED", "pruned_step": pruned_at})
-                    break
-                scores.append(result.mean_return)
-                run.log_metric("trial/seed_return", result.mean_return, index)
-            else:
-                objective = sum(scores) / len(scores)
-                run.log_metrics(
-                    {"trial/objective": objective, "trial/wall_time_s": time.perf_counter() - started}, 0
-                )
-                run.set_tags({"optuna_state": "COMPLETE"})
+        scores, pruned_at = _train_seeds(study, trial, setup, values, overrides, signals, started)
     except NonFiniteLossError as exc:
         return fail_trial(study, trial, f"training diverged: {exc}", None)
     except (ConfigError, UnsupportedSpaceError) as exc:
@@ -179,11 +146,54 @@ def run_trial(
     if pruned_at is not None:
         study.tell(trial, state=TrialState.PRUNED)
         return TrialOutcome(trial.number, TrialState.PRUNED, None)
+    objective = sum(scores) / len(scores)
     if setup.multi_objective:
         study.tell(trial, [objective, time.perf_counter() - started])
     else:
         study.tell(trial, objective)
     return TrialOutcome(trial.number, TrialState.COMPLETE, objective)
+
+
+def _train_seeds(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    setup: TrialSetup,
+    values: Mapping[str, Any],
+    overrides: list[str],
+    signals: RunSignals | None,
+    started: float,
+) -> tuple[list[float], int | None]:
+    """Open the trial's MLflow run and train its seeds one after another, reporting to the pruner;
+    (final return of each seed that finished, the step it was pruned at or None)."""
+    scores: list[float] = []
+    with start_run(
+        **setup.tracking,
+        run_name=f"trial-{trial.number}",
+        tags=_trial_tags(study, trial),
+        parent_run_id=setup.sweep_run_id,
+        handle_signals=signals is None,
+    ) as run:
+        trial.set_user_attr(TRIAL_RUN_ATTR, run.run_id)
+        run.log_params({"trial": {"number": trial.number}, "sampled": dict(values)})
+        run.log_text("\n".join(overrides) + "\n", "overrides.txt")
+        for index, seed in enumerate(setup.seeds):
+            reporter = PruningReporter(trial, index, setup.budget_steps, scores)
+            result = run_training(
+                OmegaConf.create(trial_config(setup, values, seed)),
+                parent_run_id=run.run_id,
+                on_eval=None if setup.multi_objective else reporter,
+                run_name=f"trial-{trial.number}-seed{seed}",
+                signals=signals,
+            )
+            if result.stopped_early:  # pruned: the runs end normally, their state in a tag
+                run.set_tags({"optuna_state": "PRUNED", "pruned_step": reporter.pruned_at})
+                return scores, reporter.pruned_at
+            scores.append(result.mean_return)
+            run.log_metric("trial/seed_return", result.mean_return, index)
+        objective = sum(scores) / len(scores)
+        run.log_metrics({"trial/objective": objective, "trial/wall_time_s": time.perf_counter() - started}, 0)
+        run.set_tags({"optuna_state": "COMPLETE"})
+    return scores, None
 
 
 def fail_trial(

@@ -29,7 +29,6 @@ from typing import Any
 
 import optuna
 from omegaconf import OmegaConf
-from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from algorithms import ConfigError, EvalResult
@@ -51,15 +50,11 @@ from tuner.secrets import mask_secrets
 from tuner.study import (
     FAIL_REASON_ATTR,
     TRIAL_RUN_ATTR,
-    Heartbeat,
     TuneSettings,
     budget_status,
-    claim_trial,
-    fail_and_retry,
     time_left,
-    trial_id,
 )
-from tuner.tracking import FAILED, FINISHED, RunRecorder, RunSignals, interrupts_raise, open_run
+from tuner.tracking import FAILED, FINISHED, RunRecorder, RunSignals, open_run
 from tuner.train import RunSettings, TrainingMonitor, finish_run
 
 log = logging.getLogger(__name__)
@@ -122,68 +117,102 @@ class PopulationState:
         return [k for k in range(n_members) if k not in used]
 
 
-def run_population(
-    study: optuna.Study,
-    storage: RDBStorage,
-    setup: TrialSetup,
-    settings: TuneSettings,
-    on_outcome: Callable[[TrialOutcome], None] | None = None,
-) -> list[TrialOutcome]:
-    """Claim and train trials K seeds at a time until the budget is used; returns the outcomes.
+class PopulationExecutor:
+    """The worker's :class:`~tuner.worker.TrialExecutor` in population mode: claimed trials fill the free
+    slots of one :class:`~algorithms.ppo_population.PopulationPPO` and train together, one iteration of
+    every member per :meth:`advance`; finished trials go to ``report``."""
 
-    On an interrupt or an error every running trial's MLflow runs end (KILLED or FAILED) and the trial
-    goes back to the queue as a retry, exactly as a sequential worker's trial does.
-    """
-    configure_torch_cpu(int(setup.base_config.get("torch_threads", 1)))
-    state = PopulationState()
-    outcomes: list[TrialOutcome] = []
+    def __init__(
+        self,
+        study: optuna.Study,
+        setup: TrialSetup,
+        settings: TuneSettings,
+        report: Callable[[TrialOutcome], None],
+    ) -> None:
+        configure_torch_cpu(int(setup.base_config.get("torch_threads", 1)))
+        self.study = study
+        self.setup = setup
+        self.settings = settings
+        self.report = report
+        self.state = PopulationState()
 
-    def finished(outcome: TrialOutcome) -> None:
-        outcomes.append(outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
+    def has_room(self) -> bool:
+        """Free slots for a trial's seeds, in a population that is not retiring, with no trial deferred
+        to the next population."""
+        state = self.state
+        if state.deferred is not None:
+            return False
+        if state.population is not None and state.started >= self.settings.population_trials:
+            return False  # retiring: let the running trials finish
+        return len(state.free_slots(_capacity(state, self.settings))) >= len(self.setup.seeds)
 
-    # Signals raise only in the training, evaluation and sleeps below (signals.allowed()); elsewhere
-    # they wait, so that no storage or MLflow write is cut off halfway.
-    with interrupts_raise() as signals:
+    def start(self, trial: optuna.Trial, heartbeat: contextlib.ExitStack) -> None:
+        """Sample the trial (the population's structure fixed) and place it."""
+        self.state.heartbeats[trial.number] = heartbeat
+        self._place(trial, _suggest(self.study, trial, self.setup, self.state))
+
+    def busy(self) -> bool:
+        return bool(self.state.trials)
+
+    def advance(self, signals: RunSignals) -> None:
+        _iterate(self.study, self.setup, self.state, signals, self.report)
+
+    def settle(self) -> bool:
+        """A drained population retires, and a deferred trial starts the next one; whether there is
+        work again (that trial, or waiting trials to claim)."""
+        state = self.state
+        if state.population is None:
+            return False
+        _retire(state)
+        if state.deferred is not None:
+            trial, values = state.deferred
+            state.deferred = None
+            self._place(trial, values)
+            return True
+        return budget_status(self.study).waiting > 0 and time_left(self.study, self.settings.timeout)
+
+    def abandon(self, exc: BaseException) -> list[optuna.Trial]:
+        """End the running trials' MLflow runs as ``exc`` says; they and a deferred trial go back."""
+        abandoned = []
+        for number in list(self.state.trials):
+            running = self.state.trials.pop(number)
+            _end_runs(running, exc)
+            abandoned.append(running.trial)
+        if self.state.deferred is not None:
+            abandoned.append(self.state.deferred[0])
+        return abandoned
+
+    def close(self) -> None:
+        for heartbeat in self.state.heartbeats.values():
+            heartbeat.close()
+        if self.state.population is not None:
+            self.state.population.close()
+
+    def _place(self, trial: optuna.Trial, values: dict[str, Any]) -> None:
+        """Start ``trial`` in free slots, making a population if there is none; defer it when it needs
+        another structure (a retry with other fixed params); fail it when its config is invalid."""
+        state, setup, settings = self.state, self.setup, self.settings
+        config = trial_config(setup, values, setup.seeds[0])
         try:
-            while True:
-                _fill_slots(study, storage, setup, settings, state, finished)
-                if not state.trials:
-                    if state.population is not None:  # drained: the next trial starts a new population
-                        _retire(state)
-                        if state.deferred is not None or _claimable(study, settings):
-                            continue
-                    status = budget_status(study)
-                    if (status.waiting == 0 and status.running == 0) or not time_left(
-                        study, settings.timeout
-                    ):
-                        break
-                    # Other workers still run trials; one of theirs may come back as a retry.
-                    with contextlib.suppress(Exception):
-                        optuna.storages.fail_stale_trials(study)
-                    with signals.allowed():
-                        time.sleep(settings.heartbeat_interval)
-                    continue
-                _iterate(study, setup, state, signals, finished)
-        except BaseException as exc:
-            for number in list(state.trials):
-                running = state.trials.pop(number)
-                _end_runs(running, exc)
-                fail_and_retry(storage, study, running.trial)
-            if state.deferred is not None:
-                fail_and_retry(storage, study, state.deferred[0])
-            raise
-        finally:
-            for heartbeat in state.heartbeats.values():
-                heartbeat.close()
-            if state.population is not None:
-                state.population.close()
-    return outcomes
-
-
-def _claimable(study: optuna.Study, settings: TuneSettings) -> bool:
-    return budget_status(study).waiting > 0 and time_left(study, settings.timeout)
+            _, algo_config = algorithm_config(config["algo"])
+        except ConfigError as exc:
+            _stop_heartbeat(state, trial.number)
+            self.report(fail_trial(self.study, trial, f"invalid sampled config: {exc}", setup))
+            return
+        if state.population is None:
+            settings_0 = RunSettings.from_config(config)
+            status = budget_status(self.study)
+            ahead = worker_share(status.waiting, status.running, settings.n_workers)
+            n_seeds = len(setup.seeds)
+            n_members = population_size(settings.population, n_seeds, settings.population_trials, ahead)
+            state.population = PopulationPPO(settings_0.env_id, algo_config, n_members, settings_0.env_kwargs)
+            state.structure = _structure_params(trial, setup)
+            state.number += 1
+        elif structural_fields(algo_config) != structural_fields(state.population.config):
+            state.deferred = (trial, values)
+            return
+        _start_trial(self.study, trial, values, setup, state)
+        state.started += 1
 
 
 def _retire(state: PopulationState) -> None:
@@ -193,56 +222,6 @@ def _retire(state: PopulationState) -> None:
     state.population = None
     state.structure = {}
     state.started = 0
-
-
-def _fill_slots(
-    study: optuna.Study,
-    storage: RDBStorage,
-    setup: TrialSetup,
-    settings: TuneSettings,
-    state: PopulationState,
-    finished: Callable[[TrialOutcome], None],
-) -> None:
-    """Start claimed trials in the free slots while the population accepts them."""
-    n_seeds = len(setup.seeds)
-    while len(state.free_slots(_capacity(state, settings))) >= n_seeds:
-        if state.population is not None and state.started >= settings.population_trials:
-            return  # retiring: let the running trials finish
-        if state.deferred is not None:
-            if state.population is not None:
-                return  # it needs a new population: wait for this one to drain
-            trial, values = state.deferred
-            state.deferred = None
-        else:
-            if not time_left(study, settings.timeout):
-                return
-            trial = claim_trial(study, storage)
-            if trial is None:
-                return
-            heartbeat = contextlib.ExitStack()
-            heartbeat.enter_context(Heartbeat(storage, trial_id(trial), settings.heartbeat_interval))
-            state.heartbeats[trial.number] = heartbeat
-            values = _suggest(study, trial, setup, state)
-        config = trial_config(setup, values, setup.seeds[0])
-        try:
-            _, algo_config = algorithm_config(config["algo"])
-        except ConfigError as exc:
-            _stop_heartbeat(state, trial.number)
-            finished(fail_trial(study, trial, f"invalid sampled config: {exc}", setup))
-            continue
-        if state.population is None:
-            settings_0 = RunSettings.from_config(config)
-            status = budget_status(study)
-            ahead = worker_share(status.waiting, status.running, settings.n_workers)
-            n_members = population_size(settings.population, n_seeds, settings.population_trials, ahead)
-            state.population = PopulationPPO(settings_0.env_id, algo_config, n_members, settings_0.env_kwargs)
-            state.structure = _structure_params(trial, setup)
-            state.number += 1
-        elif structural_fields(algo_config) != structural_fields(state.population.config):
-            state.deferred = (trial, values)  # a retry with other fixed structural params
-            return
-        _start_trial(study, trial, values, setup, state)
-        state.started += 1
 
 
 def _capacity(state: PopulationState, settings: TuneSettings) -> int:

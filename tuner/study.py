@@ -69,77 +69,95 @@ class TuneSettings:
     @classmethod
     def from_config(cls, tune: Mapping[str, Any]) -> TuneSettings:
         """Read and check ``cfg.tune``; ConfigError naming the key for a bad value."""
-
-        def integer(key: str, minimum: int) -> int:
-            value = tune.get(key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ConfigError(f"tune.{key} must be an integer >= {minimum}, got {value!r}")
-            return value
-
-        timeout = tune.get("timeout")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-        ):
-            raise ConfigError(f"tune.timeout must be a number of seconds > 0 or null, got {timeout!r}")
-        join_timeout = tune.get("join_timeout")
-        if isinstance(join_timeout, bool) or not isinstance(join_timeout, int | float) or join_timeout < 0:
-            raise ConfigError(f"tune.join_timeout must be a number of seconds >= 0, got {join_timeout!r}")
+        timeout, join_timeout = _timeouts(tune)
         storage, export = tune.get("storage"), tune.get("export")
         if not isinstance(storage, str) or not storage:
             raise ConfigError(f"tune.storage must be an RDB URL, got {mask_secrets(storage)!r}")
         if not isinstance(export, bool):
             raise ConfigError(f"tune.export must be true or false, got {export!r}")
-        n_seeds, seeds_start = integer("n_seeds", 1), integer("seeds_start", 0)
-        n_validate, validate_start = integer("validate_seeds", 0), integer("validate_seeds_start", 0)
-        seeds = tuple(range(seeds_start, seeds_start + n_seeds))
-        validate_seeds = tuple(range(validate_start, validate_start + n_validate))
-        overlap = sorted(set(seeds) & set(validate_seeds))
-        if overlap:
-            raise ConfigError(
-                f"validation seeds must differ from tuning seeds; both include {overlap}: move "
-                f"tune.validate_seeds_start past {seeds[-1]}"
-            )
-        heartbeat = integer("heartbeat_interval", 1)
-        grace = integer("grace_period", 1)
+        seeds, validate_seeds = _seed_ranges(tune)
+        heartbeat = _tune_int(tune, "heartbeat_interval", 1)
+        grace = _tune_int(tune, "grace_period", 1)
         if grace <= heartbeat:
             raise ConfigError(
                 f"tune.grace_period ({grace}) must exceed tune.heartbeat_interval ({heartbeat})"
             )
-        population = integer("population", 0)
-        population_trials = tune.get("population_trials")
-        if population_trials is None:
-            population_trials = 2 * population
-        elif (
-            not isinstance(population_trials, int)
-            or isinstance(population_trials, bool)
-            or population_trials < 1
-        ):
-            raise ConfigError(
-                f"tune.population_trials must be an integer >= 1 or null, got {population_trials!r}"
-            )
+        population, population_trials = _population_settings(tune)
         name = tune.get("study_name")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"tune.study_name must be a non-empty string, got {name!r}")
         return cls(
             study_name=name,
             storage=storage,
-            n_trials=integer("n_trials", 1),
-            timeout=None if timeout is None else float(timeout),
-            n_seeds=n_seeds,
+            n_trials=_tune_int(tune, "n_trials", 1),
+            timeout=timeout,
+            n_seeds=len(seeds),
             seeds=seeds,
-            budget_steps=integer("budget_steps", 1),
-            n_workers=integer("n_workers", 1),
+            budget_steps=_tune_int(tune, "budget_steps", 1),
+            n_workers=_tune_int(tune, "n_workers", 1),
             heartbeat_interval=heartbeat,
             grace_period=grace,
-            max_retry=integer("max_retry", 0),
+            max_retry=_tune_int(tune, "max_retry", 0),
             validate_seeds=validate_seeds,
             export=export,
             export_dir=str(tune.get("export_dir")),
             export_name=_preset_name(tune.get("export_name")),
             population=population,
             population_trials=population_trials,
-            join_timeout=float(join_timeout),
+            join_timeout=join_timeout,
         )
+
+
+def _tune_int(tune: Mapping[str, Any], key: str, minimum: int) -> int:
+    """``tune.<key>`` as an integer >= ``minimum``; ConfigError otherwise."""
+    value = tune.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"tune.{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _timeouts(tune: Mapping[str, Any]) -> tuple[float | None, float]:
+    """``tune.timeout`` (seconds > 0, or None) and ``tune.join_timeout`` (seconds >= 0)."""
+    timeout = tune.get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise ConfigError(f"tune.timeout must be a number of seconds > 0 or null, got {timeout!r}")
+    join_timeout = tune.get("join_timeout")
+    if isinstance(join_timeout, bool) or not isinstance(join_timeout, int | float) or join_timeout < 0:
+        raise ConfigError(f"tune.join_timeout must be a number of seconds >= 0, got {join_timeout!r}")
+    return (None if timeout is None else float(timeout)), float(join_timeout)
+
+
+def _seed_ranges(tune: Mapping[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The tuning seeds and the validation seeds, which must not overlap."""
+    n_seeds, seeds_start = _tune_int(tune, "n_seeds", 1), _tune_int(tune, "seeds_start", 0)
+    n_validate, validate_start = (
+        _tune_int(tune, "validate_seeds", 0),
+        _tune_int(tune, "validate_seeds_start", 0),
+    )
+    seeds = tuple(range(seeds_start, seeds_start + n_seeds))
+    validate_seeds = tuple(range(validate_start, validate_start + n_validate))
+    overlap = sorted(set(seeds) & set(validate_seeds))
+    if overlap:
+        raise ConfigError(
+            f"validation seeds must differ from tuning seeds; both include {overlap}: move "
+            f"tune.validate_seeds_start past {seeds[-1]}"
+        )
+    return seeds, validate_seeds
+
+
+def _population_settings(tune: Mapping[str, Any]) -> tuple[int, int]:
+    """``tune.population`` (0: off) and ``tune.population_trials`` (null: twice the population)."""
+    population = _tune_int(tune, "population", 0)
+    population_trials = tune.get("population_trials")
+    if population_trials is None:
+        return population, 2 * population
+    if not isinstance(population_trials, int) or isinstance(population_trials, bool) or population_trials < 1:
+        raise ConfigError(
+            f"tune.population_trials must be an integer >= 1 or null, got {population_trials!r}"
+        )
+    return population, population_trials
 
 
 def _preset_name(name: Any) -> str:

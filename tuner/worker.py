@@ -6,10 +6,12 @@ any machine that reaches its storage; ``tuner.tune`` starts ``tune.n_workers`` o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
 from collections.abc import Callable
+from typing import Protocol
 
 import optuna
 from omegaconf import DictConfig
@@ -17,7 +19,7 @@ from optuna.storages import RDBStorage
 
 from tuner.app import hydra_app
 from tuner.objective import TrialOutcome, TrialSetup, run_trial
-from tuner.population import run_population
+from tuner.population import PopulationExecutor
 from tuner.prepare import Prepared, join_study
 from tuner.study import (
     Heartbeat,
@@ -28,13 +30,80 @@ from tuner.study import (
     time_left,
     trial_id,
 )
-from tuner.tracking import interrupts_raise
+from tuner.tracking import RunSignals, interrupts_raise
 
 log = logging.getLogger(__name__)
 
 INTERRUPTED_HINT = (
     "finished trials are kept and running ones go back to the queue; run the same command again to resume"
 )
+
+
+class TrialExecutor(Protocol):
+    """What trains the trials a worker claims: one at a time (:class:`SequentialExecutor`) or K seeds at
+    once in a batched population (:class:`tuner.population.PopulationExecutor`). Finished trials go to
+    the ``report`` callback the executor was built with."""
+
+    def has_room(self) -> bool:
+        """Whether a newly claimed trial can start now."""
+
+    def start(self, trial: optuna.Trial, heartbeat: contextlib.ExitStack) -> None:
+        """Take a claimed trial, and its running heartbeat, to close when the trial ends."""
+
+    def busy(self) -> bool:
+        """Whether trials are training."""
+
+    def advance(self, signals: RunSignals) -> None:
+        """Train: a whole trial, or one iteration of every member; signals raise only in the training."""
+
+    def settle(self) -> bool:
+        """With nothing training: tidy up (a drained population retires); whether there is work again
+        without claiming."""
+
+    def abandon(self, exc: BaseException) -> list[optuna.Trial]:
+        """End the MLflow runs of the trials in hand as ``exc`` says; those trials, to retry."""
+
+    def close(self) -> None:
+        """Stop the heartbeats still running and free what the executor holds."""
+
+
+class SequentialExecutor:
+    """A :class:`TrialExecutor` that trains one trial at a time, every seed in turn (:func:`run_trial`)."""
+
+    def __init__(
+        self, study: optuna.Study, setup: TrialSetup, report: Callable[[TrialOutcome], None]
+    ) -> None:
+        self.study = study
+        self.setup = setup
+        self.report = report
+        self.current: tuple[optuna.Trial, contextlib.ExitStack] | None = None
+
+    def has_room(self) -> bool:
+        return self.current is None
+
+    def start(self, trial: optuna.Trial, heartbeat: contextlib.ExitStack) -> None:
+        self.current = (trial, heartbeat)
+
+    def busy(self) -> bool:
+        return self.current is not None
+
+    def advance(self, signals: RunSignals) -> None:
+        assert self.current is not None
+        trial, heartbeat = self.current
+        outcome = run_trial(self.study, trial, self.setup, signals)
+        self.current = None
+        heartbeat.close()
+        self.report(outcome)
+
+    def settle(self) -> bool:
+        return False
+
+    def abandon(self, exc: BaseException) -> list[optuna.Trial]:
+        return [] if self.current is None else [self.current[0]]
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current[1].close()
 
 
 def run_worker(
@@ -46,40 +115,71 @@ def run_worker(
 ) -> list[TrialOutcome]:
     """Claim and run trials until the budget is used up (or ``tune.timeout`` passed); returns outcomes.
 
-    With ``tune.population`` set, the trials train K seeds at a time (:mod:`tuner.population`).
+    The claims, heartbeats, stale trials, waits and retries are this loop's; the training is the
+    executor's: one trial at a time, or with ``tune.population`` set K seeds at a time.
 
     While other workers still run the last trials, this one waits: a trial whose worker dies comes back
-    as a retry once its heartbeat is stale, and any live worker picks it up.
+    as a retry once its heartbeat is stale, and any live worker picks it up. On an interrupt or an error
+    the trials in hand end their MLflow runs and go back to the queue.
     """
-    if settings.population:
-        return run_population(study, storage, setup, settings, on_outcome)
     outcomes: list[TrialOutcome] = []
-    # Signals raise only while a trial learns or the worker sleeps (signals.allowed()); during claims,
+
+    def report(outcome: TrialOutcome) -> None:
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    executor: TrialExecutor = (
+        PopulationExecutor(study, setup, settings, report)
+        if settings.population
+        else SequentialExecutor(study, setup, report)
+    )
+    # Signals raise only while trials learn or the worker sleeps (signals.allowed()); during claims,
     # reports and MLflow writes they wait, so that no database write is cut off halfway.
-    with interrupts_raise() as signals:
-        while time_left(study, settings.timeout):
-            with warnings.catch_warnings():  # heartbeat handling is marked experimental in Optuna 5
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
-            trial = claim_trial(study, storage)
-            if trial is None:
-                status = budget_status(study)
-                if status.waiting == 0 and status.running == 0:
-                    break
-                with signals.allowed():
-                    time.sleep(settings.heartbeat_interval)
-                continue
-            with Heartbeat(storage, trial_id(trial), settings.heartbeat_interval):
-                try:
-                    outcome = run_trial(study, trial, setup, signals)
-                except BaseException:
-                    # Interrupted or a bug: the trial must not stay RUNNING; it goes back to the queue.
-                    fail_and_retry(storage, study, trial)
-                    raise
-            outcomes.append(outcome)
-            if on_outcome is not None:
-                on_outcome(outcome)
+    with interrupts_raise() as signals, contextlib.closing(executor):
+        try:
+            while True:
+                if executor.has_room() and time_left(study, settings.timeout):
+                    fail_stale_trials(study)
+                    trial = claim_trial(study, storage)
+                    if trial is not None:
+                        executor.start(trial, heartbeat(storage, trial, settings.heartbeat_interval))
+                        continue
+                if executor.busy():
+                    executor.advance(signals)
+                elif not executor.settle():
+                    status = budget_status(study)
+                    if (status.waiting == 0 and status.running == 0) or not time_left(
+                        study, settings.timeout
+                    ):
+                        break
+                    with signals.allowed():
+                        time.sleep(settings.heartbeat_interval)
+        except BaseException as exc:
+            for trial in executor.abandon(exc):  # they must not stay RUNNING: back to the queue
+                fail_and_retry(storage, study, trial)
+            raise
     return outcomes
+
+
+def _nothing_left(study: optuna.Study, settings: TuneSettings) -> bool:
+    """Whether the worker is done: no trial waits or runs anywhere, or ``tune.timeout`` has passed."""
+    status = budget_status(study)
+    return (status.waiting == 0 and status.running == 0) or not time_left(study, settings.timeout)
+
+
+def heartbeat(storage: RDBStorage, trial: optuna.Trial, interval: float) -> contextlib.ExitStack:
+    """A running :class:`~tuner.study.Heartbeat` of ``trial``, stopped by closing the stack."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(Heartbeat(storage, trial_id(trial), interval))
+    return stack
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail the trials whose worker stopped beating (each comes back as a retry)."""
+    with warnings.catch_warnings():  # heartbeat handling is marked experimental in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def describe(outcome: TrialOutcome) -> str:
