@@ -67,7 +67,7 @@ class NStepAccumulator:
         window is full emit their oldest step as an n-step transition; envs whose episode ended emit
         every pending step, each with the shortened horizon up to the end.
         """
-        n, slot = self.n, self.t % self.n
+        slot = self.t % self.n
         self.obs[slot] = obs
         self.actions[slot] = np.reshape(actions, (self.n_envs, -1))
         self.rewards[slot] = rewards
@@ -75,44 +75,51 @@ class NStepAccumulator:
         self.t += 1
         done = np.logical_or(terminated, truncated)
         parts: list[NStepTransitions] = []
-
-        full = np.flatnonzero((self.pending == n) & ~done)
+        full = np.flatnonzero((self.pending == self.n) & ~done)
         if full.size:
-            order = (self.t - n + np.arange(n)) % n  # slots of the window, oldest first
-            returns = self.powers[:n] @ self.rewards[order][:, full]
-            parts.append(
-                NStepTransitions(
-                    self.obs[order[0], full],
-                    self.actions[order[0], full],
-                    returns,
-                    np.zeros(full.size),
-                    next_obs[full],
-                    np.full(full.size, self.powers[n]),
-                )
-            )
-            self.pending[full] -= 1
-
+            parts.append(self._oldest_of_full_windows(full, next_obs))
         for env in np.flatnonzero(done):
-            k = int(self.pending[env])
-            order = (self.t - k + np.arange(k)) % n  # the pending steps, oldest first
-            rewards_env = self.rewards[order, env]
-            for start in range(k):  # window from each pending step to the episode's end
-                length = k - start
-                parts.append(
-                    NStepTransitions(
-                        self.obs[order[start], env][None],
-                        self.actions[order[start], env][None],
-                        np.array([self.powers[:length] @ rewards_env[start:]]),
-                        np.array([float(terminated[env])]),
-                        next_obs[env][None],
-                        np.array([self.powers[length]]),
-                    )
-                )
-            self.pending[env] = 0
-
+            parts.extend(self._ended_episode(int(env), bool(terminated[env]), next_obs[env]))
         if not parts:
             return _empty(self.obs.shape[2], self.actions.shape[2])
         return NStepTransitions(*(np.concatenate(field) for field in zip(*parts, strict=True)))
+
+    def _oldest_of_full_windows(self, full: np.ndarray, next_obs: np.ndarray) -> NStepTransitions:
+        """The oldest step of each env in ``full`` (whose window holds n steps), as an n-step transition."""
+        n = self.n
+        order = (self.t - n + np.arange(n)) % n  # slots of the window, oldest first
+        returns = self.powers[:n] @ self.rewards[order][:, full]
+        self.pending[full] -= 1
+        return NStepTransitions(
+            self.obs[order[0], full],
+            self.actions[order[0], full],
+            returns,
+            np.zeros(full.size),
+            next_obs[full],
+            np.full(full.size, self.powers[n]),
+        )
+
+    def _ended_episode(self, env: int, terminated: bool, next_obs: np.ndarray) -> list[NStepTransitions]:
+        """Every pending step of ``env``, whose episode just ended, each with its horizon cut at the end
+        (``next_obs``: the episode's real last observation)."""
+        k = int(self.pending[env])
+        order = (self.t - k + np.arange(k)) % self.n  # the pending steps, oldest first
+        rewards_env = self.rewards[order, env]
+        parts = []
+        for start in range(k):  # window from each pending step to the episode's end
+            length = k - start
+            parts.append(
+                NStepTransitions(
+                    self.obs[order[start], env][None],
+                    self.actions[order[start], env][None],
+                    np.array([self.powers[:length] @ rewards_env[start:]]),
+                    np.array([float(terminated)]),
+                    next_obs[None],
+                    np.array([self.powers[length]]),
+                )
+            )
+        self.pending[env] = 0
+        return parts
 
 
 def _empty(obs_dim: int, act_dim: int) -> NStepTransitions:

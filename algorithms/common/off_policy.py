@@ -265,43 +265,60 @@ class OffPolicyRunner:
         state = TrainState(step=self.num_steps, total_steps=total_steps)
         start_steps, start_time = self.num_steps, time.perf_counter()
         end_steps = self.num_steps + total_steps
-        envs, buffer = self.envs, self.buffer
+        buffer = self.buffer
 
         while self.num_steps < end_steps and not state.stop_requested:
             for _ in range(chunk):
                 if self.num_steps >= end_steps:
                     break
                 action = self.random_actions() if self.num_steps < learning_starts else explore(obs)
-                next_obs, reward, terminated, truncated, infos = envs.step(self.to_env_action(action))
-                done = terminated | truncated
-                tracker.update(reward, done)
-                real_next_obs = next_obs
-                if done.any():  # same-step autoreset: next_obs already starts the next episode
-                    real_next_obs = next_obs.copy()
-                    for i in np.flatnonzero(done):
-                        real_next_obs[i] = infos["final_obs"][i]
-                if store is None:
-                    buffer.add(obs, action, reward, terminated, real_next_obs)
-                else:
-                    store(obs, action, reward, terminated, truncated, real_next_obs)
-                obs = next_obs
-                self.num_steps += n_envs
-                self.num_vec_steps += 1
+                obs = self._step(obs, action, tracker, store)
                 # An n-step store holds transitions back until their window closes: the buffer can
                 # still be empty here when learning_starts is 0.
                 due = self.num_steps >= learning_starts and self.num_vec_steps % train_freq == 0
                 if due and buffer.size > 0:
                     train(gradient_steps)
             self._obs = obs
-
-            state.step = self.num_steps
-            state.iteration += 1
-            state.episode_returns, state.episode_lengths = tracker.pop()
-            state.losses = pop_losses()
-            state.sps = (self.num_steps - start_steps) / max(time.perf_counter() - start_time, 1e-9)
+            self._close_iteration(state, tracker, pop_losses, start_steps, start_time)
             if callback is not None:
                 callback(state)
         return state
+
+    def _close_iteration(
+        self,
+        state: TrainState,
+        tracker: EpisodeTracker,
+        pop_losses: Callable[[], dict[str, float]],
+        start_steps: int,
+        start_time: float,
+    ) -> None:
+        """Fill ``state`` with the iteration's env steps, finished episodes, losses and speed."""
+        state.step = self.num_steps
+        state.iteration += 1
+        state.episode_returns, state.episode_lengths = tracker.pop()
+        state.losses = pop_losses()
+        state.sps = (self.num_steps - start_steps) / max(time.perf_counter() - start_time, 1e-9)
+
+    def _step(
+        self, obs: np.ndarray, action: np.ndarray, tracker: EpisodeTracker, store: Store | None
+    ) -> np.ndarray:
+        """Step every env once with ``action``, count the episodes and store the transitions (through
+        ``store`` when given); the next observations."""
+        next_obs, reward, terminated, truncated, infos = self.envs.step(self.to_env_action(action))
+        done = terminated | truncated
+        tracker.update(reward, done)
+        real_next_obs = next_obs
+        if done.any():  # same-step autoreset: next_obs already starts the next episode
+            real_next_obs = next_obs.copy()
+            for i in np.flatnonzero(done):
+                real_next_obs[i] = infos["final_obs"][i]
+        if store is None:
+            self.buffer.add(obs, action, reward, terminated, real_next_obs)
+        else:
+            store(obs, action, reward, terminated, truncated, real_next_obs)
+        self.num_steps += self.n_envs
+        self.num_vec_steps += 1
+        return next_obs
 
     def random_actions(self) -> np.ndarray:
         """One uniformly random action per env: in [-1, 1]^act_dim (Box) or an index (Discrete)."""
