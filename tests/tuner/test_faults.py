@@ -137,7 +137,9 @@ def test_an_unusable_tracking_store_is_one_line_within_seconds_and_nothing_is_cr
     line = one_error_line(proc)
     assert expected in line and "tracking.uri" in line
     assert SECRET not in proc.stdout + proc.stderr
-    assert elapsed < 20, f"took {elapsed:.0f} s"  # no retry loop (it took ~110 s)
+    # MLflow's retry loop took ~110 s on an idle machine; a failing command takes ~4 s idle and took 22 s
+    # beside a CPU hog and a full test run, so the bound sits between the two with room for load.
+    assert elapsed < 60, f"took {elapsed:.0f} s"
     assert not (runs / "optuna.db").exists()  # the study was not created before the store was checked
     if before is not None:
         assert (runs / "mlflow.db").read_bytes() == before
