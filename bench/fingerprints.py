@@ -66,7 +66,7 @@ def agent_case(agent_cls: type, env_id: str, config: Any, steps: int) -> tuple[s
         agent.learn(steps, record)
         path = Path(tmp) / "model.pt"
         agent.save(path)
-        saved = torch.load(path, weights_only=False)
+        saved = torch.load(path, weights_only=True)
     return digest(curve), digest(saved)
 
 

@@ -36,7 +36,7 @@ from tuner.study import (
     make_storage,
     open_study,
 )
-from tuner.tracking import check_tracking_store, end_runs
+from tuner.tracking import KILLED, check_tracking_store, end_runs
 from tuner.train import RunSettings, build_agent, resolve_config
 
 JOIN_POLL_S = 2.0  # seconds between two looks at a study a worker waits for
@@ -116,7 +116,7 @@ class StaleTrialRunCloser:
             end_runs(
                 self.tracking_uri,
                 [run_id],
-                "KILLED",
+                KILLED,
                 f"worker of trial {trial.number} stopped sending heartbeats; the trial is retried",
             )
 
