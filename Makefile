@@ -78,7 +78,7 @@ report: install ## tables and plots of the newest benchmark from MLflow: make re
 bench: $(BENCH_STAMP) ## throughput against Stable-Baselines3 (same hyperparameters), prints the ratios
 	$(PY) bench/throughput.py $(ARGS)
 
-bench-sweep: $(BENCH_STAMP) ## one PPO CartPole study: rltune sequential, population mode, rl-zoo3 (slow: 25–55 min per sampler seed here with --workers 1 --zoo-jobs 1)
+bench-sweep: $(BENCH_STAMP) ## one PPO CartPole study: rltune sequential, population mode, rl-zoo3 (slow: rl-zoo3's study takes longest; --skip zoo leaves it out)
 	$(PY) bench/sweep_speed.py $(ARGS)
 
 bench-ceiling: $(BENCH_STAMP) ## one PPO structure's trial time (SB3, rltune, population) vs its fp32 floor: make bench-ceiling ARGS="algo.n_epochs=20"

@@ -7,32 +7,20 @@ surface: ``Agent(env_id, config, seed, env_kwargs)``, ``learn``, ``evaluate``, `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from algorithms.common.errors import ConfigError, NonFiniteLossError, UnsupportedSpaceError
+from algorithms.common.registry import ALGORITHMS, AlgorithmSpec, register
 from algorithms.common.types import Agent, Callback, EvalResult, TrainState
 from algorithms.d3qn import D3QN, D3QNConfig
 from algorithms.ppo import PPO, PPOConfig
 from algorithms.sac import SAC, SACConfig
 from algorithms.td3 import TD3, TD3Config
 
-
-@dataclass(frozen=True)
-class AlgorithmSpec:
-    """An algorithm's name, config dataclass and agent class."""
-
-    name: str
-    config_cls: type
-    agent_cls: type
-
-
-ALGORITHMS: dict[str, AlgorithmSpec] = {
-    "ppo": AlgorithmSpec("ppo", PPOConfig, PPO),
-    "sac": AlgorithmSpec("sac", SACConfig, SAC),
-    "td3": AlgorithmSpec("td3", TD3Config, TD3),
-    "d3qn": AlgorithmSpec("d3qn", D3QNConfig, D3QN),
-}
+register("ppo", PPOConfig, PPO)
+register("sac", SACConfig, SAC)
+register("td3", TD3Config, TD3)
+register("d3qn", D3QNConfig, D3QN)
 
 
 def get_algorithm(name: str) -> AlgorithmSpec:

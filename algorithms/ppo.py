@@ -8,9 +8,8 @@ epochs of clipped-surrogate minibatch steps on it. Names follow CleanRL (``b_adv
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from algorithms.common import distributions as D
+from algorithms.common.checkpoint import agent_header, read_checkpoint, write_checkpoint
 from algorithms.common.config import (
     config_from_mapping,
     require_choice,
@@ -256,7 +256,100 @@ def resolve_policy_dist(policy_dist: str, action_space: gym.Space) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
-# 3. Generalised advantage estimation
+# 3. Collecting a rollout
+# ----------------------------------------------------------------------------------------------------
+class RolloutSamples(NamedTuple):
+    """A rollout's samples as torch tensors, shaped (*agents, batch, ...): what the update reads."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    logprobs: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    values: torch.Tensor
+
+    def select(self, index: Any) -> RolloutSamples:
+        """The same index (a permutation, a minibatch slice, ...) applied to every tensor."""
+        return RolloutSamples(*(tensor[index] for tensor in self))
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Storage for one rollout, allocated once and refilled in place every iteration.
+
+    Each array is shaped (n_steps, *agents, n_envs, ...): a single agent has no agent dimension, a
+    population of K has one of size K. Filled while acting (numpy), then handed to the update as torch
+    tensors that share its memory where the layout allows.
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    logprobs: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def allocate(
+        cls, n_steps: int, lead: tuple[int, ...], obs_dim: int, dist: str, action_space: gym.Space
+    ) -> Rollout:
+        """Zeroed storage of ``n_steps`` steps for agents and envs of shape ``lead``."""
+        shape = (n_steps, *lead)
+        categorical = dist == "categorical"
+        act_shape = () if categorical else tuple(action_space.shape)
+        return cls(
+            obs=np.zeros((*shape, obs_dim), dtype=np.float32),
+            actions=np.zeros((*shape, *act_shape), dtype=np.int64 if categorical else np.float32),
+            logprobs=np.zeros(shape, dtype=np.float32),
+            rewards=np.zeros(shape, dtype=np.float32),
+            dones=np.zeros(shape, dtype=np.float32),
+            values=np.zeros(shape, dtype=np.float32),
+        )
+
+    def samples(self, advantages: np.ndarray, returns: np.ndarray) -> RolloutSamples:
+        """Every sample of the rollout, steps and envs flattened into one batch dimension per agent."""
+        n_agent_dims = self.rewards.ndim - 2
+        arrays = (self.obs, self.actions, self.logprobs, advantages, returns, self.values)
+        return RolloutSamples(*(torch.from_numpy(_agents_first(a, n_agent_dims)) for a in arrays))
+
+
+def _agents_first(array: np.ndarray, n_agent_dims: int) -> np.ndarray:
+    """(n_steps, *agents, n_envs, ...) → (*agents, n_steps * n_envs, ...); a view when no agent dim."""
+    if n_agent_dims == 0:
+        return array.reshape(-1, *array.shape[2:])
+    moved = np.ascontiguousarray(np.moveaxis(array, 1, 0))
+    return moved.reshape(array.shape[1], -1, *array.shape[3:])
+
+
+def step_envs(
+    envs: gym.vector.VectorEnv,
+    env_action: np.ndarray,
+    tracker: EpisodeTracker,
+    reward_normalizer: RewardNormalizer | None,
+    final_value: Callable[[np.ndarray], np.ndarray],
+    gamma: float | np.floating,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One step of the training envs: (next observations, rewards as PPO learns them, episode ends).
+
+    Finished episodes are tracked on the raw reward; the reward is then normalised (if enabled). A
+    time-limit truncation is not a termination: the truncated step's reward gets ``gamma * V(s_T)``,
+    with ``final_value`` mapping the raw final observations to V, so GAE can cut the episode there.
+    """
+    next_obs, reward, terminated, truncated, infos = envs.step(env_action)
+    done = np.logical_or(terminated, truncated)
+    tracker.update(reward, done)
+    if reward_normalizer is not None:
+        reward = reward_normalizer(reward, done)
+    reward = reward.astype(np.float32)
+    bootstrap = truncated & ~terminated
+    if bootstrap.any():
+        final_obs = np.stack([infos["final_obs"][i] for i in np.flatnonzero(bootstrap)])
+        reward[bootstrap] += gamma * final_value(final_obs)
+    return next_obs, reward, done
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. Generalised advantage estimation
 # ----------------------------------------------------------------------------------------------------
 def compute_gae(
     rewards: np.ndarray,
@@ -296,7 +389,7 @@ def compute_gae(
 
 
 # ----------------------------------------------------------------------------------------------------
-# 4. The clipped surrogate objective
+# 5. The clipped surrogate objective
 # ----------------------------------------------------------------------------------------------------
 class SurrogateLosses(NamedTuple):
     """PPO's loss terms and diagnostics, each averaged over the last (sample) dimension."""
@@ -362,35 +455,47 @@ def clipped_surrogate_losses(
     return SurrogateLosses(pg_loss, v_loss, entropy.mean(-1), approx_kl, clipfrac)
 
 
-def step_envs(
-    envs: gym.vector.VectorEnv,
-    env_action: np.ndarray,
-    tracker: EpisodeTracker,
-    reward_normalizer: RewardNormalizer | None,
-    final_value: Callable[[np.ndarray], np.ndarray],
-    gamma: float | np.floating,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One step of the training envs: (next observations, rewards as PPO learns them, episode ends).
+LOSS_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
+"""Names of the update's loss diagnostics, in :class:`SurrogateLosses` field order."""
 
-    Finished episodes are tracked on the raw reward; the reward is then normalised (if enabled). A
-    time-limit truncation is not a termination: the truncated step's reward gets ``gamma * V(s_T)``,
-    with ``final_value`` mapping the raw final observations to V, so GAE can cut the episode there.
-    """
-    next_obs, reward, terminated, truncated, infos = envs.step(env_action)
-    done = np.logical_or(terminated, truncated)
-    tracker.update(reward, done)
-    if reward_normalizer is not None:
-        reward = reward_normalizer(reward, done)
-    reward = reward.astype(np.float32)
-    bootstrap = truncated & ~terminated
-    if bootstrap.any():
-        final_obs = np.stack([infos["final_obs"][i] for i in np.flatnonzero(bootstrap)])
-        reward[bootstrap] += gamma * final_value(final_obs)
-    return next_obs, reward, done
+
+def progress_remaining(steps_done: int, total_steps: int) -> float:
+    """The fraction of a ``learn`` budget still to go, in [0, 1]: the clock of the annealing schedules."""
+    return max(0.0, 1.0 - steps_done / total_steps)
+
+
+def annealed(config: PPOConfig, remaining: float) -> tuple[float, float]:
+    """(learning rate, clip range) of an update with ``remaining`` of the budget to go: each decays
+    linearly to 0 when its ``anneal_*`` flag is set, and stays at its configured value otherwise."""
+    lr = config.learning_rate * (remaining if config.anneal_lr else 1.0)
+    clip = config.clip_range * (remaining if config.anneal_clip_range else 1.0)
+    return lr, clip
+
+
+def explained_variance(values: np.ndarray, returns: np.ndarray) -> float:
+    """1 − Var[returns − V] / Var[returns] over a rollout: 1 for a perfect critic, ≤ 0 for one no better
+    than a constant; NaN when the returns are constant."""
+    var_y = np.var(returns)
+    return float("nan") if var_y == 0 else float(1 - np.var(returns - values) / var_y)
+
+
+def update_diagnostics(
+    loss_means: Sequence[float] | None, values: np.ndarray, returns: np.ndarray, lr: float, clip: float
+) -> dict[str, float]:
+    """What an iteration reports under ``losses/``: the critic's explained variance, the mean of each
+    loss term over the minibatch steps taken (NaN when none was), and the learning rate and clip range
+    the update used."""
+    means = list(loss_means) if loss_means is not None else [float("nan")] * len(LOSS_KEYS)
+    return {
+        "explained_variance": explained_variance(values, returns),
+        **dict(zip(LOSS_KEYS, means, strict=True)),
+        "learning_rate": lr,
+        "clip_range": clip,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
-# 5. The agent
+# 6. The agent
 # ----------------------------------------------------------------------------------------------------
 class PPO:
     """A PPO agent bound to one environment id, one config and one seed.
@@ -467,128 +572,102 @@ class PPO:
         cfg = self.config
         if total_steps < 1:
             raise ConfigError(f"total_steps must be >= 1, got {total_steps}")
-        n_envs, n_steps = cfg.n_envs, cfg.n_steps
         obs_dim = int(self.envs.single_observation_space.shape[0])
-        act_shape = () if self.policy.dist == "categorical" else self.action_space.shape
-        act_dtype = np.int64 if self.policy.dist == "categorical" else np.float32
-
-        # Rollout storage, allocated once (numpy while acting; shared with torch for the update).
-        obs_buf = np.zeros((n_steps, n_envs, obs_dim), dtype=np.float32)
-        actions_buf = np.zeros((n_steps, n_envs, *act_shape), dtype=act_dtype)
-        logprobs_buf = np.zeros((n_steps, n_envs), dtype=np.float32)
-        rewards_buf = np.zeros((n_steps, n_envs), dtype=np.float32)
-        dones_buf = np.zeros((n_steps, n_envs), dtype=np.float32)
-        values_buf = np.zeros((n_steps, n_envs), dtype=np.float32)
-
+        rollout = Rollout.allocate(cfg.n_steps, (cfg.n_envs,), obs_dim, self.policy.dist, self.action_space)
         if self._obs is None:
             self._obs, _ = self.envs.reset(seed=self.seed)
-        tracker = EpisodeTracker(n_envs)
+        tracker = EpisodeTracker(cfg.n_envs)
         state = TrainState(step=self.num_steps, total_steps=total_steps)
         start_steps, start_time = self.num_steps, time.perf_counter()
-        end_steps = self.num_steps + total_steps
 
-        while self.num_steps < end_steps and not state.stop_requested:
-            # --- collect a rollout with the current policy ---
-            obs = self._normalize_obs(self._obs, update=True)
-            for t in range(n_steps):
-                head, value = self.policy.act_numpy(obs)
-                action, logprob = self.policy.sample(head, self.rng)
-                next_obs, reward, done = step_envs(
-                    self.envs, self._to_env_action(action), tracker, self.reward_normalizer,
-                    lambda final_obs: self.policy.act_numpy(self._normalize_obs(final_obs, update=False))[1],
-                    cfg.gamma,
-                )  # fmt: skip
-                obs_buf[t] = obs
-                actions_buf[t] = action
-                logprobs_buf[t] = logprob
-                rewards_buf[t] = reward
-                dones_buf[t] = done
-                values_buf[t] = value
-                self._obs = next_obs
-                obs = self._normalize_obs(next_obs, update=True)
-            self.num_steps += n_envs * n_steps
-
-            _, last_values = self.policy.act_numpy(obs)
+        while self.num_steps < start_steps + total_steps and not state.stop_requested:
+            # --- collect a rollout with the current policy, then its advantages ---
+            next_obs = self._collect_rollout(rollout, tracker)
+            _, last_values = self.policy.act_numpy(next_obs)
             advantages, returns = compute_gae(
-                rewards_buf, values_buf, dones_buf, last_values, cfg.gamma, cfg.gae_lambda
+                rollout.rewards, rollout.values, rollout.dones, last_values, cfg.gamma, cfg.gae_lambda
             )
-
             # --- optimise the clipped surrogate on the rollout ---
-            progress_remaining = max(0.0, 1.0 - (self.num_steps - start_steps) / total_steps)
-            lr = cfg.learning_rate * (progress_remaining if cfg.anneal_lr else 1.0)
-            clip = cfg.clip_range * (progress_remaining if cfg.anneal_clip_range else 1.0)
+            lr, clip = annealed(cfg, progress_remaining(self.num_steps - start_steps, total_steps))
             self.optimizer.lr = lr
-            losses = self._update(
-                torch.from_numpy(obs_buf.reshape(-1, obs_dim)),
-                torch.from_numpy(actions_buf.reshape(-1, *act_shape)),
-                torch.from_numpy(logprobs_buf.reshape(-1)),
-                torch.from_numpy(advantages.reshape(-1)),
-                torch.from_numpy(returns.reshape(-1)),
-                torch.from_numpy(values_buf.reshape(-1)),
-                clip,
-            )
-            losses["learning_rate"] = lr
-            losses["clip_range"] = clip
+            samples = rollout.samples(advantages, returns)
+            loss_means = self._update(samples, clip)
 
             state.step = self.num_steps
             state.iteration += 1
             state.episode_returns, state.episode_lengths = tracker.pop()
-            state.losses = losses
+            state.losses = update_diagnostics(
+                loss_means, samples.values.numpy(), samples.returns.numpy(), lr, clip
+            )
             state.sps = (self.num_steps - start_steps) / max(time.perf_counter() - start_time, 1e-9)
             if callback is not None:
                 callback(state)
         return state
 
-    def _update(
-        self,
-        b_obs: torch.Tensor,
-        b_actions: torch.Tensor,
-        b_logprobs: torch.Tensor,
-        b_advantages: torch.Tensor,
-        b_returns: torch.Tensor,
-        b_values: torch.Tensor,
-        clip: float,
-    ) -> dict[str, float]:
-        """``n_epochs`` passes of minibatch steps on one flattened rollout; returns the diagnostics."""
-        cfg = self.config
-        batch = b_obs.shape[0]
-        stats: list[torch.Tensor] = []  # per minibatch: policy loss, value loss, entropy, approx_kl, clipfrac
-        stop = False
-        for _epoch in range(cfg.n_epochs):
-            # Shuffle once per epoch; each minibatch is then a contiguous slice (a view, no copy).
-            perm = torch.from_numpy(self.rng.permutation(batch))
-            e_obs, e_actions, e_logprobs = b_obs[perm], b_actions[perm], b_logprobs[perm]
-            e_advantages, e_returns, e_values = b_advantages[perm], b_returns[perm], b_values[perm]
-            for start in range(0, batch, cfg.batch_size):
-                mb = slice(start, start + cfg.batch_size)
-                head, newvalue = self.policy(e_obs[mb])
-                newlogprob, entropy = self.policy.log_prob_entropy(head, e_actions[mb])
-                out = clipped_surrogate_losses(
-                    newlogprob, e_logprobs[mb], e_advantages[mb], newvalue, e_values[mb], e_returns[mb],
-                    entropy, clip, cfg.clip_range_vf, cfg.normalize_advantage,
-                )  # fmt: skip
-                if cfg.target_kl is not None and out.approx_kl > 1.5 * cfg.target_kl:
-                    stop = True  # as SB3: skip this step and end the update
-                    break
+    def _collect_rollout(self, rollout: Rollout, tracker: EpisodeTracker) -> np.ndarray:
+        """Fill ``rollout`` with ``n_steps`` steps of every training env under the current policy.
 
-                loss = out.pg_loss + cfg.vf_coef * out.v_loss
-                if cfg.ent_coef > 0:  # with a zero coefficient, keep the entropy out of the backward pass
-                    loss = loss - cfg.ent_coef * out.entropy
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(out.first_non_finite(), self.num_steps)
+        Returns the observation after the last step, as the network sees it (for V's bootstrap).
+        """
+        obs = self._normalize_obs(self._obs, update=True)
+        for t in range(self.config.n_steps):
+            head, value = self.policy.act_numpy(obs)
+            action, logprob = self.policy.sample(head, self.rng)
+            next_obs, reward, done = step_envs(
+                self.envs, self._to_env_action(action), tracker, self.reward_normalizer,
+                self._value_of_raw_obs, self.config.gamma,
+            )  # fmt: skip
+            rollout.obs[t], rollout.actions[t], rollout.logprobs[t] = obs, action, logprob
+            rollout.rewards[t], rollout.dones[t], rollout.values[t] = reward, done, value
+            self._obs = next_obs
+            obs = self._normalize_obs(next_obs, update=True)
+        self.num_steps += self.config.n_envs * self.config.n_steps
+        return obs
 
-                loss.backward()
-                self.optimizer.step()  # clips the global gradient norm to max_grad_norm first
-                stats.append(out.stacked().detach())
-            if stop:
+    def _value_of_raw_obs(self, obs: np.ndarray) -> np.ndarray:
+        """V of raw observations (normaliser statistics used, not updated)."""
+        return self.policy.act_numpy(self._normalize_obs(obs, update=False))[1]
+
+    def _update(self, samples: RolloutSamples, clip: float) -> list[float] | None:
+        """``n_epochs`` passes of minibatch steps on one flattened rollout.
+
+        Returns the mean of each loss term over the steps taken (None when the first step was over
+        the KL limit).
+        """
+        stats: list[torch.Tensor] = []  # per minibatch step: the stacked loss terms
+        for _epoch in range(self.config.n_epochs):
+            if not self._update_epoch(samples, clip, stats):
                 break
+        return torch.stack(stats).mean(0).tolist() if stats else None
 
-        y_pred, y_true = b_values.numpy(), b_returns.numpy()
-        var_y = np.var(y_true)
-        explained_var = float("nan") if var_y == 0 else float(1 - np.var(y_true - y_pred) / var_y)
-        means = torch.stack(stats).mean(0).tolist() if stats else [float("nan")] * 5
-        keys = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
-        return {"explained_variance": explained_var, **dict(zip(keys, means, strict=True))}
+    def _update_epoch(self, samples: RolloutSamples, clip: float, stats: list[torch.Tensor]) -> bool:
+        """One pass of minibatch steps over the shuffled rollout, appending each step's loss terms to
+        ``stats``; False when the KL limit ended the update."""
+        cfg = self.config
+        batch = samples.obs.shape[0]
+        # Shuffle once per epoch; each minibatch is then a contiguous slice (a view, no copy).
+        epoch = samples.select(torch.from_numpy(self.rng.permutation(batch)))
+        for start in range(0, batch, cfg.batch_size):
+            minibatch = epoch.select(slice(start, start + cfg.batch_size))
+            head, newvalue = self.policy(minibatch.obs)
+            newlogprob, entropy = self.policy.log_prob_entropy(head, minibatch.actions)
+            out = clipped_surrogate_losses(
+                newlogprob, minibatch.logprobs, minibatch.advantages, newvalue, minibatch.values,
+                minibatch.returns, entropy, clip, cfg.clip_range_vf, cfg.normalize_advantage,
+            )  # fmt: skip
+            if cfg.target_kl is not None and out.approx_kl > 1.5 * cfg.target_kl:
+                return False  # as SB3: skip this step and end the update
+
+            loss = out.pg_loss + cfg.vf_coef * out.v_loss
+            if cfg.ent_coef > 0:  # with a zero coefficient, keep the entropy out of the backward pass
+                loss = loss - cfg.ent_coef * out.entropy
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(out.first_non_finite(), self.num_steps)
+
+            loss.backward()
+            self.optimizer.step()  # clips the global gradient norm to max_grad_norm first
+            stats.append(out.stacked().detach())
+        return True
 
     # --- evaluation -----------------------------------------------------------------------------
     def evaluate(self, n_episodes: int, seed: int, deterministic: bool = True, n_envs: int = 4) -> EvalResult:
@@ -610,11 +689,7 @@ class PPO:
     def save(self, path: str | Path) -> None:
         """Write weights, optimizer state, normaliser statistics and the config to ``path``."""
         payload: dict[str, Any] = {
-            "algorithm": self.algorithm,
-            "env_id": self.env_id,
-            "env_kwargs": self.env_kwargs,
-            "config": dataclasses.asdict(self.config),
-            "seed": self.seed,
+            **agent_header(self),
             "num_steps": self.num_steps,
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -623,17 +698,13 @@ class PPO:
             payload["obs_rms"] = _rms_to_tensors(self.obs_normalizer.rms.state())
         if self.reward_normalizer is not None:
             payload["reward_rms"] = _rms_to_tensors(self.reward_normalizer.rms.state())
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(payload, path)
+        write_checkpoint(payload, path)
 
     @classmethod
     def load(cls, path: str | Path, seed: int | None = None) -> PPO:
         """Rebuild an agent saved by :meth:`save` (safe loading: tensors and plain data only)."""
-        payload = torch.load(path, weights_only=True)
-        config = PPOConfig.from_dict(payload["config"])
-        agent = cls(
-            payload["env_id"], config, payload["seed"] if seed is None else seed, payload["env_kwargs"]
-        )
+        payload, config, seed = read_checkpoint(path, PPOConfig, seed)
+        agent = cls(payload["env_id"], config, seed, payload["env_kwargs"])
         agent.policy.load_state_dict(payload["policy"])
         agent.optimizer.load_state_dict(payload["optimizer"])
         agent.num_steps = int(payload["num_steps"])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,16 +37,23 @@ from algorithms.common.normalize import ObsNormalizer, RewardNormalizer
 from algorithms.common.optim import MemberAdam, flatten_by_member
 from algorithms.common.types import EvalResult, TrainState
 from algorithms.ppo import (
+    LOSS_KEYS,
     PPO,
     ActorCritic,
     PPOConfig,
+    Rollout,
+    RolloutSamples,
+    SurrogateLosses,
+    annealed,
     clipped_surrogate_losses,
     compute_gae,
     deterministic_actions,
+    progress_remaining,
     resolve_policy_dist,
     sample_actions,
     step_envs,
     to_env_action,
+    update_diagnostics,
 )
 
 MEMBER_HYPERPARAMETERS = (
@@ -62,10 +69,11 @@ MEMBER_HYPERPARAMETERS = (
 n_epochs, net_arch, normalisation, ...) is structural: shared by the whole population."""
 
 WRITE_GRADS_MIN_WEIGHTS = 1 << 18
-"""Populations whose networks hold at least this many weights in all (1 MiB of float32, a core's L2
-cache here) have their gradients written in place (``StackedMLP(write_grads=True)``). Measured on these
-CPUs with 10 members: 256×256 networks, minibatch 4, 2.9 → 2.4–2.65 ms an update; 64×64 networks (92k
-weights), minibatch 8, 5–10 % slower, hence the threshold (bench/results/sweep_speed.md)."""
+"""Populations whose networks hold at least this many weights in all (1 MiB of float32, the size of a
+core's L2 cache) have their gradients written in place (``StackedMLP(write_grads=True)``): it saves
+reading and writing the gradient buffer several times an update, which pays for large networks, while
+its Python-level backward costs more than that saves for small ones (timings in
+bench/results/sweep_speed.md, "Gradients written in place for large populations")."""
 
 
 def structural_fields(config: PPOConfig) -> dict[str, Any]:
@@ -234,12 +242,8 @@ class PopulationPPO:
         envs = make_vec_env(self.env_id, config.n_envs, seed, config.vectorization, self.env_kwargs)
         torch.manual_seed(seed)  # the network initialisation of PPO with this seed
         fresh = ActorCritic(self.obs_dim, self.action_space, config)
+        self.net.load_members(fresh.net, members=slice(2 * slot, 2 * slot + 2))
         with torch.no_grad():
-            pair = slice(2 * slot, 2 * slot + 2)
-            for ours_w, theirs_w in zip(self.net.weights, fresh.net.weights, strict=True):
-                ours_w[pair] = theirs_w
-            for ours_b, theirs_b in zip(self.net.biases, fresh.net.biases, strict=True):
-                ours_b[pair] = theirs_b
             self.log_std[slot] = fresh.log_std
         self.optimizer.reset_member(slot)
         self.optimizer.lr[slot] = config.learning_rate
@@ -291,95 +295,35 @@ class PopulationPPO:
         if not slots:
             return IterationResult({}, {})
         cfg = self.config
-        n_members, n_envs, n_steps = self.n_members, cfg.n_envs, cfg.n_steps
-        act_shape = () if self.dist == "categorical" else self.action_space.shape
-        act_dtype = np.int64 if self.dist == "categorical" else np.float32
-        obs_buf = np.zeros((n_steps, n_members, n_envs, self.obs_dim), dtype=np.float32)
-        actions_buf = np.zeros((n_steps, n_members, n_envs, *act_shape), dtype=act_dtype)
-        logprobs_buf = np.zeros((n_steps, n_members, n_envs), dtype=np.float32)
-        rewards_buf = np.zeros((n_steps, n_members, n_envs), dtype=np.float32)
-        dones_buf = np.zeros((n_steps, n_members, n_envs), dtype=np.float32)
-        values_buf = np.zeros((n_steps, n_members, n_envs), dtype=np.float32)
         members = {k: self._member(k) for k in slots}
-        log_std = self.log_std.detach().numpy()
-
-        # --- collect a rollout per member with its current policy ---
-        obs = np.zeros((n_members, n_envs, self.obs_dim), dtype=np.float32)
-        for k, m in members.items():
-            obs[k] = m.normalize_obs(m.obs, update=True)
-        rows = np.array(slots)  # the active members' rows in the (K, ...) arrays
-        for t in range(n_steps):
-            heads, values = self._act_numpy(obs)
-            actions, logprobs = self._sample(heads[rows], log_std[rows], members)
-            obs_buf[t, rows] = obs[rows]
-            actions_buf[t, rows] = actions
-            logprobs_buf[t, rows] = logprobs
-            values_buf[t, rows] = values[rows]
-            for i, (k, m) in enumerate(members.items()):
-                pair = slice(2 * k, 2 * k + 2)  # V through the member's own pair, as PPO computes it
-                next_obs, rewards_buf[t, k], dones_buf[t, k] = step_envs(
-                    m.envs, to_env_action(self.dist, actions[i], self.action_space), m.tracker,
-                    m.reward_normalizer,
-                    lambda final_obs, m=m, pair=pair: self.net.forward_numpy(
-                        m.normalize_obs(final_obs, update=False), pair
-                    )[1, :, 0],
-                    np.float32(self._gamma[k, 0]),
-                )  # fmt: skip
-                m.obs = next_obs
-                obs[k] = m.normalize_obs(next_obs, update=True)
-        for m in members.values():
-            m.num_steps += n_envs * n_steps
-
-        _, last_values = self._act_numpy(obs)
-        advantages, returns = compute_gae(
-            rewards_buf, values_buf, dones_buf, last_values, self._gamma, self._gae_lambda
+        rollout = Rollout.allocate(
+            cfg.n_steps, (self.n_members, cfg.n_envs), self.obs_dim, self.dist, self.action_space
         )
-
+        # --- collect a rollout per member with its current policy, then the advantages ---
+        next_obs = self._collect_rollouts(members, rollout)
+        _, last_values = self._act_numpy(next_obs)
+        advantages, returns = compute_gae(
+            rollout.rewards, rollout.values, rollout.dones, last_values, self._gamma, self._gae_lambda
+        )
         # --- optimise every member's clipped surrogate on its own rollout ---
-        active = torch.zeros(n_members, dtype=torch.bool)
-        active[slots] = True
         lr = self.optimizer.lr.clone()
         clip = self._clip.clone()
         for k, m in members.items():
-            progress_remaining = max(0.0, 1.0 - m.num_steps / m.total_steps)
-            lr[k] = m.config.learning_rate * (progress_remaining if cfg.anneal_lr else 1.0)
-            clip[k] = m.config.clip_range * (progress_remaining if cfg.anneal_clip_range else 1.0)
+            lr[k], clip[k] = annealed(m.config, progress_remaining(m.num_steps, m.total_steps))
         self.optimizer.lr = lr
-
-        def per_member(buf: np.ndarray) -> torch.Tensor:  # (n_steps, K, n_envs, ...) → (K, batch, ...)
-            moved = np.moveaxis(buf, 1, 0)
-            return torch.from_numpy(
-                np.ascontiguousarray(moved).reshape(n_members, n_steps * n_envs, *buf.shape[3:])
-            )
-
-        stats, counts, diverged = self._update(
-            members,
-            active,
-            per_member(obs_buf),
-            per_member(actions_buf),
-            per_member(logprobs_buf),
-            per_member(advantages),
-            per_member(returns),
-            per_member(values_buf),
-            clip,
-        )
+        active = torch.zeros(self.n_members, dtype=torch.bool)
+        active[slots] = True
+        stats, counts, diverged = self._update(members, active, rollout.samples(advantages, returns), clip)
 
         states: dict[int, TrainState] = {}
-        keys = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
         now = time.perf_counter()
         for k, m in members.items():
             if k in diverged:
                 self.stop_member(k)
                 continue
             m.iteration += 1
-            y_true = returns[:, k].reshape(-1)
-            y_pred = values_buf[:, k].reshape(-1)
-            var_y = np.var(y_true)
-            explained_var = float("nan") if var_y == 0 else float(1 - np.var(y_true - y_pred) / var_y)
-            means = (stats[:, k] / counts[k]).tolist() if counts[k] > 0 else [float("nan")] * 5
-            losses = {"explained_variance": explained_var, **dict(zip(keys, means, strict=True))}
-            losses["learning_rate"] = float(lr[k])
-            losses["clip_range"] = float(clip[k])
+            loss_means = (stats[:, k] / counts[k]).tolist() if counts[k] > 0 else None
+            values, member_returns = rollout.values[:, k].reshape(-1), returns[:, k].reshape(-1)
             episode_returns, episode_lengths = m.tracker.pop()
             states[k] = TrainState(
                 step=m.num_steps,
@@ -387,10 +331,43 @@ class PopulationPPO:
                 total_steps=m.total_steps,
                 episode_returns=episode_returns,
                 episode_lengths=episode_lengths,
-                losses=losses,
+                losses=update_diagnostics(loss_means, values, member_returns, float(lr[k]), float(clip[k])),
                 sps=m.num_steps / max(now - m.started, 1e-9),
             )
         return IterationResult(states, diverged)
+
+    def _collect_rollouts(self, members: Mapping[int, Member], rollout: Rollout) -> np.ndarray:
+        """Fill each member's rows of ``rollout`` with ``n_steps`` steps of its envs under its policy.
+
+        Returns the observations after the last step, as the networks see them, shape (K, n_envs, obs).
+        """
+        obs = np.zeros((self.n_members, self.config.n_envs, self.obs_dim), dtype=np.float32)
+        for k, m in members.items():
+            obs[k] = m.normalize_obs(m.obs, update=True)
+        rows = np.array(list(members))  # the active members' rows in the (K, ...) arrays
+        log_std = self.log_std.detach().numpy()
+        value_fns = {k: self._value_of_raw_obs(k) for k in members}
+        for t in range(self.config.n_steps):
+            heads, values = self._act_numpy(obs)
+            actions, logprobs = self._sample(heads[rows], log_std[rows], members)
+            rollout.obs[t, rows], rollout.actions[t, rows] = obs[rows], actions
+            rollout.logprobs[t, rows], rollout.values[t, rows] = logprobs, values[rows]
+            for i, (k, m) in enumerate(members.items()):
+                next_obs, rollout.rewards[t, k], rollout.dones[t, k] = step_envs(
+                    m.envs, to_env_action(self.dist, actions[i], self.action_space), m.tracker,
+                    m.reward_normalizer, value_fns[k], np.float32(self._gamma[k, 0]),
+                )  # fmt: skip
+                m.obs = next_obs
+                obs[k] = m.normalize_obs(next_obs, update=True)
+        for m in members.values():
+            m.num_steps += self.config.n_envs * self.config.n_steps
+        return obs
+
+    def _value_of_raw_obs(self, slot: int) -> Callable[[np.ndarray], np.ndarray]:
+        """V of member ``slot`` for raw observations, through its own actor-critic pair as PPO computes
+        it (its normaliser statistics used, not updated)."""
+        member, pair = self._member(slot), slice(2 * slot, 2 * slot + 2)
+        return lambda obs: self.net.forward_numpy(member.normalize_obs(obs, update=False), pair)[1, :, 0]
 
     def _sample(
         self, heads: np.ndarray, log_std: np.ndarray, members: Mapping[int, Member]
@@ -443,65 +420,70 @@ class PopulationPPO:
         self,
         members: Mapping[int, Member],
         active: torch.Tensor,
-        b_obs: torch.Tensor,
-        b_actions: torch.Tensor,
-        b_logprobs: torch.Tensor,
-        b_advantages: torch.Tensor,
-        b_returns: torch.Tensor,
-        b_values: torch.Tensor,
+        samples: RolloutSamples,
         clip: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[int, NonFiniteLossError]]:
         """``n_epochs`` passes of minibatch steps for every active member, each on its own rollout.
 
-        Returns the summed diagnostics (5, K), the number of steps each member took, and the members
+        Returns the summed loss terms (5, K), the number of steps each member took, and the members
         whose loss turned non-finite (they stop updating at once; the others go on).
         """
         cfg = self.config
-        n_members, batch = b_obs.shape[:2]
+        n_members, batch = samples.obs.shape[:2]
         members_idx = torch.arange(n_members)[:, None]
-        stats = torch.zeros(5, n_members)
+        stats = torch.zeros(len(LOSS_KEYS), n_members)
         counts = torch.zeros(n_members)
         diverged: dict[int, NonFiniteLossError] = {}
-        active = active.clone()
         for _epoch in range(cfg.n_epochs):
             # Each member shuffles with its own generator, as a single PPO would.
             perm = np.tile(np.arange(batch), (n_members, 1))
             for k, m in members.items():
                 perm[k] = m.rng.permutation(batch)
-            idx = torch.from_numpy(perm)
-            e_obs, e_actions = b_obs[members_idx, idx], b_actions[members_idx, idx]
-            e_logprobs, e_advantages = b_logprobs[members_idx, idx], b_advantages[members_idx, idx]
-            e_returns, e_values = b_returns[members_idx, idx], b_values[members_idx, idx]
+            epoch = samples.select((members_idx, torch.from_numpy(perm)))
             for start in range(0, batch, cfg.batch_size):
-                mb = slice(start, start + cfg.batch_size)
-                head, newvalue = self._forward(e_obs[:, mb])
-                newlogprob, entropy = self._log_prob_entropy(head, e_actions[:, mb])
+                minibatch = epoch.select((slice(None), slice(start, start + cfg.batch_size)))
+                head, newvalue = self._forward(minibatch.obs)
+                newlogprob, entropy = self._log_prob_entropy(head, minibatch.actions)
                 out = clipped_surrogate_losses(
-                    newlogprob, e_logprobs[:, mb], e_advantages[:, mb], newvalue, e_values[:, mb],
-                    e_returns[:, mb], entropy, clip, cfg.clip_range_vf, cfg.normalize_advantage,
+                    newlogprob, minibatch.logprobs, minibatch.advantages, newvalue, minibatch.values,
+                    minibatch.returns, entropy, clip, cfg.clip_range_vf, cfg.normalize_advantage,
                 )  # fmt: skip
                 if cfg.target_kl is not None:  # as SB3: a member past the KL limit ends its update here
-                    active &= ~(out.approx_kl > 1.5 * cfg.target_kl)
-
-                loss = out.pg_loss + self._vf_coef * out.v_loss - self._ent_coef * out.entropy
-                finite = torch.isfinite(loss)
-                for k in torch.nonzero(active & ~finite).flatten().tolist():
-                    one = type(out)(*(term[k] for term in out))
-                    diverged[k] = NonFiniteLossError(one.first_non_finite(), members[k].num_steps)
-                active &= finite
+                    active = active & ~(out.approx_kl > 1.5 * cfg.target_kl)
+                active = self._minibatch_step(out, active, members, diverged)
                 if not bool(active.any()):
                     break
-                with warnings.catch_warnings():
-                    # The weights are strided views into the member-major buffer, by design; autograd
-                    # accumulates into them in place and only notes that the layout is unusual.
-                    warnings.filterwarnings("ignore", message="grad and param do not obey")
-                    torch.where(active, loss, 0.0).sum().backward()
-                self.optimizer.step(active)  # each member's gradient norm clipped to its own limit
                 stats += torch.where(active, out.stacked().detach(), 0.0)
                 counts += active.float()
             if not bool(active.any()):
                 break
         return stats, counts, diverged
+
+    def _minibatch_step(
+        self,
+        out: SurrogateLosses,
+        active: torch.Tensor,
+        members: Mapping[int, Member],
+        diverged: dict[int, NonFiniteLossError],
+    ) -> torch.Tensor:
+        """One optimizer step for the ``active`` members whose loss is finite; returns those members.
+
+        An active member whose loss turned NaN or infinite is added to ``diverged`` and takes no step.
+        """
+        loss = out.pg_loss + self._vf_coef * out.v_loss - self._ent_coef * out.entropy
+        finite = torch.isfinite(loss)
+        for k in torch.nonzero(active & ~finite).flatten().tolist():
+            one = SurrogateLosses(*(term[k] for term in out))
+            diverged[k] = NonFiniteLossError(one.first_non_finite(), members[k].num_steps)
+        active = active & finite
+        if bool(active.any()):
+            with warnings.catch_warnings():
+                # The weights are strided views into the member-major buffer, by design; autograd
+                # accumulates into them in place and only notes that the layout is unusual.
+                warnings.filterwarnings("ignore", message="grad and param do not obey")
+                torch.where(active, loss, 0.0).sum().backward()
+            self.optimizer.step(active)  # each member's gradient norm clipped to its own limit
+        return active
 
     # --- evaluation -----------------------------------------------------------------------------
     def evaluate(
@@ -547,12 +529,8 @@ class PopulationPPO:
         """
         m = self._member(slot)
         agent = PPO(self.env_id, m.config, m.seed, self.env_kwargs)
-        pair = slice(2 * slot, 2 * slot + 2)
+        agent.policy.net.load_members(self.net, source_members=slice(2 * slot, 2 * slot + 2))
         with torch.no_grad():
-            for theirs, ours in zip(agent.policy.net.weights, self.net.weights, strict=True):
-                theirs.copy_(ours[pair])
-            for theirs, ours in zip(agent.policy.net.biases, self.net.biases, strict=True):
-                theirs.copy_(ours[pair])
             agent.policy.log_std.copy_(self.log_std[slot])
         agent.num_steps = m.num_steps
         if m.obs_normalizer is not None and agent.obs_normalizer is not None:

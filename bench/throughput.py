@@ -96,13 +96,13 @@ def cases() -> list[Case]:
         Case("PPO CartPole-v1, SB3 defaults", "CartPole-v1", 40_960, PPOConfig()),
         Case("PPO CartPole-v1, rl-zoo3 set", preset.env.id, int(preset.total_steps), zoo),
     ]
-    if "d3qn" in ALGORITHMS:  # SB3's DQN defaults (measured ~2.0k sps there), then every D3QN option on
+    if "d3qn" in ALGORITHMS:  # SB3's DQN defaults, then every D3QN option on
         plain = build_config("d3qn", {"dueling": False, "double_q": False})
         cases.append(Case("DQN CartPole-v1, SB3 defaults", "CartPole-v1", 50_000, plain, "d3qn"))
         full = build_config("d3qn", {"n_step": 3, "prioritized": True, "noisy": True})
         cases.append(Case("D3QN CartPole-v1, all options", "CartPole-v1", 50_000, full, "d3qn", sb3=False))
     for algo in ("sac", "td3"):
-        if algo in ALGORITHMS:  # one update per step, batch 256, 256x256 (SB3 measured ~82 / ~73 sps here)
+        if algo in ALGORITHMS:  # one update per step, batch 256, 256x256: SB3's update dominates its time
             config = build_config(algo, {"net_arch": [256, 256], "batch_size": 256, "train_freq": 1})
             cases.append(Case(f"{algo.upper()} Pendulum-v1, 256x256", "Pendulum-v1", 3_000, config, algo))
     return cases

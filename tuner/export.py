@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 import yaml
 
-from tuner.objective import OVERRIDES_ATTR, SEED_RETURNS_ATTR, VALUES_ATTR
+from tuner.trial_record import OVERRIDES_ATTR, SEED_RETURNS_ATTR, VALUES_ATTR
 
 
 def preset_name(config: Mapping[str, Any]) -> str:

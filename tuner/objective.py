@@ -9,65 +9,20 @@ trial reports at the same steps and pruners compare like with like.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from omegaconf import OmegaConf
-from optuna.trial import TrialState
 
 from algorithms import ConfigError, NonFiniteLossError, UnsupportedSpaceError
 from tuner.compose import algorithm_config
-from tuner.search import SearchSpace, to_overrides
-from tuner.secrets import mask_secrets
-from tuner.study import FAIL_REASON_ATTR, TRIAL_RUN_ATTR
-from tuner.tracking import FAILED, RunSignals, open_run, start_run
+from tuner.search import to_overrides
+from tuner.tracking import RunSignals
 from tuner.train import run_training
-
-log = logging.getLogger(__name__)
-
-OVERRIDES_ATTR = "overrides"  # trial user attr: Hydra overrides that replay the trial with tuner.train
-VALUES_ATTR = "config_values"  # trial user attr: the sampled values as config fields (after reparams)
-SEED_RETURNS_ATTR = "seed_returns"  # trial user attr: final eval return of each tuning seed
-
-
-@dataclass(frozen=True)
-class TrialSetup:
-    """Everything a worker needs to run trials of one study.
-
-    Attributes:
-        base_config: the resolved training config (conf/train.yaml's keys) that sampled values override.
-        base_overrides: the Hydra overrides of the tune command that also apply to tuner.train.
-        space: the search space.
-        seeds: tuning seeds; one training run each.
-        budget_steps: env steps per seed.
-        tracking: ``uri``, ``experiment`` and ``artifact_dir`` of the MLflow store.
-        sweep_run_id: the MLflow run the trial runs nest under.
-        multi_objective: report (mean return, wall-clock seconds) instead of the return alone.
-    """
-
-    base_config: Mapping[str, Any]
-    base_overrides: tuple[str, ...]
-    space: SearchSpace
-    seeds: tuple[int, ...]
-    budget_steps: int
-    tracking: Mapping[str, str]
-    sweep_run_id: str | None
-    multi_objective: bool
-
-
-@dataclass(frozen=True)
-class TrialOutcome:
-    """How a trial ended, for the worker's log and progress display."""
-
-    number: int
-    state: TrialState
-    value: float | None
-    reason: str = ""
+from tuner.trial_record import TrialOutcome, TrialRecord, TrialSetup, record_sampled
 
 
 class PruningReporter:
@@ -113,111 +68,63 @@ def trial_overrides(setup: TrialSetup, values: Mapping[str, Any]) -> list[str]:
 
 
 def run_trial(
-    study: optuna.Study, trial: optuna.Trial, setup: TrialSetup, signals: RunSignals | None = None
+    study: optuna.Study, trial: optuna.Trial, setup: TrialSetup, signals: RunSignals
 ) -> TrialOutcome:
     """Sample, train every seed, tell Optuna the result; returns how the trial ended.
 
     A sampled config the algorithm rejects, or a loss that turns non-finite, ends the trial FAIL with
     the reason in its ``fail_reason`` user attr and on its MLflow run; the study goes on. Anything
-    else (a bug, KeyboardInterrupt) propagates after the trial's MLflow run is ended.
+    else (a bug, KeyboardInterrupt) propagates after the trial's MLflow runs are ended.
 
     ``signals`` is the worker's deferred signal block (:func:`tuner.tracking.interrupts_raise`): the
-    trial's runs then leave signals to it, and they interrupt only the learning. None: each run handles
-    them itself.
+    trial's runs leave signals to it, and they interrupt only the learning.
     """
     values = setup.space.suggest(trial)
-    trial.set_user_attr(VALUES_ATTR, dict(values))
-    overrides = mask_secrets(trial_overrides(setup, values))
-    trial.set_user_attr(OVERRIDES_ATTR, overrides)
+    overrides = trial_overrides(setup, values)
+    record_sampled(trial, values, overrides)
     try:
         algorithm_config(trial_config(setup, values, setup.seeds[0])["algo"])
     except ConfigError as exc:
-        return fail_trial(study, trial, f"invalid sampled config: {exc}", setup)
+        return open_record(study, trial, setup, values).fail(f"invalid sampled config: {exc}")
 
     started = time.perf_counter()
-    try:
-        scores, pruned_at = _train_seeds(study, trial, setup, values, overrides, signals, started)
-    except NonFiniteLossError as exc:
-        return fail_trial(study, trial, f"training diverged: {exc}", None)
-    except (ConfigError, UnsupportedSpaceError) as exc:
-        return fail_trial(study, trial, f"invalid config: {exc}", None)
+    with open_record(study, trial, setup, values) as record:
+        try:
+            scores, pruned_at = _train_seeds(record, values, signals)
+        except NonFiniteLossError as exc:
+            return record.fail(f"training diverged: {exc}")
+        except (ConfigError, UnsupportedSpaceError) as exc:
+            return record.fail(f"invalid config: {exc}")
+        if pruned_at is not None:
+            return record.prune(pruned_at, scores)
+        return record.complete(scores, time.perf_counter() - started)
 
-    trial.set_user_attr(SEED_RETURNS_ATTR, scores)
-    if pruned_at is not None:
-        study.tell(trial, state=TrialState.PRUNED)
-        return TrialOutcome(trial.number, TrialState.PRUNED, None)
-    objective = sum(scores) / len(scores)
-    if setup.multi_objective:
-        study.tell(trial, [objective, time.perf_counter() - started])
-    else:
-        study.tell(trial, objective)
-    return TrialOutcome(trial.number, TrialState.COMPLETE, objective)
+
+def open_record(
+    study: optuna.Study, trial: optuna.Trial, setup: TrialSetup, values: Mapping[str, Any]
+) -> TrialRecord:
+    """The trial's :class:`TrialRecord`, with the overrides that replay its first seed."""
+    return TrialRecord.open(study, trial, setup, values, trial_overrides(setup, values))
 
 
 def _train_seeds(
-    study: optuna.Study,
-    trial: optuna.Trial,
-    setup: TrialSetup,
-    values: Mapping[str, Any],
-    overrides: list[str],
-    signals: RunSignals | None,
-    started: float,
+    record: TrialRecord, values: Mapping[str, Any], signals: RunSignals
 ) -> tuple[list[float], int | None]:
-    """Open the trial's MLflow run and train its seeds one after another, reporting to the pruner;
-    (final return of each seed that finished, the step it was pruned at or None)."""
+    """Train the trial's seeds one after another under its run, reporting to the pruner; (final
+    return of each seed that finished, the step it was pruned at or None)."""
+    setup = record.setup
     scores: list[float] = []
-    with start_run(
-        **setup.tracking,
-        run_name=f"trial-{trial.number}",
-        tags=_trial_tags(study, trial),
-        parent_run_id=setup.sweep_run_id,
-        handle_signals=signals is None,
-    ) as run:
-        trial.set_user_attr(TRIAL_RUN_ATTR, run.run_id)
-        run.log_params({"trial": {"number": trial.number}, "sampled": dict(values)})
-        run.log_text("\n".join(overrides) + "\n", "overrides.txt")
-        for index, seed in enumerate(setup.seeds):
-            reporter = PruningReporter(trial, index, setup.budget_steps, scores)
-            result = run_training(
-                OmegaConf.create(trial_config(setup, values, seed)),
-                parent_run_id=run.run_id,
-                on_eval=None if setup.multi_objective else reporter,
-                run_name=f"trial-{trial.number}-seed{seed}",
-                signals=signals,
-            )
-            if result.stopped_early:  # pruned: the runs end normally, their state in a tag
-                run.set_tags({"optuna_state": "PRUNED", "pruned_step": reporter.pruned_at})
-                return scores, reporter.pruned_at
-            scores.append(result.mean_return)
-            run.log_metric("trial/seed_return", result.mean_return, index)
-        objective = sum(scores) / len(scores)
-        run.log_metrics({"trial/objective": objective, "trial/wall_time_s": time.perf_counter() - started}, 0)
-        run.set_tags({"optuna_state": "COMPLETE"})
-    return scores, None
-
-
-def fail_trial(
-    study: optuna.Study, trial: optuna.Trial, reason: str, setup: TrialSetup | None
-) -> TrialOutcome:
-    """End the trial FAIL with ``reason``; with ``setup``, also record it as a FAILED MLflow trial run."""
-    log.warning("trial %d failed: %s", trial.number, reason)
-    trial.set_user_attr(FAIL_REASON_ATTR, reason)
-    if setup is not None:  # no run exists yet: record one, so the MLflow view shows the failure too
-        run = open_run(
-            **setup.tracking,
-            run_name=f"trial-{trial.number}",
-            tags=_trial_tags(study, trial),
-            parent_run_id=setup.sweep_run_id,
+    for index, seed in enumerate(setup.seeds):
+        reporter = PruningReporter(record.trial, index, setup.budget_steps, scores)
+        result = run_training(
+            OmegaConf.create(trial_config(setup, values, seed)),
+            parent_run_id=record.run.run_id,
+            on_eval=None if setup.multi_objective else reporter,
+            run_name=record.seed_run_name(seed),
+            signals=signals,
         )
-        try:
-            trial.set_user_attr(TRIAL_RUN_ATTR, run.run_id)
-            run.set_tags({"optuna_state": "FAIL"})
-        finally:
-            run.end(FAILED, reason)
-    study.tell(trial, state=TrialState.FAIL)
-    return TrialOutcome(trial.number, TrialState.FAIL, None, reason)
-
-
-def _trial_tags(study: optuna.Study, trial: optuna.Trial) -> dict[str, Any]:
-    """Tags of a trial's MLflow run: which study and trial it belongs to."""
-    return {"optuna_study": study.study_name, "optuna_trial": trial.number, "kind": "trial"}
+        if result.stopped_early:  # pruned: the seed's run ends normally
+            return scores, reporter.pruned_at
+        scores.append(result.mean_return)
+        record.seed_finished(index, result.mean_return)
+    return scores, None

@@ -35,27 +35,12 @@ from algorithms import ConfigError, EvalResult
 from algorithms.common.networks import configure_torch_cpu
 from algorithms.ppo_population import MEMBER_HYPERPARAMETERS, PopulationPPO, structural_fields
 from tuner.compose import algorithm_config
-from tuner.objective import (
-    OVERRIDES_ATTR,
-    SEED_RETURNS_ATTR,
-    VALUES_ATTR,
-    TrialOutcome,
-    TrialSetup,
-    fail_trial,
-    trial_config,
-    trial_overrides,
-)
+from tuner.objective import open_record, trial_config, trial_overrides
 from tuner.progress import TrainProgress
-from tuner.secrets import mask_secrets
-from tuner.study import (
-    FAIL_REASON_ATTR,
-    TRIAL_RUN_ATTR,
-    TuneSettings,
-    budget_status,
-    time_left,
-)
-from tuner.tracking import FAILED, FINISHED, RunRecorder, RunSignals, open_run
+from tuner.study import TuneSettings, budget_status, time_left
+from tuner.tracking import FAILED, FINISHED, RunRecorder, RunSignals
 from tuner.train import RunSettings, TrainingMonitor, finish_run
+from tuner.trial_record import TrialOutcome, TrialRecord, TrialSetup, record_sampled
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +64,8 @@ class SeedRun:
 class RunningTrial:
     """A claimed trial whose seeds occupy slots of the population."""
 
-    trial: optuna.Trial
+    record: TrialRecord
     values: dict[str, Any]
-    run: RunRecorder
     seeds: list[SeedRun]
     started: float = field(default_factory=time.perf_counter)
     evals: dict[int, dict[int, float]] = field(default_factory=dict)
@@ -155,7 +139,7 @@ class PopulationExecutor:
         return bool(self.state.trials)
 
     def advance(self, signals: RunSignals) -> None:
-        _iterate(self.study, self.setup, self.state, signals, self.report)
+        _iterate(self.state, signals, self.report)
 
     def settle(self) -> bool:
         """A drained population retires, and a deferred trial starts the next one; whether there is
@@ -177,7 +161,7 @@ class PopulationExecutor:
         for number in list(self.state.trials):
             running = self.state.trials.pop(number)
             _end_runs(running, exc)
-            abandoned.append(running.trial)
+            abandoned.append(running.record.trial)
         if self.state.deferred is not None:
             abandoned.append(self.state.deferred[0])
         return abandoned
@@ -197,7 +181,7 @@ class PopulationExecutor:
             _, algo_config = algorithm_config(config["algo"])
         except ConfigError as exc:
             _stop_heartbeat(state, trial.number)
-            self.report(fail_trial(self.study, trial, f"invalid sampled config: {exc}", setup))
+            self.report(open_record(self.study, trial, setup, values).fail(f"invalid sampled config: {exc}"))
             return
         if state.population is None:
             settings_0 = RunSettings.from_config(config)
@@ -268,8 +252,7 @@ def _suggest(
         values = setup.space.suggest(trial)
     finally:
         study.sampler = base_sampler
-    trial.set_user_attr(VALUES_ATTR, dict(values))
-    trial.set_user_attr(OVERRIDES_ATTR, mask_secrets(trial_overrides(setup, values)))
+    record_sampled(trial, values, trial_overrides(setup, values))
     return values
 
 
@@ -292,30 +275,20 @@ def _start_trial(
     """Open the trial's MLflow run and its seeds' runs, and start a member per seed."""
     assert state.population is not None
     trial.set_user_attr(POPULATION_ATTR, state.number)
-    tags = {"optuna_study": study.study_name, "optuna_trial": trial.number, "kind": "trial"}
-    run = open_run(
-        **setup.tracking,
-        run_name=f"trial-{trial.number}",
-        tags={**tags, "population": state.number},
-        parent_run_id=setup.sweep_run_id,
+    record = TrialRecord.open(
+        study, trial, setup, values, trial_overrides(setup, values), tags={"population": state.number}
     )
-    trial.set_user_attr(TRIAL_RUN_ATTR, run.run_id)
-    run.log_params({"trial": {"number": trial.number}, "sampled": dict(values)})
-    run.log_text("\n".join(trial_overrides(setup, values)) + "\n", "overrides.txt")
     slots = state.free_slots(state.population.n_members)
-    running = RunningTrial(trial, dict(values), run, seeds=[])
+    running = RunningTrial(record, dict(values), seeds=[])
     state.trials[trial.number] = running  # from here on, an error ends its runs with the others
     for slot, seed in zip(slots, setup.seeds, strict=False):
         config = trial_config(setup, values, seed)
         settings = RunSettings.from_config(config)
         _, algo_config = algorithm_config(config["algo"])
-        seed_run = open_run(
-            settings.tracking_uri,
-            settings.experiment,
-            settings.artifact_dir,
-            f"trial-{trial.number}-seed{seed}",
+        seed_run = record.open_seed_run(
+            seed,
+            settings,
             {"algo": settings.algo, "env_id": settings.env_id, "seed": seed, "population_slot": slot},
-            run.run_id,
         )
         monitor = TrainingMonitor(None, settings, seed_run, TrainProgress(settings.total_steps, "", False))
         running.seeds.append(SeedRun(slot, seed, settings, config, seed_run, monitor))
@@ -326,8 +299,6 @@ def _start_trial(
 
 
 def _iterate(
-    study: optuna.Study,
-    setup: TrialSetup,
     state: PopulationState,
     signals: RunSignals,
     finished: Callable[[TrialOutcome], None],
@@ -342,8 +313,8 @@ def _iterate(
         by_slot[slot][1].monitor.record(train_state)
     for slot, error in result.diverged.items():
         trial = by_slot[slot][0]
-        if trial.trial.number in state.trials:
-            finished(_end_trial(study, state, trial, TrialState.FAIL, f"training diverged: {error}"))
+        if trial.record.trial.number in state.trials:
+            finished(_end_trial(state, trial, TrialState.FAIL, f"training diverged: {error}"))
 
     # Evaluate every seed that passed an evaluation point or its budget, all members at once.
     due: dict[int, tuple[RunningTrial, SeedRun]] = {}
@@ -379,80 +350,70 @@ def _iterate(
         if len(trial.evals.get(step, {})) < len(trial.seeds):
             continue  # seeds report together; they always reach a step together
         value = sum(trial.evals[step].values()) / len(trial.seeds)
-        trial.trial.report(value, step)
+        should_prune = trial.record.report(value, step)
         if all(seed.final is not None for seed in trial.seeds):
-            finished(_end_trial(study, state, trial, TrialState.COMPLETE, ""))
-        elif trial.trial.should_prune():
-            finished(_end_trial(study, state, trial, TrialState.PRUNED, f"pruned at {step} env steps"))
+            finished(_end_trial(state, trial, TrialState.COMPLETE))
+        elif should_prune:
+            finished(_end_trial(state, trial, TrialState.PRUNED))
 
 
 def _end_trial(
-    study: optuna.Study, state: PopulationState, trial: RunningTrial, outcome: TrialState, reason: str
+    state: PopulationState, trial: RunningTrial, outcome: TrialState, reason: str = ""
 ) -> TrialOutcome:
-    """Record the trial's end in MLflow and Optuna, and free its slots."""
-    population = state.population
+    """End the trial's seed runs and then the trial itself as ``outcome`` (``reason``: why it failed),
+    and free its slots."""
+    population, number = state.population, trial.record.trial.number
     assert population is not None
-    del state.trials[trial.trial.number]
-    returns: list[float] = []
     try:
-        for seed in trial.seeds:
-            member = population.members[seed.slot]
-            seed.monitor.stopped_early = outcome == TrialState.PRUNED
-            if outcome == TrialState.FAIL or member is None:
-                seed.run.end(FAILED, reason)
-                continue
-            last = seed.final or seed.monitor.last_result
-            assert last is not None
-            agent = population.member_agent(seed.slot)
-            try:
-                result = finish_run(
-                    seed.run,
-                    seed.monitor,
-                    agent,
-                    seed.config,
-                    member.num_steps,
-                    last,
-                    time.perf_counter() - trial.started,
-                )
-            finally:
-                agent.close()
-            returns.append(result.mean_return)
-            seed.run.end(FINISHED)
-        wall_time = time.perf_counter() - trial.started
+        returns = _end_seed_runs(population, trial, outcome, reason)
         if outcome == TrialState.COMPLETE:
-            objective = sum(returns) / len(returns)
-            trial.run.log_metrics({"trial/objective": objective, "trial/wall_time_s": wall_time}, 0)
             for index, value in enumerate(returns):
-                trial.run.log_metric("trial/seed_return", value, index)
-        tags = {"optuna_state": outcome.name, **({"end_reason": reason} if reason else {})}
-        if outcome == TrialState.PRUNED:
-            tags["pruned_step"] = max(trial.evals, default=0)  # pruned right after its latest report
-        trial.run.set_tags(tags)
-        if outcome == TrialState.FAIL:
-            trial.run.end(FAILED, reason)
+                trial.record.seed_finished(index, value)
+            ended = trial.record.complete(returns, time.perf_counter() - trial.started)
+        elif outcome == TrialState.PRUNED:  # right after its latest report; no seed had finished
+            ended = trial.record.prune(max(trial.evals, default=0), [])
         else:
-            trial.run.end(FINISHED)
+            ended = trial.record.fail(reason)
     finally:
         for seed in trial.seeds:
             population.stop_member(seed.slot)
-        _stop_heartbeat(state, trial.trial.number)
+        _stop_heartbeat(state, number)
+    del state.trials[number]  # only now: on an error it is still running, for the worker to retry
+    return ended
 
-    # As for a sequential trial: the final returns of the seeds that finished (none, when pruned).
-    trial.trial.set_user_attr(SEED_RETURNS_ATTR, returns if outcome == TrialState.COMPLETE else [])
-    if outcome == TrialState.COMPLETE:
-        study.tell(trial.trial, sum(returns) / len(returns))
-        return TrialOutcome(trial.trial.number, outcome, sum(returns) / len(returns))
-    if outcome == TrialState.FAIL:
-        trial.trial.set_user_attr(FAIL_REASON_ATTR, reason)
-    study.tell(trial.trial, state=outcome)
-    return TrialOutcome(trial.trial.number, outcome, None, reason if outcome == TrialState.FAIL else "")
+
+def _end_seed_runs(
+    population: PopulationPPO, trial: RunningTrial, outcome: TrialState, reason: str
+) -> list[float]:
+    """End the seed runs of a trial that ends ``outcome``: each finished or stopped member's final
+    evaluation and saved agent recorded (FINISHED), or FAILED with ``reason``; their final returns."""
+    returns: list[float] = []
+    for seed in trial.seeds:
+        member = population.members[seed.slot]
+        seed.monitor.stopped_early = outcome == TrialState.PRUNED
+        if outcome == TrialState.FAIL or member is None:
+            seed.run.end(FAILED, reason)
+            continue
+        last = seed.final or seed.monitor.last_result
+        assert last is not None
+        agent = population.member_agent(seed.slot)
+        try:
+            elapsed = time.perf_counter() - trial.started
+            result = finish_run(seed.run, seed.monitor, agent, seed.config, member.num_steps, last, elapsed)
+        finally:
+            agent.close()
+        returns.append(result.mean_return)
+        seed.run.end(FINISHED)
+    return returns
 
 
 def _end_runs(trial: RunningTrial, exc: BaseException) -> None:
     """End a trial's MLflow runs (seeds first) as the exception says: KILLED for an interrupt."""
-    for run in [*(seed.run for seed in trial.seeds), trial.run]:
+    for seed in trial.seeds:
         with contextlib.suppress(BaseException):  # one store error must not keep the others RUNNING
-            run.end_for(exc)
+            seed.run.end_for(exc)
+    with contextlib.suppress(BaseException):
+        trial.record.abandon(exc)
 
 
 def _stop_heartbeat(state: PopulationState, number: int) -> None:

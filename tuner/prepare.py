@@ -20,7 +20,6 @@ from optuna.trial import FrozenTrial
 
 from algorithms import ConfigError
 from tuner.compose import algorithm_config, override_key
-from tuner.objective import TrialSetup
 from tuner.population import check_population
 from tuner.search import SearchSpace
 from tuner.secrets import mask_secrets
@@ -38,6 +37,7 @@ from tuner.study import (
 )
 from tuner.tracking import KILLED, check_tracking_store, end_runs
 from tuner.train import RunSettings, build_agent, resolve_config
+from tuner.trial_record import TrialSetup
 
 JOIN_POLL_S = 2.0  # seconds between two looks at a study a worker waits for
 # Config nodes that are not part of a training run.

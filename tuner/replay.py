@@ -20,11 +20,11 @@ from omegaconf import DictConfig
 from algorithms import ConfigError
 from tuner.app import hydra_app
 from tuner.compose import compose_config, override_key
-from tuner.objective import OVERRIDES_ATTR, SEED_RETURNS_ATTR
 from tuner.secrets import mask_secrets
 from tuner.stores import StoreMissing
 from tuner.study import open_storage
 from tuner.train import TrainResult, run_training
+from tuner.trial_record import OVERRIDES_ATTR, SEED_RETURNS_ATTR
 
 STORAGE_KEY = "storage.url"
 

@@ -441,9 +441,8 @@ def _claim_lock(url: str) -> contextlib.AbstractContextManager[None]:
 
     Optuna's WAITING → RUNNING compare-and-set reads the state with ``SELECT … FOR UPDATE``, which
     PostgreSQL and MySQL honour, but SQLite reads outside the write transaction: two local workers
-    claiming at once could both take the same trial and train it twice (measured: a double claim in 9
-    of 10 rounds of two processes claiming 20 trials). SQLite studies live on one machine, so a file lock
-    beside the database serialises the claims.
+    claiming at once can both take the same trial and train it twice. SQLite studies live on one
+    machine, so a file lock beside the database serialises the claims.
     """
     return lock_if_sqlite(url)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tuner.export import export_preset
-from tuner.objective import VALUES_ATTR, trial_config
+from tuner.objective import trial_config
 from tuner.prepare import Prepared
 from tuner.study import best_trial, budget_status
 from tuner.sweep_report import (
@@ -20,6 +20,7 @@ from tuner.sweep_report import (
     write_validation_table,
 )
 from tuner.tracking import RunRecorder, start_run
+from tuner.trial_record import VALUES_ATTR
 from tuner.validate import run_validation
 
 TOP_TRIALS = 10

@@ -301,7 +301,7 @@ def _train_and_record(
 ) -> TrainResult:
     """Open the MLflow run, learn with the monitor, evaluate, store config, model and learning curve;
     inside the deferred signal block ``signals``, which lets signals raise only during learning."""
-    from tuner.tracking import start_run
+    from tuner.tracking import start_run  # deferred as in run_training: MLflow's import is slow
 
     tags = {"algo": settings.algo, "env_id": settings.env_id, "seed": settings.seed, **extra_tags}
     if HydraConfig.initialized():
@@ -355,7 +355,7 @@ def finish_run(
     wall_time_s: float,
 ) -> TrainResult:
     """Close a training run's record: wall time, the model, the learning curve; returns its result."""
-    from tuner.plots import learning_curve
+    from tuner.plots import learning_curve  # deferred as in run_training: matplotlib's import is slow
 
     settings = monitor.settings
     if monitor.stopped_early:

@@ -39,7 +39,6 @@ from rich.progress import (
 
 from algorithms import ConfigError
 from tuner.app import CommandFailed, hydra_app
-from tuner.objective import TrialOutcome
 from tuner.prepare import Prepared, join_study, prepare, worker_index
 from tuner.secrets import mask_secrets
 from tuner.study import (
@@ -55,6 +54,7 @@ from tuner.study import (
 )
 from tuner.sweep_finish import finish_sweep
 from tuner.tracking import RunRecorder, interrupts_raise, start_run
+from tuner.trial_record import TrialOutcome
 from tuner.worker import INTERRUPTED_HINT, run_worker, work_and_report
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from optuna.storages import RDBStorage
 
 from tuner.app import hydra_app
-from tuner.objective import TrialOutcome, TrialSetup, run_trial
+from tuner.objective import run_trial
 from tuner.population import PopulationExecutor
 from tuner.prepare import Prepared, join_study
 from tuner.study import (
@@ -31,6 +31,7 @@ from tuner.study import (
     trial_id,
 )
 from tuner.tracking import RunSignals, interrupts_raise
+from tuner.trial_record import TrialOutcome, TrialSetup
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +149,7 @@ def run_worker(
                 if executor.busy():
                     executor.advance(signals)
                 elif not executor.settle():
-                    status = budget_status(study)
-                    if (status.waiting == 0 and status.running == 0) or not time_left(
-                        study, settings.timeout
-                    ):
+                    if _nothing_left(study, settings):
                         break
                     with signals.allowed():
                         time.sleep(settings.heartbeat_interval)

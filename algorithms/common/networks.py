@@ -303,6 +303,17 @@ class StackedMLP(nn.Module):
                 h = self._numpy_act(h)
         return h
 
+    @torch.no_grad()
+    def load_members(
+        self, source: StackedMLP, members: slice = slice(None), source_members: slice = slice(None)
+    ) -> None:
+        """Copy the weights of ``source``'s MLPs ``source_members`` over this stack's ``members`` (a
+        population filling a slot from a single agent, or handing a member back as one)."""
+        for ours, theirs in zip(self.weights, source.weights, strict=True):
+            ours[members] = theirs[source_members]
+        for ours, theirs in zip(self.biases, source.biases, strict=True):
+            ours[members] = theirs[source_members]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` of shape (B, in_dim), shared by all members, or (G, B, in_dim); returns (G, B, max_out)."""
         h = x.expand(self.n_members, *x.shape) if x.dim() == 2 else x
@@ -330,12 +341,12 @@ def _member_init(fan_in: int, fan_out: int, gain: float, ortho: bool) -> torch.T
 def configure_torch_cpu(threads: int) -> None:
     """Set torch's intra-op thread count and flush denormal floats to zero, for this process.
 
-    One thread is fastest for small networks on these CPUs, and in a population sweep too (a K=8,
-    256×256 population trained no faster on two threads inside ``tuner.tune``). Denormal floats
-    (magnitudes below ~1.2e-38) build up while training, for instance in Adam's first moments of ReLU
-    units whose gradient stays zero, and the CPU computes on them far more slowly: flushing them to zero
-    made 256×256 ReLU PPO training 1.5× (a population of 8 in a sweep) to 1.6× (one agent) faster here
-    (bench/results/sweep_speed.md). Values that small carry no information for training.
+    For small networks a second thread costs more in synchronisation than it saves in arithmetic, and a
+    sweep already keeps the cores busy with one process each. Denormal floats (magnitudes below
+    ~1.2e-38) build up while training, for instance in Adam's first moments of ReLU units whose gradient
+    stays zero, and a CPU computes on them far more slowly; values that small carry no information for
+    training, so they are flushed to zero (timings of both choices: bench/results/sweep_speed.md,
+    "Denormals and threads, measured inside a sweep").
     """
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from algorithms.common.checkpoint import agent_header, read_checkpoint, write_checkpoint
 from algorithms.common.config import (
     config_from_mapping,
     require_choice,
@@ -35,6 +35,7 @@ from algorithms.common.envs import EpisodeTracker, check_spaces, eval_envs, eval
 from algorithms.common.errors import ConfigError, UnsupportedSpaceError
 from algorithms.common.networks import StackedMLP, activation_fn
 from algorithms.common.optim import FlatAdam, flatten_parameters
+from algorithms.common.registry import supporting_algorithms
 from algorithms.common.replay import ReplayBuffer
 from algorithms.common.types import Callback, EvalResult, TrainState
 
@@ -145,17 +146,6 @@ class OffPolicyConfig:
     def from_dict(cls, values: dict[str, Any]) -> Self:
         """Build from a mapping (e.g. a Hydra node), naming any unknown key."""
         return config_from_mapping(cls, values)
-
-
-def supporting_algorithms(action_space: gym.Space) -> list[str]:
-    """Names of the registered algorithms whose agents accept ``action_space``'s type."""
-    import algorithms  # late import: the registry imports the algorithm modules that import this one
-
-    return sorted(
-        name
-        for name, spec in algorithms.ALGORITHMS.items()
-        if isinstance(action_space, spec.agent_cls.action_spaces)
-    )
 
 
 # --- the loop --------------------------------------------------------------------------------------------
@@ -491,11 +481,7 @@ class OffPolicyAgent:
         ``torch.load(weights_only=True)``.
         """
         payload: dict[str, Any] = {
-            "algorithm": self.algorithm,
-            "env_id": self.env_id,
-            "env_kwargs": self.env_kwargs,
-            "config": dataclasses.asdict(self.config),
-            "seed": self.seed,
+            **agent_header(self),
             "num_steps": self.runner.num_steps,
             "num_vec_steps": self.runner.num_vec_steps,
             "n_updates": self.n_updates,
@@ -503,15 +489,12 @@ class OffPolicyAgent:
         }
         payload.update({name: t.detach().clone() for name, t in self._tensors().items()})
         payload.update({f"{name}_optimizer": opt.state_dict() for name, opt in self._optimizers().items()})
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(payload, path)
+        write_checkpoint(payload, path)
 
     @classmethod
     def load(cls, path: str | Path, seed: int | None = None) -> Self:
         """Rebuild an agent saved by :meth:`save` (safe loading: tensors and plain data only)."""
-        payload = torch.load(path, weights_only=True)
-        config = cls.config_cls.from_dict(payload["config"])
-        seed = payload["seed"] if seed is None else seed
+        payload, config, seed = read_checkpoint(path, cls.config_cls, seed)
         agent = cls(payload["env_id"], config, seed, payload["env_kwargs"])  # type: ignore[call-arg]
         with torch.no_grad():  # copy in place: parameter views into the flat buffers stay intact
             for name, tensor in agent._tensors().items():

@@ -1,0 +1,127 @@
+"""The kernel choices in algorithms/common, each timed against the plain PyTorch call it replaces.
+
+- ``fast_tanh`` (numpy's SIMD tanh inside an autograd function) against ``torch.tanh``, forward and
+  backward, on a (2, 256, 256) hidden layer (PPO's actor and critic, minibatch 256, 256 units).
+- ``narrow_linear`` (transposed products) against ``torch.baddbmm`` for a value head, (2, 256, 256) @
+  (2, 256, 1), forward and backward.
+- ``FlatAdam`` (one flat buffer, ATen's fused Adam) against ``torch.optim.Adam`` with gradient-norm
+  clipping, one step, on PPO's default 64×64 actor-critic and on SAC's 256×256 twin critic.
+
+One process, one torch thread, denormals flushed (as training runs). Each case is timed as the median of
+several rounds of many calls; prints the time per call of both and their ratio.
+
+    python bench/kernels.py [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import gymnasium as gym
+import torch
+
+from algorithms import PPOConfig
+from algorithms.common.networks import configure_torch_cpu, fast_tanh, make_twin_critic, narrow_linear
+from algorithms.common.optim import FlatAdam, flatten_parameters
+from algorithms.ppo import ActorCritic
+
+
+def per_call_seconds(fn: Callable[[], object], calls: int, rounds: int) -> float:
+    """Median over ``rounds`` of the mean time of ``calls`` calls of ``fn`` (after one warm-up round)."""
+    for _ in range(calls):
+        fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - start) / calls)
+    return statistics.median(times)
+
+
+def tanh_case(rounds: int) -> tuple[float, float]:
+    """(torch.tanh, fast_tanh) seconds per forward + backward of a (2, 256, 256) layer."""
+    x = torch.randn(2, 256, 256, requires_grad=True)
+
+    def step(tanh: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            tanh(x).sum().backward()
+            x.grad = None
+
+        return run
+
+    return per_call_seconds(step(torch.tanh), 300, rounds), per_call_seconds(step(fast_tanh), 300, rounds)
+
+
+def narrow_head_case(rounds: int) -> tuple[float, float]:
+    """(baddbmm, narrow_linear) seconds per forward + backward of a (2, 256, 256) @ (2, 256, 1) head."""
+    h = torch.randn(2, 256, 256, requires_grad=True)
+    weight = torch.randn(2, 256, 1, requires_grad=True)
+    bias = torch.randn(2, 1, 1, requires_grad=True)
+
+    def step(
+        linear: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> Callable[[], None]:
+        def run() -> None:
+            linear(h, weight, bias).sum().backward()
+            h.grad = weight.grad = bias.grad = None
+
+        return run
+
+    plain = per_call_seconds(step(lambda h, w, b: torch.baddbmm(b, h, w)), 300, rounds)
+    return plain, per_call_seconds(step(narrow_linear), 300, rounds)
+
+
+def adam_case(module: torch.nn.Module, rounds: int) -> tuple[float, float]:
+    """(torch.optim.Adam with clip_grad_norm_, FlatAdam) seconds per optimizer step on ``module``."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.randn_like(p)
+
+    def torch_step() -> None:
+        torch.nn.utils.clip_grad_norm_(params, 0.5)
+        torch_adam.step()
+
+    torch_adam = torch.optim.Adam(params, lr=3e-4, eps=1e-5)
+    plain = per_call_seconds(torch_step, 500, rounds)
+    flat = flatten_parameters(module.parameters())
+    flat_adam = FlatAdam(flat, lr=3e-4, eps=1e-5, max_grad_norm=0.5)
+
+    flat.grad = torch.randn_like(flat)
+    return plain, per_call_seconds(flat_adam.step, 500, rounds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=7, help="timing rounds per case (the median is kept)")
+    args = parser.parse_args()
+    configure_torch_cpu(1)
+    ppo = ActorCritic(4, gym.spaces.Discrete(2), PPOConfig())
+    cases = {
+        "tanh fwd+bwd, (2, 256, 256)": ("torch.tanh", "fast_tanh", tanh_case(args.rounds)),
+        "value head fwd+bwd, (2,256,256)@(2,256,1)": (
+            "baddbmm",
+            "narrow_linear",
+            narrow_head_case(args.rounds),
+        ),
+        "Adam step, PPO 64x64 actor-critic": ("torch.optim.Adam", "FlatAdam", adam_case(ppo, args.rounds)),
+        "Adam step, SAC 256x256 twin critic": (
+            "torch.optim.Adam",
+            "FlatAdam",
+            adam_case(make_twin_critic(3, 1, (256, 256), "relu"), args.rounds),
+        ),
+    }
+    print(f"{'case':45s} {'PyTorch call':>18s} {'µs':>9s} {'rltune':>14s} {'µs':>9s} {'ratio':>7s}")
+    for name, (plain_name, ours_name, (plain, ours)) in cases.items():
+        ratio = plain / ours
+        times = f"{plain_name:>18s} {plain * 1e6:9.1f} {ours_name:>14s} {ours * 1e6:9.1f}"
+        print(f"{name:45s} {times} {ratio:6.2f}×")
+
+
+if __name__ == "__main__":
+    main()
