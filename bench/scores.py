@@ -3,7 +3,7 @@
 Composes the same Hydra config as ``python -m tuner.train`` (so any preset or override works), trains
 one agent per seed in parallel worker processes and evaluates each on separate evaluation envs
 (seed + env.eval.seed_offset). Prints one row per seed and the IQM (mean of the middle 50 %,
-scipy.stats.trim_mean with 0.25 cut on each side). No MLflow run is created.
+:func:`tuner.stats.iqm`). No MLflow run is created.
 
     python bench/scores.py experiment=ppo_cartpole
     python bench/scores.py experiment=ppo_pendulum --seeds 5 --workers 2 total_steps=200000
@@ -18,7 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import trim_mean
+
+from algorithms.common.networks import configure_torch_cpu
+from tuner.compose import compose_config
+from tuner.stats import iqm
+from tuner.train import RunSettings, build_agent, resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]  # the repo: presets resolve paths against it
 
@@ -36,27 +40,16 @@ class SeedResult:
 
 
 def train_one(overrides: list[str], seed: int) -> SeedResult:
-    """Train and evaluate one seed (runs in a worker process)."""
-    from omegaconf import OmegaConf
-
-    from algorithms import get_algorithm
-    from algorithms.common.networks import configure_torch_cpu
-    from tuner.compose import algorithm_config, compose_config
-
-    cfg = compose_config([*overrides, f"seed={seed}", f"paths.root_dir={ROOT}"])
-    configure_torch_cpu(int(cfg.torch_threads))
-    name, config = algorithm_config(OmegaConf.to_container(cfg.algo, resolve=True))
+    """Train and evaluate one seed (runs in a worker process), with the checks ``tuner.train`` makes."""
+    config = resolve_config(compose_config([*overrides, f"seed={seed}", f"paths.root_dir={ROOT}"]))
+    settings = RunSettings.from_config(config)
+    configure_torch_cpu(settings.torch_threads)
     start = time.perf_counter()
-    with get_algorithm(name).agent_cls(cfg.env.id, config, seed, dict(cfg.env.kwargs)) as agent:
-        state = agent.learn(int(cfg.total_steps))
+    with build_agent(config, settings) as agent:
+        state = agent.learn(settings.total_steps)
         elapsed = time.perf_counter() - start
-        result = agent.evaluate(int(cfg.env.eval.n_episodes), seed=seed + int(cfg.env.eval.seed_offset))
+        result = agent.evaluate(settings.eval_episodes, seed=settings.eval_seed)
     return SeedResult(seed, result.mean_return, result.std_return, state.step, elapsed, state.sps)
-
-
-def iqm(values: list[float]) -> float:
-    """Interquartile mean: the mean of the middle half (25 % trimmed from each end)."""
-    return float(trim_mean(np.asarray(values), 0.25))
 
 
 def main() -> None:
@@ -68,10 +61,7 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=ppo_cartpole")
-    args = parser.parse_args()
-
-    from tuner.compose import compose_config
-
+    args = parser.parse_intermixed_args()  # options may follow the Hydra overrides
     cfg = compose_config([*args.overrides, f"paths.root_dir={ROOT}"])
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     print(

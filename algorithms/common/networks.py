@@ -3,7 +3,8 @@
 Small networks on a CPU spend more time in per-operation overhead than in arithmetic, so two things
 here exist for speed: ``StackedMLP`` evaluates several same-shaped MLPs (PPO's actor and critic, or a
 population of agents) with one batched matmul per layer, and large ``tanh`` calls go through numpy's
-SIMD tanh, which measured 6× faster than torch 2.13's CPU tanh kernel on these machines.
+SIMD tanh, which was faster than torch's CPU tanh kernel on the machines it was written on (not on
+every CPU: bench/kernels.py times it, bench/results/kernels.md).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ _FAST_TANH_MIN_NUMEL = 4096
 
 
 def fast_tanh(x: torch.Tensor) -> torch.Tensor:
-    """Hyperbolic tangent, equal to ``torch.tanh`` to within 1e-6 and faster on large CPU batches."""
+    """Hyperbolic tangent, equal to ``torch.tanh`` to within 1e-6; numpy's SIMD kernel for large CPU
+    batches (faster than torch's on some CPUs, see bench/results/kernels.md)."""
     if x.numel() < _FAST_TANH_MIN_NUMEL or x.dtype != torch.float32 or x.device.type != "cpu":
         return torch.tanh(x)
     return _Tanh.apply(x)
@@ -119,10 +121,10 @@ def mlp(
 class _NarrowHead(torch.autograd.Function):
     """``bias + h @ weight`` for a batched layer with few outputs, (G, B, K) @ (G, K, O) → (G, B, O).
 
-    MKL's batched GEMM is pathologically slow when O (or the inner dimension of a gradient product) is
-    1 or 2: 140 µs instead of ~10 µs for (2, 256, 256) @ (2, 256, 1) on these CPUs. Computing the
-    transposed products, and the O = 1 input gradient as an outer product, gives the same values
-    (up to summation order) at a fraction of the cost.
+    On some CPUs MKL's batched GEMM is pathologically slow when O (or the inner dimension of a gradient
+    product) is 1 or 2. Computing the transposed products, and the O = 1 input gradient as an outer
+    product, gives the same values (up to summation order) without that path (bench/kernels.py times
+    both; bench/results/kernels.md).
     """
 
     @staticmethod
@@ -209,7 +211,7 @@ class StackedMLP(nn.Module):
         ortho_init: orthogonal init, gain √2 for hidden layers and ``out_gains[g]`` for member g's head.
         out_gains: head gain per member (0.01 for a policy head, 1 for a value head).
         narrow_head: compute a head of at most ``NARROW_HEAD_MAX_OUT`` outputs with transposed
-            products (same function, much faster backward on CPU for Q-value and small action heads).
+            products (same function; avoids MKL's slow path for one- or two-column outputs on some CPUs).
         write_grads: each backward writes the weight and bias gradients into their ``.grad`` tensors,
             replacing their contents, instead of adding to them (see :class:`_GradWritingLinear`). The
             caller allocates those tensors (e.g. with :func:`algorithms.common.optim.flatten_by_member`),
