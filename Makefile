@@ -57,7 +57,7 @@ test-full: install ## every test, including the long learning runs
 SWEEP_DEMO ?= experiment=ppo_cartpole tune.n_trials=20 tune.n_seeds=3 tune.budget_steps=30000 tune.n_workers=2
 SWEEP_ARGS = $(if $(strip $(ARGS)),$(ARGS),$(SWEEP_DEMO))
 
-sweep: install ## tune with Optuna; no ARGS: a ~3-minute PPO CartPole demo study. make sweep ARGS="algo=sac …"
+sweep: install ## tune with Optuna; no ARGS: a ~5-minute PPO CartPole demo study. make sweep ARGS="algo=sac …"
 	$(PY) -m tuner.tune $(SWEEP_ARGS)
 
 worker: install ## join a running study (same ARGS as its sweep) and work until its trial budget is used
