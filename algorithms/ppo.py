@@ -277,8 +277,8 @@ class RolloutSamples(NamedTuple):
 class Rollout:
     """Storage for one rollout, allocated once and refilled in place every iteration.
 
-    Each array is shaped (n_steps, *agents, n_envs, ...): a single agent has no agent dimension, a
-    population of K has one of size K. Filled while acting (numpy), then handed to the update as torch
+    Each array is shaped (n_steps, n_envs, ...) for a single agent, or (n_steps, K, n_envs, ...) for a
+    population of K. Filled while acting (numpy), then handed to the update as torch
     tensors that share its memory where the layout allows.
     """
 
@@ -314,7 +314,10 @@ class Rollout:
 
 
 def _agents_first(array: np.ndarray, n_agent_dims: int) -> np.ndarray:
-    """(n_steps, *agents, n_envs, ...) → (*agents, n_steps * n_envs, ...); a view when no agent dim."""
+    """(n_steps, n_envs, ...) → (n_steps * n_envs, ...), a view, for a single agent (``n_agent_dims``
+    0); (n_steps, K, n_envs, ...) → (K, n_steps * n_envs, ...), a copy, for a population (1)."""
+    if n_agent_dims not in (0, 1):
+        raise ValueError(f"a rollout has at most one agent dimension, got {n_agent_dims}")
     if n_agent_dims == 0:
         return array.reshape(-1, *array.shape[2:])
     moved = np.ascontiguousarray(np.moveaxis(array, 1, 0))

@@ -22,6 +22,7 @@ from tuner.search import SearchSpace
 from tuner.secrets import mask_secrets
 from tuner.study import FAIL_REASON_ATTR, TRIAL_RUN_ATTR
 from tuner.tracking import FAILED, FINISHED, RunRecorder, open_run
+from tuner.train import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,9 @@ class TrialRecord:
         """The name of the trial's run for ``seed`` (nested under the trial's run)."""
         return f"trial-{self.trial.number}-seed{seed}"
 
-    def open_seed_run(self, seed: int, settings: Any, tags: Mapping[str, Any]) -> RunRecorder:
-        """Create the run of one seed under the trial's run; ``settings`` is the seed's
-        :class:`tuner.train.RunSettings` (its tracking store), ``tags`` the seed run's tags."""
+    def open_seed_run(self, seed: int, settings: RunSettings, tags: Mapping[str, Any]) -> RunRecorder:
+        """Create the run of one seed under the trial's run, in the tracking store of the seed's
+        ``settings``, with ``tags``."""
         return open_run(
             settings.tracking_uri,
             settings.experiment,
