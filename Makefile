@@ -76,19 +76,19 @@ report: install ## tables and plots of the newest benchmark from MLflow: make re
 	$(PY) -m tuner.report $(ARGS)
 
 bench: $(BENCH_STAMP) ## throughput against Stable-Baselines3 (same hyperparameters), prints the ratios
-	$(PY) bench/throughput.py $(ARGS)
+	$(PY) -m bench.throughput $(ARGS)
 
 bench-sweep: $(BENCH_STAMP) ## one PPO CartPole study: rltune sequential, population mode, rl-zoo3 (slow: rl-zoo3's study takes longest; --skip zoo leaves it out)
-	$(PY) bench/sweep_speed.py $(ARGS)
+	$(PY) -m bench.sweep_speed $(ARGS)
 
 bench-ceiling: $(BENCH_STAMP) ## one PPO structure's trial time (SB3, rltune, population) vs its fp32 floor: make bench-ceiling ARGS="algo.n_epochs=20"
 	$(PY) -m bench.structure_ceiling $(ARGS)
 
 bench-population: install ## K population members vs K single agents, same preset: final-return IQMs and CIs
-	$(PY) bench/population_check.py $(ARGS)
+	$(PY) -m bench.population_check $(ARGS)
 
 bench-scores: install ## final eval return over 5 seeds for a preset: make bench-scores ARGS="experiment=ppo_cartpole"
-	$(PY) bench/scores.py $(ARGS)
+	$(PY) -m bench.scores $(ARGS)
 
 ui: install ## serve the MLflow UI for runs/mlflow.db on http://127.0.0.1:5000 (HOST=…, PORT=… to change)
 	mkdir -p runs

@@ -49,6 +49,7 @@ from algorithms.common.off_policy import (
 )
 from algorithms.common.optim import FlatAdam, flatten_parameters
 from algorithms.common.prioritized import PrioritizedSampler
+from algorithms.common.types import VecStep
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -367,22 +368,14 @@ class D3QN(OffPolicyAgent):
         return actions
 
     # --- storing --------------------------------------------------------------------------------
-    def _store(
-        self,
-        obs: np.ndarray,
-        actions: np.ndarray,
-        rewards: np.ndarray,
-        terminated: np.ndarray,
-        truncated: np.ndarray,
-        next_obs: np.ndarray,
-    ) -> None:
+    def _store(self, step: VecStep) -> None:
         """Add one vectorised step to the replay: as n-step windows and/or with maximal priority."""
         buffer = self.runner.buffer
         if self.nstep is not None:
-            t = self.nstep.add(obs, actions, rewards, terminated, truncated, next_obs)
+            t = self.nstep.add(step)
             rows = buffer.add(t.obs, t.actions, t.returns, t.terminated, t.next_obs, t.discounts)
         else:
-            rows = buffer.add(obs, actions, rewards, terminated, next_obs)
+            rows = buffer.add(step.obs, step.actions, step.rewards, step.terminated, step.next_obs)
         if self.sampler is not None and rows.size:
             self.sampler.on_add(rows)
 

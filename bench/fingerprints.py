@@ -6,8 +6,8 @@ array the agent saves. Run it on the code before and after a change, on the same
 the two outputs line by line; floating-point results may differ between CPU types, so the hashes are not
 meant to be committed as expected values.
 
-    python bench/fingerprints.py            # every case
-    python bench/fingerprints.py ppo_beta   # some cases, by name
+    python -m bench.fingerprints            # every case
+    python -m bench.fingerprints ppo_beta   # some cases, by name
 """
 
 from __future__ import annotations

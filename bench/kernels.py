@@ -10,12 +10,11 @@
 One process, one torch thread, denormals flushed (as training runs). Each case is timed as the median of
 several rounds of many calls; prints the time per call of both and their ratio.
 
-    python bench/kernels.py [--rounds 7]
+    python -m bench.kernels [--rounds 7]
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from algorithms import PPOConfig
 from algorithms.common.networks import configure_torch_cpu, fast_tanh, make_twin_critic, narrow_linear
 from algorithms.common.optim import FlatAdam, flatten_parameters
 from algorithms.ppo import ActorCritic
+from bench.common import script_parser
 
 
 def per_call_seconds(fn: Callable[[], object], calls: int, rounds: int) -> float:
@@ -95,9 +95,7 @@ def adam_case(module: torch.nn.Module, rounds: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=7, help="timing rounds per case (the median is kept)")
     args = parser.parse_args()
     configure_torch_cpu(1)

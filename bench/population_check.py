@@ -6,15 +6,14 @@ same budget, then evaluates every agent on 10 episodes (evaluation seed = seed +
 IQM of the final returns with a 95 % percentile bootstrap CI for both groups, whether the CIs overlap,
 and the wall time of each side (measured in this run, on this machine).
 
-    python bench/population_check.py                                  # CartPole preset, 8 × 25k steps
-    python bench/population_check.py --preset ppo_pendulum --budget-steps 100000
-    python bench/population_check.py algo.batch_size=64 algo.n_steps=1024 algo.n_epochs=20 \
+    python -m bench.population_check                                  # CartPole preset, 8 × 25k steps
+    python -m bench.population_check --preset ppo_pendulum --budget-steps 100000
+    python -m bench.population_check algo.batch_size=64 algo.n_steps=1024 algo.n_epochs=20 \
         'algo.net_arch=[256,256]'                                     # any structure, as Hydra overrides
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -22,6 +21,7 @@ import numpy as np
 from algorithms import PPO
 from algorithms.common.networks import configure_torch_cpu
 from algorithms.ppo_population import PopulationPPO
+from bench.common import script_parser
 from tuner.compose import algorithm_config, compose_config
 from tuner.stats import bootstrap_ci, iqm
 
@@ -58,9 +58,7 @@ def single_returns(env_id: str, config: object, seeds: list[int], budget: int) -
 
 def main() -> None:
     """Train both groups and print the comparison."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--preset", default="ppo_cartpole", help="a PPO experiment preset in conf/experiment")
     parser.add_argument("--members", type=int, default=8, help="K: population size and number of single runs")
     parser.add_argument("--budget-steps", type=int, default=25000, help="env steps per agent")

@@ -5,26 +5,23 @@ one agent per seed in parallel worker processes and evaluates each on separate e
 (seed + env.eval.seed_offset). Prints one row per seed and the IQM (mean of the middle 50 %,
 :func:`tuner.stats.iqm`). No MLflow run is created.
 
-    python bench/scores.py experiment=ppo_cartpole
-    python bench/scores.py experiment=ppo_pendulum --seeds 5 --workers 2 total_steps=200000
+    python -m bench.scores experiment=ppo_cartpole
+    python -m bench.scores experiment=ppo_pendulum --seeds 5 --workers 2 total_steps=200000
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from algorithms.common.networks import configure_torch_cpu
+from bench.common import ROOT, script_parser
 from tuner.compose import compose_config
 from tuner.stats import iqm
 from tuner.train import RunSettings, build_agent, resolve_config
-
-ROOT = Path(__file__).resolve().parents[1]  # the repo: presets resolve paths against it
 
 
 @dataclass(frozen=True)
@@ -54,9 +51,7 @@ def train_one(overrides: list[str], seed: int) -> SeedResult:
 
 def main() -> None:
     """Parse arguments, run the seeds, print the table."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds (1, 2, …)")
     parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="parallel training processes")

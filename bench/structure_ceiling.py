@@ -25,7 +25,6 @@ extra (Stable-Baselines3); run it from the repository root, as a module. One tor
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import time
@@ -39,6 +38,7 @@ from algorithms.common.envs import make_vec_env
 from algorithms.common.networks import configure_torch_cpu
 from algorithms.ppo import ActorCritic
 from algorithms.ppo_population import PopulationPPO
+from bench.common import script_parser
 from bench.throughput import sb3_kwargs
 from tuner.compose import algorithm_config, compose_config
 
@@ -151,9 +151,7 @@ def population_trial_seconds(env_id: str, config: PPOConfig, budget: int, member
 
 def main() -> None:
     """Measure the three implementations and the floor for one structure; print the comparison."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--members", type=int, default=8, help="K, the population size")
     parser.add_argument("--budget-steps", type=int, default=50000, help="env steps per trial")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides on experiment=ppo_cartpole")

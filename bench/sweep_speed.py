@@ -20,10 +20,10 @@ one storage, ``--workers``). For each study the script prints the command's wall
 best value, and the peak resident memory of its largest process. Needs the bench extra
 (``pip install -e ".[bench]"``).
 
-    python bench/sweep_speed.py                        # K = 8, 20 trials × 50k steps, 1 and 2 workers
-    python bench/sweep_speed.py --population 1,4,8,16,32 --workers 2 --evaluations 5
-    python bench/sweep_speed.py --seeds 0,10,20 --population 8   # each study per seed, then medians
-    python bench/sweep_speed.py --seeds 20 --population 16 --population-trials 4 --skip sequential,zoo
+    python -m bench.sweep_speed                        # K = 8, 20 trials × 50k steps, 1 and 2 workers
+    python -m bench.sweep_speed --population 1,4,8,16,32 --workers 2 --evaluations 5
+    python -m bench.sweep_speed --seeds 0,10,20 --population 8   # each study per seed, then medians
+    python -m bench.sweep_speed --seeds 20 --population 16 --population-trials 4 --skip sequential,zoo
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from pathlib import Path
 
 import optuna
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import ROOT, script_parser
+
 ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
 
 
@@ -167,9 +168,7 @@ def zoo_trial_counts(log_folder: Path) -> tuple[int, int] | None:
 
 def main() -> None:
     """Run every study of the comparison and print the table."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--trials", type=int, default=20, help="trials per study")
     parser.add_argument("--budget-steps", type=int, default=50000, help="env steps per trial")
     parser.add_argument("--population", default="8", help="comma-separated K values for population mode")

@@ -8,26 +8,23 @@ Both agents train on the same env for the same number of env steps with one torc
 ``learn`` alone is measured (model and env construction excluded for both). Prints env-steps/s of each
 and the ratio rltune / SB3. Needs the ``bench`` extra (``make bench`` installs it).
 
-    python bench/throughput.py [--steps-scale 1.0] [--repeats 1] [--algos ppo,d3qn,sac,td3]
+    python -m bench.throughput [--steps-scale 1.0] [--repeats 1] [--algos ppo,d3qn,sac,td3]
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from algorithms import ALGORITHMS, PPOConfig, build_config, get_algorithm
 from algorithms.common.networks import configure_torch_cpu
-
-ROOT = Path(__file__).resolve().parents[1]  # the repo: presets resolve paths against it
+from bench.common import ROOT, script_parser
 
 
 @dataclass(frozen=True)
@@ -40,6 +37,22 @@ class Case:
     config: Any  # the rltune config dataclass of ``algo``
     algo: str = "ppo"
     sb3: bool = True  # False: rltune only (no SB3 equivalent), its env-steps/s printed alone
+
+
+# The hyperparameters both libraries name alike, passed to SB3 as they are.
+PPO_SHARED_FIELDS = (
+    "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range_vf", "normalize_advantage",
+    "ent_coef", "vf_coef", "max_grad_norm", "target_kl",
+)  # fmt: skip
+REPLAY_SHARED_FIELDS = (
+    "learning_rate", "buffer_size", "learning_starts", "batch_size", "tau", "gamma", "train_freq",
+    "gradient_steps",
+)  # fmt: skip
+
+
+def same_named(config: Any, fields: tuple[str, ...]) -> dict[str, Any]:
+    """``config``'s values of ``fields``, keyed by the same names."""
+    return {name: getattr(config, name) for name in fields}
 
 
 def _linear(start: float) -> Callable[[float], float]:
@@ -61,19 +74,9 @@ def sb3_kwargs(config: PPOConfig) -> dict[str, Any]:
     activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "elu": torch.nn.ELU, "gelu": torch.nn.GELU}
     arch = list(config.net_arch)
     return dict(
+        same_named(config, PPO_SHARED_FIELDS),
         learning_rate=_linear(config.learning_rate) if config.anneal_lr else config.learning_rate,
-        n_steps=config.n_steps,
-        batch_size=config.batch_size,
-        n_epochs=config.n_epochs,
-        gamma=config.gamma,
-        gae_lambda=config.gae_lambda,
         clip_range=_linear(config.clip_range) if config.anneal_clip_range else config.clip_range,
-        clip_range_vf=config.clip_range_vf,
-        normalize_advantage=config.normalize_advantage,
-        ent_coef=config.ent_coef,
-        vf_coef=config.vf_coef,
-        max_grad_norm=config.max_grad_norm,
-        target_kl=config.target_kl,
         policy_kwargs=dict(
             net_arch=dict(pi=arch, vf=arch),
             activation_fn=activation[config.activation],
@@ -113,14 +116,7 @@ def sb3_replay_kwargs(config: Any) -> dict[str, Any]:
     if config.activation != "relu":
         raise ValueError("the SB3 comparison uses ReLU, as both libraries default to")
     return dict(
-        learning_rate=config.learning_rate,
-        buffer_size=config.buffer_size,
-        learning_starts=config.learning_starts,
-        batch_size=config.batch_size,
-        tau=config.tau,
-        gamma=config.gamma,
-        train_freq=config.train_freq,
-        gradient_steps=config.gradient_steps,
+        same_named(config, REPLAY_SHARED_FIELDS),
         policy_kwargs=dict(net_arch=list(config.net_arch), activation_fn=torch.nn.ReLU),
     )
 
@@ -211,9 +207,7 @@ def steps_taken(steps: int, seconds: float) -> float:
 
 def main() -> None:
     """Run every case and print a table of env-steps/s and ratios."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply each case's step budget")
     parser.add_argument("--repeats", type=int, default=1, help="alternating repeats; the median is reported")
     parser.add_argument("--seed", type=int, default=0)

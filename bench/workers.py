@@ -5,24 +5,23 @@ prints trials/hour from the first trial's start to the last trial's end, and the
 over 1. Every trial costs the same: only the learning rate is searched (structural knobs such as n_steps
 or n_epochs would make the sampled trials, not the workers, decide the time), and nothing is pruned.
 
-    python bench/workers.py                                   # sqlite and postgres, 8 trials of 50k steps
-    python bench/workers.py --storages postgres --trials 12
+    python -m bench.workers                                   # sqlite and postgres, 8 trials of 50k steps
+    python -m bench.workers --storages postgres --trials 12
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import optuna
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import ROOT, script_parser
+
 POSTGRES = os.environ.get("RLTUNE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 STUDY = [
     "experiment=ppo_cartpole",
@@ -71,9 +70,7 @@ def _drop(url: str) -> None:
 
 def main() -> None:
     """Run each storage with 1 and 2 workers and print the table."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--storages", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--trials", type=int, default=8, help="trials per study (same work each)")
     parser.add_argument("--budget-steps", type=int, default=50000, help="env steps per trial")

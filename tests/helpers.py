@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -12,7 +13,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 import sqlalchemy
@@ -61,6 +64,8 @@ TINY = [
     "env.eval.n_episodes=2",
 ]
 RANDOM_NO_PRUNING = ["sampler=random", "sampler.seed=0", "pruner=none"]
+# A Pendulum study of its own name in the usual experiment: the diverging-trial tests' study.
+DIVERGE_STUDY = ["env=pendulum", "tune.study_name=diverge", "tracking.experiment=ppo_cartpole"]
 
 
 def tune_args(tmp_path: Path, *extra: str) -> list[str]:
@@ -136,9 +141,13 @@ def commands_two_at_a_time(
         return dict(zip(jobs, pool.map(one, jobs), strict=True))
 
 
+CommandResults = dict[str, tuple[Path, subprocess.CompletedProcess[str]]]
+"""Each command's runs directory and result, by the command's name."""
+
+
 def commands_in_own_dirs(
     factory: pytest.TempPathFactory, jobs: Mapping[str, tuple[str, Sequence[str]]]
-) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
+) -> CommandResults:
     """:func:`commands_two_at_a_time`, each job with a fresh runs directory; (directory, result) by name."""
     dirs = {name: factory.mktemp(name) for name in jobs}
     results = commands_two_at_a_time(jobs, dirs)
@@ -278,6 +287,54 @@ def interrupt_once_started(
     return proc.returncode, stderr
 
 
+def kill_once_a_trial_runs(args: list[str], env: Mapping[str, str], storage: str) -> tuple[int, str]:
+    """Start a sweep and SIGKILL it as soon as a trial of ``storage`` runs and has its MLflow run;
+    that trial's (number, MLflow run id)."""
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while (running := running_trial_with_run(storage)) is None:
+            assert time.monotonic() < deadline, "no trial started"
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    return running
+
+
+RUNNING_TRIAL_WITH_RUN = (
+    "SELECT t.number, a.value_json FROM trials t JOIN trial_user_attributes a "
+    "ON a.trial_id = t.trial_id WHERE t.state = 'RUNNING' AND a.key = 'mlflow_run_id'"
+)
+
+
+def running_trial_with_run(storage: str) -> tuple[int, str] | None:
+    """(number, MLflow run id) of a RUNNING trial of ``storage`` that has started its run, read with
+    plain SQL (SQLite read-only): opening an Optuna storage here would create the schema and race the
+    sweep creating it. None while the database or its tables do not exist yet, or are busy."""
+    if storage.startswith("sqlite:///"):
+        db = Path(storage.removeprefix("sqlite:///"))
+        if not db.exists():
+            return None
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+                row = con.execute(RUNNING_TRIAL_WITH_RUN).fetchone()
+        except sqlite3.Error:
+            return None
+    else:
+        engine = sqlalchemy.create_engine(storage)
+        try:
+            with engine.connect() as connection:
+                row = connection.execute(sqlalchemy.text(RUNNING_TRIAL_WITH_RUN)).first()
+        except sqlalchemy.exc.SQLAlchemyError:
+            return None
+        finally:
+            engine.dispose()
+    return None if row is None else (int(row[0]), json.loads(row[1]))
+
+
 def seed_runs_started(tmp_path: Path, n: int) -> bool:
     """Whether ``n`` seed runs are training: RUNNING in the MLflow store (read without writing). A seed
     run that exists but has ended does not count: its trial may be over."""
@@ -298,6 +355,27 @@ def runs_named_like(tmp_path: Path, pattern: str, status: str | None = None) -> 
     except sqlite3.Error:
         return 0
     return int(count)
+
+
+@contextmanager
+def saved_and_loaded(agent: Agent, path: Path, obs: np.ndarray, episodes: int, seed: int) -> Iterator[Agent]:
+    """Save ``agent`` to ``path`` and load it back; check that the copy picks the same actions for
+    ``obs`` and scores the same returns in ``episodes`` evaluation episodes seeded with ``seed``; the
+    copy, for the caller's further checks."""
+    agent.save(path)
+    with type(agent).load(path) as loaded:
+        np.testing.assert_array_equal(loaded.predict(obs), agent.predict(obs))
+        mine, theirs = agent.evaluate(episodes, seed=seed), loaded.evaluate(episodes, seed=seed)
+        assert theirs.returns.tolist() == mine.returns.tolist()
+        yield loaded
+
+
+def score_after_learning(agent_cls: type, env_id: str, config: Any, steps: int, seed: int = 1) -> float:
+    """Train a new ``agent_cls`` agent on ``env_id`` for ``steps`` env steps; its mean return over 10
+    evaluation episodes on seeds from 10 000 on, which training never uses."""
+    with agent_cls(env_id, config, seed=seed) as agent:
+        agent.learn(steps)
+        return agent.evaluate(10, seed=10_000).mean_return
 
 
 def record_curve(agent: Agent, steps: int) -> list[tuple]:

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
@@ -155,25 +155,31 @@ class RunRecorder:
         self.end(status, reason)
 
 
+class RunOptions(TypedDict, total=False):
+    """What a new MLflow run may be given besides its store: see :func:`start_run`'s arguments."""
+
+    run_name: str | None
+    tags: Mapping[str, Any] | None
+    parent_run_id: str | None
+    resume_run_id: str | None
+
+
 def open_run(
-    uri: str,
-    experiment: str,
-    artifact_dir: str | Path | None,
-    run_name: str | None = None,
-    tags: Mapping[str, Any] | None = None,
-    parent_run_id: str | None = None,
-    resume_run_id: str | None = None,
+    uri: str, experiment: str, artifact_dir: str | Path | None, **options: Unpack[RunOptions]
 ) -> RunRecorder:
     """Create an MLflow run in ``experiment`` (created if needed), or reopen ``resume_run_id``; the caller
     ends it with :meth:`RunRecorder.end`. For runs that open and end in no nested order (a population's
     trials); everything else uses :func:`start_run`. Arguments as there."""
     local_dir = None if artifact_dir is None else Path(artifact_dir)
     client, experiment_id = _open_experiment(uri, experiment, local_dir)
-    all_tags = dict(tags or {})
+    all_tags = dict(options.get("tags") or {})
+    parent_run_id = options.get("parent_run_id")
     if parent_run_id is not None:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    resume_run_id = options.get("resume_run_id")
     run_id = _reopen(client, resume_run_id) if resume_run_id else None
     if run_id is None:
+        run_name = options.get("run_name")
         run_id = client.create_run(experiment_id, run_name=run_name, tags=_tag_dict(all_tags)).info.run_id
     return RunRecorder(client, run_id)
 
@@ -183,11 +189,9 @@ def start_run(
     uri: str,
     experiment: str,
     artifact_dir: str | Path | None,
-    run_name: str | None = None,
-    tags: Mapping[str, Any] | None = None,
-    parent_run_id: str | None = None,
-    resume_run_id: str | None = None,
+    *,
     handle_signals: bool = True,
+    **options: Unpack[RunOptions],
 ) -> Iterator[RunRecorder]:
     """Open an MLflow run in ``experiment`` (created if needed) and always end it on leaving the block.
 
@@ -208,7 +212,7 @@ def start_run(
     while the run is open) or FAILED (any other exception, re-raised). Raises ConfigError when the
     tracking store or the experiment cannot be used; no run exists then.
     """
-    recorder = open_run(uri, experiment, artifact_dir, run_name, tags, parent_run_id, resume_run_id)
+    recorder = open_run(uri, experiment, artifact_dir, **options)
     with RunSignals(install=handle_signals) as signals:
         try:
             yield recorder

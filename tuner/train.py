@@ -311,9 +311,9 @@ def _train_and_record(
         settings.tracking_uri,
         settings.experiment,
         settings.artifact_dir,
-        run_name,
-        tags,
-        parent_run_id,
+        run_name=run_name,
+        tags=tags,
+        parent_run_id=parent_run_id,
         handle_signals=False,  # signals: the deferred block around this run governs
     ) as run:
         log.info(

@@ -125,9 +125,9 @@ class TrialRecord:
             settings.tracking_uri,
             settings.experiment,
             settings.artifact_dir,
-            self.seed_run_name(seed),
-            tags,
-            self.run.run_id,
+            run_name=self.seed_run_name(seed),
+            tags=tags,
+            parent_run_id=self.run.run_id,
         )
 
     def seed_finished(self, index: int, mean_return: float) -> None:

@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from algorithms.common.types import VecStep
+
 
 class NStepTransitions(NamedTuple):
     """Transitions ready for the replay buffer (first axis: transitions)."""
@@ -52,21 +54,13 @@ class NStepAccumulator:
         self.pending = np.zeros(n_envs, dtype=np.int64)  # steps in each env's open window
         self.t = 0  # vectorised steps seen; step t lives in slot t % n
 
-    def add(
-        self,
-        obs: np.ndarray,
-        actions: np.ndarray,
-        rewards: np.ndarray,
-        terminated: np.ndarray,
-        truncated: np.ndarray,
-        next_obs: np.ndarray,
-    ) -> NStepTransitions:
+    def add(self, step: VecStep) -> NStepTransitions:
         """Record one vectorised step and return the transitions it completes.
 
-        ``next_obs`` is each env's real successor (``final_obs`` where the episode ended). Envs whose
-        window is full emit their oldest step as an n-step transition; envs whose episode ended emit
-        every pending step, each with the shortened horizon up to the end.
+        Envs whose window is full emit their oldest step as an n-step transition; envs whose episode
+        ended emit every pending step, each with the shortened horizon up to the end.
         """
+        obs, actions, rewards, terminated, truncated, next_obs = step
         slot = self.t % self.n
         self.obs[slot] = obs
         self.actions[slot] = np.reshape(actions, (self.n_envs, -1))

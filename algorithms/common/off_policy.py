@@ -37,10 +37,10 @@ from algorithms.common.networks import StackedMLP, activation_fn
 from algorithms.common.optim import FlatAdam, flatten_parameters
 from algorithms.common.registry import supporting_algorithms
 from algorithms.common.replay import ReplayBuffer
-from algorithms.common.types import Callback, EvalResult, TrainState
+from algorithms.common.types import Callback, EvalResult, TrainState, VecStep
 
-Store = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
-"""Receives one vectorised step: obs, actions, rewards, terminated, truncated, real next obs."""
+Store = Callable[[VecStep], None]
+"""Receives each vectorised step in place of the plain ``buffer.add`` (n-step windows, priorities)."""
 
 ITERATION_ENV_STEPS = 1000
 """Env steps (over all envs) per training iteration, i.e. between two callbacks, at least."""
@@ -305,7 +305,7 @@ class OffPolicyRunner:
         if store is None:
             self.buffer.add(obs, action, reward, terminated, real_next_obs)
         else:
-            store(obs, action, reward, terminated, truncated, real_next_obs)
+            store(VecStep(obs, action, reward, terminated, truncated, real_next_obs))
         self.num_steps += self.n_envs
         self.num_vec_steps += 1
         return next_obs
@@ -425,15 +425,7 @@ class OffPolicyAgent:
         """Whether transitions go through :meth:`_store` instead of a plain ``buffer.add``."""
         return False
 
-    def _store(
-        self,
-        obs: np.ndarray,
-        actions: np.ndarray,
-        rewards: np.ndarray,
-        terminated: np.ndarray,
-        truncated: np.ndarray,
-        next_obs: np.ndarray,
-    ) -> None:
+    def _store(self, step: VecStep) -> None:
         """Store one vectorised step (only called when :meth:`_custom_store` is true)."""
         raise NotImplementedError
 

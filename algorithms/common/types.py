@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -90,3 +90,15 @@ class Agent(Protocol):
     def close(self) -> None:
         """Release the environments."""
         ...
+
+
+class VecStep(NamedTuple):
+    """One step of every training env, as the replay receives it (one row per env)."""
+
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    next_obs: np.ndarray
+    """Each env's real successor: ``final_obs`` where its episode ended, not the reset observation."""

@@ -8,7 +8,7 @@ import torch
 
 from algorithms import PPO, ConfigError, NonFiniteLossError, PPOConfig, TrainState, UnsupportedSpaceError
 from tests.algorithms.toy_envs import register_toy_envs
-from tests.helpers import record_curve
+from tests.helpers import record_curve, saved_and_loaded, score_after_learning
 
 
 def preset_config(name: str) -> PPOConfig:
@@ -52,14 +52,8 @@ def test_save_load_gives_identical_actions_and_eval_return(tmp_path: Path) -> No
     )
     with PPO("Pendulum-v1", config, seed=3) as agent:
         agent.learn(512)
-        path = tmp_path / "model.pt"
-        agent.save(path)
         obs = np.random.default_rng(0).uniform(-1, 1, size=(16, 3)).astype(np.float32)
-        with PPO.load(path) as loaded:
-            np.testing.assert_array_equal(agent.predict(obs), loaded.predict(obs))
-            assert (
-                agent.evaluate(3, seed=100).returns.tolist() == loaded.evaluate(3, seed=100).returns.tolist()
-            )
+        with saved_and_loaded(agent, tmp_path / "model.pt", obs, episodes=3, seed=100) as loaded:
             assert loaded.num_steps == agent.num_steps
             for name in ("obs_normalizer", "reward_normalizer"):  # every statistic of both normalisers
                 mine, theirs = getattr(agent, name).rms, getattr(loaded, name).rms
@@ -150,9 +144,8 @@ def random_policy_return(env_id: str, episodes: int = 20) -> float:
 
 def test_discrete_ppo_learns_cartpole() -> None:
     random_score = random_policy_return("CartPole-v1")  # ≈ 22
-    with PPO("CartPole-v1", preset_config("ppo_cartpole"), seed=1) as agent:  # rl-zoo3's values
-        agent.learn(25_000)
-        score = agent.evaluate(10, seed=10_000).mean_return
+    zoo = preset_config("ppo_cartpole")  # rl-zoo3's values
+    score = score_after_learning(PPO, "CartPole-v1", zoo, 25_000)
     assert score >= 100 > 4 * random_score, f"eval {score:.1f} vs random {random_score:.1f}"
 
 
@@ -168,9 +161,7 @@ def test_continuous_ppo_learns_pendulum() -> None:
         learning_rate=1e-3,
         normalize_obs=False,
     )
-    with PPO("Pendulum-v1", config, seed=1) as agent:
-        agent.learn(60_000)
-        score = agent.evaluate(10, seed=10_000).mean_return
+    score = score_after_learning(PPO, "Pendulum-v1", config, 60_000)
     assert score > random_score + 400, f"eval {score:.1f} vs random {random_score:.1f}"
 
 

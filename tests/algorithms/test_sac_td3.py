@@ -26,7 +26,7 @@ from algorithms import (
 from algorithms.common.networks import StackedMLP, twin_min_q
 from algorithms.common.off_policy import polyak_update, scale_action, unscale_action
 from algorithms.sac import squashed_gaussian
-from tests.helpers import record_curve
+from tests.helpers import record_curve, saved_and_loaded, score_after_learning
 
 SMALL = dict(net_arch=(32, 32), batch_size=64, learning_starts=100)
 
@@ -165,12 +165,8 @@ def test_same_config_and_seed_give_a_bit_identical_learning_curve(cls: type, con
 def test_save_load_gives_identical_actions_and_state(cls: type, config: Any, tmp_path: Path) -> None:
     with cls("Pendulum-v1", config, seed=3) as agent:
         agent.learn(400)
-        path = tmp_path / "model.pt"
-        agent.save(path)
         obs = np.random.default_rng(0).uniform(-1, 1, size=(16, 3)).astype(np.float32)
-        with cls.load(path) as loaded:
-            np.testing.assert_array_equal(agent.predict(obs), loaded.predict(obs))
-            assert agent.evaluate(2, seed=9).returns.tolist() == loaded.evaluate(2, seed=9).returns.tolist()
+        with saved_and_loaded(agent, tmp_path / "model.pt", obs, episodes=2, seed=9) as loaded:
             assert loaded.config == agent.config and loaded.num_steps == agent.num_steps == 400
             assert torch.equal(loaded.critic_target_flat, agent.critic_target_flat)
             assert torch.equal(loaded.critic_optimizer.exp_avg_sq, agent.critic_optimizer.exp_avg_sq)
@@ -279,17 +275,13 @@ def test_non_finite_loss_raises_the_dedicated_error(cls: type, config: Any) -> N
 # --- learning smoke runs: short, but they must clearly beat a random policy (≈ −1200 on Pendulum) -----
 def test_sac_learns_pendulum() -> None:
     config = SACConfig(learning_rate=1e-3, net_arch=(64, 64), batch_size=128)
-    with SAC("Pendulum-v1", config, seed=1) as agent:
-        agent.learn(5000)
-        score = agent.evaluate(10, seed=10_000).mean_return
+    score = score_after_learning(SAC, "Pendulum-v1", config, 5000)
     assert score > -600, f"eval {score:.1f} vs random ≈ −1200"
 
 
 def test_td3_learns_pendulum() -> None:
     config = TD3Config(learning_rate=1e-3, net_arch=(64, 64), batch_size=128)
-    with TD3("Pendulum-v1", config, seed=1) as agent:
-        agent.learn(6000)
-        score = agent.evaluate(10, seed=10_000).mean_return
+    score = score_after_learning(TD3, "Pendulum-v1", config, 6000)
     assert score > -600, f"eval {score:.1f} vs random ≈ −1200"
 
 

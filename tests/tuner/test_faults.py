@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from tests.helpers import (
     ENV,
     ROOT,
+    CommandResults,
     child_pids,
     command,
     commands_in_own_dirs,
@@ -88,9 +89,7 @@ WRONG_TYPES: dict[str, tuple[str, tuple[str, ...], str]] = {
 
 
 @pytest.fixture(scope="module")
-def wrong_type_results(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
+def wrong_type_results(tmp_path_factory: pytest.TempPathFactory) -> CommandResults:
     """Every wrong-type command, each with its own runs directory."""
     jobs = {name: (module, overrides) for name, (module, overrides, _) in WRONG_TYPES.items()}
     return commands_in_own_dirs(tmp_path_factory, jobs)
@@ -98,7 +97,7 @@ def wrong_type_results(
 
 @pytest.mark.parametrize("name", WRONG_TYPES)
 def test_a_value_of_the_wrong_type_is_one_line_naming_the_key_and_value(
-    name: str, wrong_type_results: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]
+    name: str, wrong_type_results: CommandResults
 ) -> None:
     runs_dir, proc = wrong_type_results[name]
     assert proc.returncode == 2, proc.stderr
@@ -175,16 +174,14 @@ PASSWORD_CASES: dict[str, tuple[str, tuple[str, ...]]] = {  # name -> (command, 
 
 
 @pytest.fixture(scope="module")
-def password_results(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
+def password_results(tmp_path_factory: pytest.TempPathFactory) -> CommandResults:
     """Every command with a password in a URL override, each with its own runs directory."""
     return commands_in_own_dirs(tmp_path_factory, PASSWORD_CASES)
 
 
 @pytest.mark.parametrize("name", PASSWORD_CASES)
 def test_a_password_in_any_url_override_is_never_printed_or_written(
-    name: str, password_results: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]
+    name: str, password_results: CommandResults
 ) -> None:
     runs_dir, proc = password_results[name]
     assert SECRET not in proc.stdout + proc.stderr, proc.stdout + proc.stderr

@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tests.helpers import (
+    DIVERGE_STUDY,
     ENV,
     ROOT,
     counted,
@@ -174,9 +175,7 @@ def test_a_diverging_member_fails_its_trial_and_the_others_complete(tmp_path: Pa
     same population complete, and the budget stays exact."""
     result = run_tune(
         tmp_path,
-        "env=pendulum",
-        "tune.study_name=diverge",
-        "tracking.experiment=ppo_cartpole",
+        *DIVERGE_STUDY,
         "tune.population=2",
         "tune.n_trials=4",
         "tune.budget_steps=2048",

@@ -6,7 +6,6 @@ they fail: a green CI must have exercised them.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import re
@@ -36,6 +35,7 @@ from tests.helpers import (
     containing,
     counted,
     files_containing,
+    kill_once_a_trial_runs,
     mlflow_values,
     optuna_values,
     postgres_unreachable,
@@ -366,43 +366,10 @@ def test_submitit_multirun_workers_share_one_study(tmp_path: Path, pg_url: str) 
     assert any("best trial" in text for text in logs.values())  # job 0 wrote the study's tables
 
 
-def running_trial_with_run(url: str) -> tuple[int, str] | None:
-    """(number, MLflow run id) of a RUNNING trial that has started its run, read with plain SQL: opening
-    an Optuna storage here would create the schema and race the sweep that is creating it."""
-    engine = sqlalchemy.create_engine(url)
-    try:
-        with engine.connect() as connection:
-            row = connection.execute(
-                sqlalchemy.text(
-                    "SELECT t.number, a.value_json FROM trials t JOIN trial_user_attributes a "
-                    "ON a.trial_id = t.trial_id WHERE t.state = 'RUNNING' AND a.key = 'mlflow_run_id'"
-                )
-            ).first()
-    except sqlalchemy.exc.SQLAlchemyError:  # the database or its tables do not exist yet
-        return None
-    finally:
-        engine.dispose()
-    return None if row is None else (int(row[0]), json.loads(row[1]))
-
-
 def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path, pg_url: str) -> None:
     args = tune_args(tmp_path, "storage=postgres", "tune.n_trials=2", "tune.budget_steps=30000")
     env = {**ENV, "RLTUNE_STORAGE": pg_url}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while True:  # wait until a trial runs and has its MLflow run, then kill the sweep outright
-            assert time.monotonic() < deadline, "no trial started"
-            assert proc.poll() is None, "the sweep ended before it could be killed"
-            running = running_trial_with_run(pg_url)
-            if running is not None:
-                break
-            time.sleep(0.5)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    killed_number, killed_run_id = running
+    killed_number, killed_run_id = kill_once_a_trial_runs(args, env, pg_url)
 
     again = run(tmp_path, pg_url, "tune.n_trials=2")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

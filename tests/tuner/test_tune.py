@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import csv
-import json
 import multiprocessing
-import os
 import signal
-import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +16,13 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from tests.helpers import (
+    DIVERGE_STUDY,
     ENV,
-    ROOT,
+    RANDOM_NO_PRUNING,
+    command,
     counted,
     interrupt_once_started,
+    kill_once_a_trial_runs,
     load,
     run_tune,
     runs_by_name,
@@ -104,21 +101,6 @@ def test_workers_claiming_at_once_on_sqlite_never_take_the_same_trial(tmp_path: 
         assert sorted(numbers) == list(range(20)), f"round {round_}: {sorted(numbers)}"
 
 
-def running_trial_with_run(db: Path) -> tuple[int, str] | None:
-    """(number, MLflow run id) of a RUNNING trial that has started its run, read without writing."""
-    if not db.exists():
-        return None
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            row = con.execute(
-                "SELECT t.number, a.value_json FROM trials t JOIN trial_user_attributes a "
-                "ON a.trial_id = t.trial_id WHERE t.state = 'RUNNING' AND a.key = 'mlflow_run_id'"
-            ).fetchone()
-    except sqlite3.Error:  # tables not created yet, or busy
-        return None
-    return None if row is None else (int(row[0]), json.loads(row[1]))
-
-
 @pytest.mark.parametrize(
     ("sig", "n_workers"),
     [(signal.SIGTERM, 1), (signal.SIGINT, 2)],
@@ -155,18 +137,7 @@ def test_an_interrupted_sweep_loses_nothing_and_resumes(
 
 def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path) -> None:
     args = tune_args(tmp_path, "tune.n_trials=2", "tune.budget_steps=30000")
-    proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while (running := running_trial_with_run(tmp_path / "optuna.db")) is None:
-            assert time.time() < deadline, "no trial started"
-            assert proc.poll() is None, "the sweep ended before it could be killed"
-            time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    killed_number, killed_run_id = running
+    killed_number, killed_run_id = kill_once_a_trial_runs(args, ENV, f"sqlite:///{tmp_path}/optuna.db")
 
     again = run_tune(tmp_path, "tune.n_trials=2")
     assert again.returncode == 0, again.stderr
@@ -188,9 +159,7 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path) 
 def test_a_diverging_trial_fails_cleanly_and_the_study_completes(tmp_path: Path) -> None:
     result = run_tune(
         tmp_path,
-        "env=pendulum",
-        "tune.study_name=diverge",
-        "tracking.experiment=ppo_cartpole",
+        *DIVERGE_STUDY,
         "tune.n_trials=4",
         "+search.params.log_std_init={type:categorical,choices:[0.0,-1000.0]}",
     )
@@ -211,19 +180,11 @@ def test_exported_preset_reproduces_the_trial_with_its_seed(tmp_path: Path) -> N
     best = load(tmp_path).best_trial
     preset = tmp_path / "conf" / "experiment" / "rltune_test_export_tuned.yaml"
     assert preset.exists()
-    train = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tuner.train",
-            f"hydra.searchpath=[file://{tmp_path}/conf]",
-            "experiment=rltune_test_export_tuned",
-            f"paths.runs_dir={tmp_path}/replay",
-        ],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
+    train = command(
+        "tuner.train",
+        f"hydra.searchpath=[file://{tmp_path}/conf]",
+        "experiment=rltune_test_export_tuned",
+        f"paths.runs_dir={tmp_path}/replay",
         timeout=120,
     )
     assert train.returncode == 0, train.stderr
@@ -232,19 +193,11 @@ def test_exported_preset_reproduces_the_trial_with_its_seed(tmp_path: Path) -> N
     history = client.get_metric_history(run.info.run_id, "eval/mean_return")
     assert history[-1].value == pytest.approx(best.user_attrs["seed_returns"][0], abs=1e-9)
 
-    replay = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tuner.replay",
-            "study=ppo_cartpole",
-            f"trial={best.number}",
-            f"paths.runs_dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
+    replay = command(
+        "tuner.replay",
+        "study=ppo_cartpole",
+        f"trial={best.number}",
+        f"paths.runs_dir={tmp_path}",
         timeout=120,
     )
     assert replay.returncode == 0, replay.stderr
@@ -327,34 +280,24 @@ def test_timeout_stops_claiming_trials_and_a_rerun_finishes_the_budget(tmp_path:
 def test_off_policy_algorithms_tune_with_their_own_search_space(
     tmp_path: Path, algo: str, env: str, own_param: str
 ) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tuner.tune",
-            f"algo={algo}",
-            f"env={env}",
-            "algo.net_arch=[32,32]",
-            "algo.batch_size=64",
-            "~search.params.net_arch",
-            "~search.params.batch_size",
-            "~search.params.gradient_steps",
-            "tune.n_trials=2",
-            "tune.n_seeds=1",
-            "tune.budget_steps=400",
-            "tune.validate_seeds=0",
-            "env.eval.freq_steps=200",
-            "env.eval.n_episodes=1",
-            "sampler=random",
-            "sampler.seed=0",
-            "pruner=none",
-            f"paths.runs_dir={tmp_path}",
-            f"tune.export_dir={tmp_path}/conf/experiment",
-        ],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
+    result = command(
+        "tuner.tune",
+        f"algo={algo}",
+        f"env={env}",
+        "algo.net_arch=[32,32]",
+        "algo.batch_size=64",
+        "~search.params.net_arch",
+        "~search.params.batch_size",
+        "~search.params.gradient_steps",
+        "tune.n_trials=2",
+        "tune.n_seeds=1",
+        "tune.budget_steps=400",
+        "tune.validate_seeds=0",
+        "env.eval.freq_steps=200",
+        "env.eval.n_episodes=1",
+        *RANDOM_NO_PRUNING,
+        f"paths.runs_dir={tmp_path}",
+        f"tune.export_dir={tmp_path}/conf/experiment",
         timeout=240,
     )
     assert result.returncode == 0, result.stderr
