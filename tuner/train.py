@@ -267,7 +267,7 @@ def run_training(
     settings = RunSettings.from_config(config)
     configure_torch_cpu(settings.torch_threads)
     agent = build_agent(config, settings)
-    # Imported only once the config is valid: MLflow and matplotlib take ~2 s to import, which a bad
+    # Imported only once the config is valid: MLflow and matplotlib take seconds to import, which a bad
     # config or `--cfg job` need not wait for.
     from tuner.tracking import check_tracking_store, interrupts_raise
 
