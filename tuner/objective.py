@@ -2,16 +2,18 @@
 
 A trial is an MLflow run nested under the sweep run, and each seed a run nested under the trial
 (``sweep → trial → seed``). The objective is the mean final evaluation return over the tuning seeds.
-Seeds run one after another; after every evaluation the trial reports the mean of the finished seeds'
-final returns and the current seed's latest one, at step ``seed_index * budget + env_step`` — so every
-trial reports at the same steps and pruners compare like with like.
+Seeds run one after another. An intermediate value is the mean evaluation return of the seeds that
+have reached that env step, reported at the step itself (as a population trial reports, its seeds side
+by side): a sequential trial reports while its first seed trains, so the pruner compares every trial's
+first seed at the same env steps and decides then; the later seeds train to the end (Optuna keeps the
+first value reported at a step, so they could not update it).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -26,23 +28,20 @@ from tuner.trial_record import TrialOutcome, TrialRecord, TrialSetup, record_sam
 
 
 class PruningReporter:
-    """The :data:`tuner.train.EvalHook` of one seed: reports to Optuna and asks whether to prune."""
+    """The :data:`tuner.train.EvalHook` of a trial's first seed: reports to Optuna and asks whether to
+    prune."""
 
-    def __init__(self, trial: optuna.Trial, seed_index: int, budget_steps: int, finished: Sequence[float]):
+    def __init__(self, trial: optuna.Trial):
         self.trial = trial
-        self.offset = seed_index * budget_steps
-        self.finished = list(finished)
         self.pruned_at: int | None = None
 
     def __call__(self, step: int, mean_return: float) -> bool:
-        """Report the running objective at this evaluation; True when the trial should stop."""
+        """Report this evaluation at its env step; True when the trial should stop."""
         if not math.isfinite(mean_return):
             return False
-        global_step = self.offset + step
-        value = (sum(self.finished) + mean_return) / (len(self.finished) + 1)
-        self.trial.report(value, global_step)
+        self.trial.report(mean_return, step)
         if self.trial.should_prune():
-            self.pruned_at = global_step
+            self.pruned_at = step
             return True
         return False
 
@@ -114,12 +113,12 @@ def _train_seeds(
     return of each seed that finished, the step it was pruned at or None)."""
     setup = record.setup
     scores: list[float] = []
+    reporter = PruningReporter(record.trial)
     for index, seed in enumerate(setup.seeds):
-        reporter = PruningReporter(record.trial, index, setup.budget_steps, scores)
         result = run_training(
             OmegaConf.create(trial_config(setup, values, seed)),
             parent_run_id=record.run.run_id,
-            on_eval=None if setup.multi_objective else reporter,
+            on_eval=reporter if index == 0 and not setup.multi_objective else None,
             run_name=record.seed_run_name(seed),
             signals=signals,
         )

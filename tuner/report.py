@@ -26,19 +26,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
 from algorithms import ConfigError
 from tuner.app import hydra_app
-from tuner.benchmark import KIND_CELL, KIND_PARENT, PLAN_ARTIFACT
+from tuner.benchmark import KIND_CELL, KIND_PARENT, PLAN_ARTIFACT, parent_run_id
 from tuner.curves import RunRecord, normalized_auc, time_to_threshold
 from tuner.report_plots import aggregate_figure, curves_figure, profile_figure
 from tuner.stats import bootstrap_ci, iqm, stratified_bootstrap_ci
 from tuner.sweep_report import markdown_table
-from tuner.tracking import RunReader, start_run
+from tuner.tracking import RunReader, RunRecorder, start_run
 from tuner.train import resolve_config
+from tuner.ui_links import link_lines
 
 KIND_REPORT = "benchmark_report"
 EVAL_METRIC = "eval/mean_return"
@@ -296,21 +298,30 @@ def _fmt(value: Any, fmt: str) -> str:
     return fmt.format(value)
 
 
-def publish(report: Report, files: Sequence[Path], uri: str, artifact_dir: str) -> str:
-    """Log ``files`` as artifacts of a new ``report`` run in the benchmark's experiment; returns its id."""
-
+def publish(
+    report: Report, files: Sequence[Path], reader: RunReader, uri: str, artifact_dir: str
+) -> RunRecorder:
+    """Log ``files`` as artifacts of the benchmark's report run, nested under the benchmark's run; the
+    ended run. A benchmark has one report run: a later report of it reopens the run and replaces its
+    files and figures (the metrics keep their history)."""
+    earlier = reader.find_runs({"kind": KIND_REPORT, "benchmark": report.name}, report.experiment)
+    parent = parent_run_id(reader, report.experiment, report.name)
     with start_run(
         uri,
         report.experiment,
         artifact_dir,
         run_name=f"report-{report.name}",
         tags={"kind": KIND_REPORT, "benchmark": report.name},
+        parent_run_id=parent,
+        resume_run_id=earlier[0].info.run_id if earlier else None,
     ) as run:
+        if parent is not None:  # a run reopened from before reports were nested
+            run.set_tags({MLFLOW_PARENT_RUN_ID: parent})
         for path in files:
             run.log_artifact(path)
         for _, row in report.aggregate.iterrows():
             run.log_metrics({f"normalized_iqm/{row['algo']}": float(row["normalized_iqm"])}, 0)
-        return run.run_id
+    return run
 
 
 @dataclass(frozen=True)
@@ -348,16 +359,15 @@ def main(cfg: DictConfig) -> None:
     console = Console() if sys.stdout.isatty() else Console(width=200)  # logs: tables unwrapped
     config = resolve_config(cfg)
     settings, tracking = ReportSettings.from_config(config["report"]), config["tracking"]
-    report = build_report(
-        RunReader(tracking["uri"]), settings.benchmark, settings.confidence, settings.n_resamples
-    )
+    reader = RunReader(tracking["uri"])
+    report = build_report(reader, settings.benchmark, settings.confidence, settings.n_resamples)
     print_report(report, console)
     directory = Path(settings.out_dir) / report.name
     files = write_outputs(report, directory, settings.confidence)
-    run_id = publish(report, files, tracking["uri"], tracking["artifact_dir"])
-    console.print(
-        f"wrote {len(files)} files to {directory}; MLflow run {run_id} in {report.experiment!r} (make ui)"
-    )
+    run = publish(report, files, reader, tracking["uri"], tracking["artifact_dir"])
+    console.print(f"wrote {len(files)} files to {directory}")
+    for line in link_lines(tracking["uri"], run.experiment_id, run.run_id, "the report run"):
+        console.print(line, soft_wrap=True, highlight=False)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import optuna
@@ -32,6 +33,7 @@ from tuner.secrets import mask_secrets
 from tuner.stores import StoreMissing, check_server, check_sqlite, lock_if_sqlite, sqlite_lock, sqlite_path
 
 MULTI_OBJECTIVE_SAMPLERS = ("NSGAIISampler", "NSGAIIISampler")
+OBJECTIVE_NAMES = ("mean_return", "train_seconds")  # what the study's objectives are (plots, tables)
 STUDY_STARTED_ATTR = "started_at"  # study user attr: when the latest sweep command started (tune.timeout)
 SWEEP_RUN_ATTR = "mlflow_sweep_run_id"  # study user attr: the MLflow parent run of the sweep
 TRIAL_RUN_ATTR = "mlflow_run_id"  # trial user attr: the trial's MLflow run
@@ -320,6 +322,10 @@ def open_study(
                 "start it with `make sweep` (python -m tuner.tune) first"
             ) from None
     found = [d.name.lower() for d in study.directions]
+    if create and found == directions and not study.metric_names:
+        with warnings.catch_warnings():  # set_metric_names is experimental in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(OBJECTIVE_NAMES[: len(directions)]))
     if found != directions:
         raise ConfigError(
             f"study {settings.study_name!r} was created with directions {found}, but sampler "
@@ -448,16 +454,23 @@ def _claim_lock(url: str) -> contextlib.AbstractContextManager[None]:
 
 
 def mark_started(study: optuna.Study) -> None:
-    """Record now as the start of the sweep's work: ``tune.timeout`` counts from here in every worker."""
-    study.set_user_attr(STUDY_STARTED_ATTR, time.time())
+    """Record now as the start of the sweep's work (an ISO 8601 time in UTC, as the dashboard shows it):
+    ``tune.timeout`` counts from here in every worker."""
+    study.set_user_attr(STUDY_STARTED_ATTR, datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 def time_left(study: optuna.Study, timeout: float | None) -> bool:
     """Whether ``tune.timeout`` (counted from the latest sweep command's start) allows a new trial."""
     if timeout is None:
         return True
-    started = float(study.user_attrs.get(STUDY_STARTED_ATTR, time.time()))
-    return time.time() - started < timeout
+    started = study.user_attrs.get(STUDY_STARTED_ATTR)
+    if started is None:
+        return True
+    # Studies of earlier versions hold seconds since the epoch.
+    seconds = (
+        float(started) if isinstance(started, int | float) else datetime.fromisoformat(started).timestamp()
+    )
+    return time.time() - seconds < timeout
 
 
 class Heartbeat:

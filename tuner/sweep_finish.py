@@ -12,8 +12,10 @@ from tuner.objective import trial_config
 from tuner.prepare import Prepared
 from tuner.study import best_trial, budget_status
 from tuner.sweep_report import (
+    describe_values,
     summary_table,
     trials_table,
+    validation_footnote,
     validation_table,
     write_optuna_plots,
     write_trials_table,
@@ -21,6 +23,7 @@ from tuner.sweep_report import (
 )
 from tuner.tracking import RunRecorder, start_run
 from tuner.trial_record import VALUES_ATTR
+from tuner.ui_links import link_lines
 from tuner.validate import run_validation
 
 TOP_TRIALS = 10
@@ -63,6 +66,15 @@ def finish_sweep(prepared: Prepared, sweep: RunRecorder, console: Console) -> No
         f"{status.complete} complete, {status.pruned} pruned, {status.failed} failed of {settings.n_trials}"
     )
 
+    _export_and_validate(prepared, sweep, console)
+    uri = prepared.setup.tracking["uri"]
+    for line in link_lines(uri, sweep.experiment_id, sweep.run_id, "the sweep run"):
+        console.print(line, soft_wrap=True, highlight=False)
+
+
+def _export_and_validate(prepared: Prepared, sweep: RunRecorder, console: Console) -> None:
+    """The best trial on the sweep run, its exported preset and its held-out validation."""
+    study, settings = prepared.study, prepared.settings
     best = best_trial(study)
     if best is None:
         console.print("[yellow]no trial completed: nothing to export or validate[/yellow]")
@@ -70,7 +82,9 @@ def finish_sweep(prepared: Prepared, sweep: RunRecorder, console: Console) -> No
     values = best.user_attrs.get(VALUES_ATTR, {})
     sweep.log_metrics({"best/value": best.values[0], "best/trial": best.number}, 0)
     sweep.set_tags({f"best.{k}": v for k, v in values.items()} | {"best.trial": best.number})
-    console.print(f"best trial {best.number}: mean return {best.values[0]:.2f} with {values}")
+    console.print(
+        f"best trial {best.number}: mean return {best.values[0]:.2f} with {describe_values(values)}"
+    )
 
     tuned_config = trial_config(prepared.setup, values, settings.seeds[0])
     if settings.export:
@@ -82,7 +96,6 @@ def finish_sweep(prepared: Prepared, sweep: RunRecorder, console: Console) -> No
 
     if settings.validate_seeds:
         _validate(prepared, sweep, console, tuned_config)
-    console.print("open the MLflow UI with: make ui")
 
 
 def _validate(prepared: Prepared, sweep: RunRecorder, console: Console, tuned_config: dict) -> None:
@@ -111,8 +124,9 @@ def _validate(prepared: Prepared, sweep: RunRecorder, console: Console, tuned_co
             for index, value in enumerate(scores[label]):
                 run.log_metric("validation/seed_return", value, index)
     table = validation_table(comparison)
+    footnote = validation_footnote(comparison.confidence)
     with tempfile.TemporaryDirectory() as tmp:
-        for path in write_validation_table(table, Path(tmp)):
+        for path in write_validation_table(table, Path(tmp), footnote):
             sweep.log_artifact(path)
     sweep.log_metrics(
         {
@@ -124,3 +138,4 @@ def _validate(prepared: Prepared, sweep: RunRecorder, console: Console, tuned_co
     )
     sweep.set_tags({"validation.significant": comparison.significant})
     console.print(summary_table(table, "held-out validation: default vs tuned"))
+    console.print(footnote)

@@ -1,9 +1,9 @@
 """What a sweep stores when its study ends: the trials table, Optuna's plots and the validation table.
 
 Nothing here talks to MLflow: the functions return data frames and strings or write files into a
-folder, and the caller hands those to :mod:`tuner.tracking`. Plots are plotly figures from
-``optuna.visualization`` saved as self-contained HTML (plotly.js embedded), which the MLflow UI shows
-as artifacts without network access.
+folder, and the caller hands those to :mod:`tuner.tracking`. Plots are Optuna's matplotlib figures
+(``optuna.visualization.matplotlib``) saved as PNG: the MLflow UI shows them without network access, and
+three of them weigh some tens of kB, where the plotly versions embed plotly.js (several MB) each.
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import optuna
+import optuna.visualization.matplotlib as optuna_mpl
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
@@ -27,8 +30,12 @@ from rich.text import Text
 
 from tuner.stats import Comparison
 from tuner.study import FAIL_REASON_ATTR, fail_reason, retried_numbers
+from tuner.trial_record import VALUES_ATTR
 
 log = logging.getLogger(__name__)
+
+PlotTarget = Callable[[FrozenTrial], float] | None
+"""What Optuna's plots show of a trial: its value (None) or a function of it."""
 
 TRIALS_CSV = "trials.csv"
 TRIALS_MD = "trials.md"
@@ -36,6 +43,7 @@ VALIDATION_CSV = "validation.csv"
 VALIDATION_MD = "validation.md"
 MIN_COMPLETE_TRIALS_FOR_PLOTS = 2
 CONSOLE_WIDTH = 120
+PLOT_DPI = 80  # the three PNGs of a 20-trial study stay well under 1 MB together
 
 # Order of the trials table: finished trials first, best value first within each state.
 _STATE_ORDER = (
@@ -51,9 +59,12 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     """One row per trial of ``study``, best finished trials first.
 
     Columns, in order: ``number``, ``state`` (``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``, ...),
-    the objective value(s), one column per sampled parameter under its Optuna name (empty where a trial
-    did not sample it), ``duration_s`` (empty while running), ``pruned_step`` (the last reported step of
-    a pruned trial) and ``fail_reason`` (why a FAIL trial failed, see :func:`tuner.study.fail_reason`).
+    the objective value(s), the trial's config values under the config's own names (``n_steps=128``,
+    ``gamma=0.998``, from the trial's ``config_values``), then the sampled parameters whose Optuna name or
+    value is not a config value's (a reparameterised ``log2_n_steps=7``, ``one_minus_gamma``; every
+    parameter of a study that records no config values), ``duration_s`` (empty while running),
+    ``pruned_step`` (the last reported step of a pruned trial) and ``fail_reason`` (why a FAIL trial
+    failed, see :func:`tuner.study.fail_reason`). Cells are empty where a trial lacks the value.
 
     A single-objective study has one ``value`` column; a multi-objective one has ``value_<metric>`` per
     objective (``value_0``, ``value_1``, ... when the study has no metric names). A parameter whose
@@ -64,24 +75,37 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     objective from best to worst (descending for a maximized objective), then by trial number.
     """
     value_columns = _value_columns(study)
-    reserved = {"number", "state", *value_columns, "duration_s", "pruned_step", FAIL_REASON_ATTR}
     trials = sorted(study.get_trials(deepcopy=False), key=_sort_key(study))
     retried = retried_numbers(trials)
-    param_names = list(dict.fromkeys(name for trial in trials for name in trial.params))
-    param_columns = {name: f"param_{name}" if name in reserved else name for name in param_names}
+    config_names = list(
+        dict.fromkeys(name for trial in trials for name in trial.user_attrs.get(VALUES_ATTR, {}))
+    )
+    search_names = _search_only_params(trials)
+    reserved = {
+        "number",
+        "state",
+        *value_columns,
+        *config_names,
+        "duration_s",
+        "pruned_step",
+        FAIL_REASON_ATTR,
+    }
+    search_columns = {name: f"param_{name}" if name in reserved else name for name in search_names}
 
     rows = []
     for trial in trials:
         values = trial.values or [math.nan] * len(value_columns)
+        config = trial.user_attrs.get(VALUES_ATTR, {})
         row: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
         row.update(zip(value_columns, values, strict=True))
-        row.update({param_columns[name]: trial.params.get(name) for name in param_names})
+        row.update({name: _cell_value(config.get(name)) for name in config_names})
+        row.update({search_columns[name]: trial.params.get(name) for name in search_names})
         row["duration_s"] = trial.duration.total_seconds() if trial.duration is not None else math.nan
         row["pruned_step"] = trial.last_step if trial.state == TrialState.PRUNED else None
         row[FAIL_REASON_ATTR] = fail_reason(trial, retried)
         rows.append(row)
 
-    columns = ["number", "state", *value_columns, *param_columns.values()]
+    columns = ["number", "state", *value_columns, *config_names, *search_columns.values()]
     table = pd.DataFrame(rows, columns=[*columns, "duration_s", "pruned_step", FAIL_REASON_ATTR])
     table["number"] = table["number"].astype(int)
     table["pruned_step"] = table["pruned_step"].astype("Int64")
@@ -89,6 +113,23 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     table[floats] = table[floats].astype(float)
     table[FAIL_REASON_ATTR] = table[FAIL_REASON_ATTR].astype(object)
     return table
+
+
+def _search_only_params(trials: Sequence[FrozenTrial]) -> list[str]:
+    """The parameters some trial sampled under a name, or with a value, that its config values lack:
+    the search's own quantities, shown beside the config's."""
+    names: dict[str, None] = {}
+    for trial in trials:
+        config = trial.user_attrs.get(VALUES_ATTR, {})
+        for name, value in trial.params.items():
+            if name not in config or config[name] != value:
+                names[name] = None
+    return list(names)
+
+
+def _cell_value(value: Any) -> Any:
+    """A config value as one table cell: a list (a network's layer sizes) as its text."""
+    return str(value) if isinstance(value, list | tuple | dict) else value
 
 
 def write_trials_table(df: pd.DataFrame, directory: str | Path) -> list[Path]:
@@ -100,9 +141,9 @@ def write_trials_table(df: pd.DataFrame, directory: str | Path) -> list[Path]:
 
 
 def write_optuna_plots(study: optuna.Study, directory: str | Path) -> list[Path]:
-    """Save Optuna's plots of ``study`` as self-contained HTML files in ``directory``; return those written.
+    """Save Optuna's plots of ``study`` as PNG images in ``directory``; return those written.
 
-    Writes ``optimization_history.html``, ``param_importances.html`` and ``parallel_coordinate.html``.
+    Writes ``optimization_history.png``, ``param_importances.png`` and ``parallel_coordinate.png``.
     A plot that cannot be drawn is skipped (and logged) rather than raised: none is written with fewer
     than two completed trials with a finite value, the importances need at least two parameters and the
     parallel coordinates at least one. A multi-objective study is plotted against its first objective.
@@ -118,41 +159,48 @@ def write_optuna_plots(study: optuna.Study, directory: str | Path) -> list[Path]
     if len(complete) < MIN_COMPLETE_TRIALS_FOR_PLOTS:
         log.info("no Optuna plots: %d completed trial(s) with a finite value", len(complete))
         return []
-
     plots: list[tuple[str, Callable[[], Any]]] = [
-        (
-            "optimization_history.html",
-            lambda: optuna.visualization.plot_optimization_history(
-                study, target=target, target_name=target_name
-            ),
-        )
+        ("optimization_history.png", lambda: _history_axes(study, target, target_name))
     ]
     if n_params >= 2:
-        plots.append(("param_importances.html", lambda: _importances_figure(study, target, target_name)))
+        plots.append(("param_importances.png", lambda: _importances_axes(study, target, target_name)))
     else:
         log.info("no parameter importance plot: the study has %d parameter(s)", n_params)
     if n_params >= 1:
-        plots.append(
-            (
-                "parallel_coordinate.html",
-                lambda: optuna.visualization.plot_parallel_coordinate(
-                    study, target=target, target_name=target_name
-                ),
-            )
-        )
+        plots.append(("parallel_coordinate.png", lambda: _parallel_axes(study, target, target_name)))
+    return [path for filename, draw in plots if (path := _save_plot(draw, directory / filename))]
 
-    written = []
-    for filename, make_figure in plots:
+
+def _save_plot(draw: Callable[[], Any], path: Path) -> Path | None:
+    """Draw one Optuna plot and save it as ``path``; None (logged) where Optuna refuses the study."""
+    with warnings.catch_warnings(), matplotlib.rc_context({"figure.dpi": PLOT_DPI}):
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the matplotlib API's
         try:
-            figure = make_figure()
+            axes = draw()
         except ValueError as exc:  # Optuna's way of saying the study does not fit this plot
-            log.warning("skipping Optuna plot %s: %s", filename, exc)
-            continue
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / filename
-        figure.write_html(path, include_plotlyjs=True, full_html=True)
-        written.append(path)
-    return written
+            log.warning("skipping Optuna plot %s: %s", path.name, exc)
+            return None
+    figure = axes.get_figure()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, bbox_inches="tight")
+    finally:
+        plt.close(figure)
+    return path
+
+
+def describe_values(values: Mapping[str, Any], digits: int = 4) -> str:
+    """Config values for a console line: ``n_steps=128, gamma=0.9983, learning_rate=0.0003124`` (floats
+    to ``digits`` significant digits; the exact values are in the trials table and the runs)."""
+    return ", ".join(f"{name}={_short(value, digits)}" for name, value in values.items())
+
+
+def _short(value: Any, digits: int) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_short(item, digits) for item in value) + "]"
+    return str(value)
 
 
 def summary_table(
@@ -189,10 +237,11 @@ def validation_table(
     """The held-out validation as a table: rows ``baseline_name``, ``candidate_name`` and ``difference``.
 
     Columns: ``config``, ``n``, ``iqm``, ``ci_low``, ``ci_high`` (the bootstrap interval at the
-    comparison's confidence level, 95 % by default), ``mean``, ``std``, ``significant`` and ``p_value``.
-    The difference row is candidate − baseline: the IQM difference with its interval, the difference
-    of means, whether the interval excludes 0 and the Mann–Whitney U p-value; its ``n`` and ``std`` and
-    the first two rows' ``significant`` and ``p_value`` are empty.
+    comparison's confidence level, 95 % by default), ``mean``, ``std``, ``significant`` and
+    ``mann_whitney_p``. The difference row is candidate − baseline: the IQM difference with its interval,
+    the difference of means, whether the interval excludes 0 (the one rule for ``significant``, see
+    :func:`validation_footnote`) and the two-sided Mann–Whitney U p-value of the seed returns; its ``n``
+    and ``std`` and the first two rows' ``significant`` and ``mann_whitney_p`` are empty.
     """
     c = comparison
     table = pd.DataFrame(
@@ -205,18 +254,28 @@ def validation_table(
             "mean": [c.baseline_mean, c.candidate_mean, c.candidate_mean - c.baseline_mean],
             "std": [c.baseline_std, c.candidate_std, math.nan],
             "significant": pd.array([None, None, c.significant], dtype="boolean"),
-            "p_value": [math.nan, math.nan, c.p_value],
+            "mann_whitney_p": [math.nan, math.nan, c.p_value],
         }
     )
     return table
 
 
-def write_validation_table(df: pd.DataFrame, directory: str | Path) -> list[Path]:
-    """Write ``df`` (from :func:`validation_table`) as ``validation.csv`` and ``validation.md``.
+def validation_footnote(confidence: float) -> str:
+    """What the validation table's ``significant`` and ``mann_whitney_p`` mean."""
+    return (
+        f"significant: the {confidence:.0%} bootstrap CI of the IQM difference (tuned - default) "
+        "excludes 0. mann_whitney_p: two-sided Mann-Whitney U p-value of the seed returns, a second "
+        "opinion that does not decide significant."
+    )
+
+
+def write_validation_table(df: pd.DataFrame, directory: str | Path, footnote: str = "") -> list[Path]:
+    """Write ``df`` (from :func:`validation_table`) as ``validation.csv`` and ``validation.md`` (with
+    ``footnote`` under the table).
 
     The folder is created if needed. Returns the paths written.
     """
-    return _write_csv_and_markdown(df, Path(directory), VALIDATION_CSV, VALIDATION_MD)
+    return _write_csv_and_markdown(df, Path(directory), VALIDATION_CSV, VALIDATION_MD, footnote)
 
 
 def _value_columns(study: optuna.Study) -> list[str]:
@@ -240,7 +299,7 @@ def _sort_key(study: optuna.Study) -> Callable[[FrozenTrial], tuple[int, int, fl
     return key
 
 
-def _plot_target(study: optuna.Study) -> tuple[Callable[[FrozenTrial], float] | None, str]:
+def _plot_target(study: optuna.Study) -> tuple[PlotTarget, str]:
     """Target and axis name for Optuna's plots: the value, or the first objective of a multi-objective."""
     if len(study.directions) == 1:
         return None, (study.metric_names or ["Objective Value"])[0]
@@ -248,25 +307,33 @@ def _plot_target(study: optuna.Study) -> tuple[Callable[[FrozenTrial], float] | 
     return (lambda trial: trial.values[0]), name
 
 
-def _importances_figure(
-    study: optuna.Study, target: Callable[[FrozenTrial], float] | None, target_name: str
-) -> Any:
+def _history_axes(study: optuna.Study, target: PlotTarget, target_name: str) -> Any:
+    return optuna_mpl.plot_optimization_history(study, target=target, target_name=target_name)
+
+
+def _parallel_axes(study: optuna.Study, target: PlotTarget, target_name: str) -> Any:
+    return optuna_mpl.plot_parallel_coordinate(study, target=target, target_name=target_name)
+
+
+def _importances_axes(study: optuna.Study, target: PlotTarget, target_name: str) -> Any:
     if target is None:
-        return optuna.visualization.plot_param_importances(study)
+        return optuna_mpl.plot_param_importances(study)
     # Optuna's default evaluator (PED-ANOVA) assumes that a lower target is better when a target is
     # given, so a maximized first objective is negated; the plot shows only the importances.
     maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     oriented = (lambda trial: -target(trial)) if maximize else target
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*low `target` values", category=UserWarning)
-        return optuna.visualization.plot_param_importances(study, target=oriented, target_name=target_name)
+        return optuna_mpl.plot_param_importances(study, target=oriented, target_name=target_name)
 
 
-def _write_csv_and_markdown(df: pd.DataFrame, directory: Path, csv_name: str, md_name: str) -> list[Path]:
+def _write_csv_and_markdown(
+    df: pd.DataFrame, directory: Path, csv_name: str, md_name: str, footnote: str = ""
+) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = directory / csv_name, directory / md_name
     df.to_csv(csv_path, index=False)
-    md_path.write_text(markdown_table(df) + "\n", encoding="utf-8")
+    md_path.write_text(markdown_table(df) + "\n" + (f"\n{footnote}\n" if footnote else ""), encoding="utf-8")
     return [csv_path, md_path]
 
 

@@ -51,21 +51,36 @@ PARAMS_PER_BATCH = 100  # log_batch limits
 METRICS_PER_BATCH = 1000
 FLUSH_INTERVAL_S = 2.0
 FAILURE_TAG = "failure_reason"
+PARAM_DIGITS = 10  # significant digits of a float param: enough to tell sampled values apart
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"  # how a run ends (MLflow's RunStatus names)
 
 T = TypeVar("T")
 
 
 def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Flatten a nested mapping into ``{"group.key": str(value)}``; a list stays one value (``[64, 64]``)."""
+    """Flatten a nested mapping into ``{"group.key": text}``; a list stays one value (``[64, 64]``).
+
+    Floats are written to :data:`PARAM_DIGITS` significant digits, which drops binary noise
+    (``-143.29999999999998`` shows as ``-143.3``); the exact values stay in the run's config.yaml.
+    """
     flat: dict[str, str] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
             flat.update(flatten_params(value, f"{name}."))
         else:
-            flat[name] = str(value)
+            flat[name] = str(display_value(value))
     return flat
+
+
+def display_value(value: Any) -> Any:
+    """``value`` with every float in it (also inside a list or tuple) rounded to :data:`PARAM_DIGITS`
+    significant digits, for display."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{PARAM_DIGITS}g}")
+    if isinstance(value, list | tuple):
+        return type(value)(display_value(item) for item in value)
+    return value
 
 
 class RunTerminated(KeyboardInterrupt):
@@ -86,6 +101,11 @@ class RunRecorder:
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
         self.ended = False
+
+    @property
+    def experiment_id(self) -> str:
+        """The id of the run's experiment (for links into the UI)."""
+        return self.client.get_run(self.run_id).info.experiment_id
 
     def log_params(self, config: Mapping[str, Any]) -> None:
         """Log a nested config as flat params (``algo.learning_rate``), masked and cut to MLflow's limit."""

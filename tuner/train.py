@@ -193,17 +193,26 @@ class TrainingMonitor:
                 state.request_stop()
 
     def record(self, state: TrainState) -> None:
-        """Log one iteration's finished episodes, diagnostics and speed, and update the progress."""
+        """Log one iteration's episodes, diagnostics and speed, and update the progress.
+
+        ``charts/episodic_return`` and ``charts/episodic_length`` are the means over the episodes that
+        ended during the iteration, one point at its last env step (none where no episode ended): the
+        episodes of one rollout would otherwise share a step, and the curve would zigzag between them.
+        """
         step = state.step
-        for ret, length in zip(state.episode_returns, state.episode_lengths, strict=True):
-            self.run.log_metric("charts/episodic_return", ret, step)
-            self.run.log_metric("charts/episodic_length", length, step)
+        for ret in state.episode_returns:
             self.episodes.append((step, ret))
             self._recent.append(ret)
+        episodes = {}
+        if state.episode_returns:
+            episodes = {
+                "charts/episodic_return": float(np.mean(state.episode_returns)),
+                "charts/episodic_length": float(np.mean(state.episode_lengths)),
+            }
         diagnostics = {
             CHART_DIAGNOSTICS.get(key, f"losses/{key}"): value for key, value in state.losses.items()
         }
-        self.run.log_metrics({**diagnostics, "time/sps": state.sps}, step)
+        self.run.log_metrics({**episodes, **diagnostics, "time/sps": state.sps}, step)
         self.progress.update(step, state.sps, float(np.mean(self._recent)) if self._recent else None)
 
     def eval_due(self, step: int) -> bool:

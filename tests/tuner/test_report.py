@@ -12,7 +12,7 @@ from rich.console import Console
 
 from algorithms import ConfigError
 from tuner.benchmark import KIND_CELL, KIND_PARENT, PLAN_ARTIFACT
-from tuner.report import build_report, print_report, publish, write_outputs
+from tuner.report import KIND_REPORT, build_report, print_report, publish, write_outputs
 from tuner.tracking import RunReader, start_run
 
 EXPERIMENT = "benchmark_t"
@@ -134,12 +134,27 @@ def test_outputs_are_files_and_mlflow_artifacts(
     assert {"curves_cartpole.png", "curves_pendulum.png", "performance_profile.png"} <= names
     assert all(p.stat().st_size > 0 for p in files)
     assert "| cartpole" in (tmp_path / "reports" / "t" / "summary.md").read_text()
-    run_id = publish(report, files, t["uri"], t["artifact_dir"])
+    run_id = publish(report, files, reader, t["uri"], t["artifact_dir"]).run_id
     assert {a.path for a in MlflowClient(t["uri"]).list_artifacts(run_id)} == names
     console = Console(width=200, record=True)
     print_report(report, console)
     text = console.export_text()
     assert "400.0" in text and "sac/pendulum/3" in text
+
+
+def test_a_benchmark_has_one_report_run_nested_under_it(
+    store: tuple[dict[str, str], RunReader], tmp_path: Path
+) -> None:
+    t, reader = store
+    report = build_report(reader, "t", n_resamples=500)
+    files = write_outputs(report, tmp_path / "reports" / "t")
+    first = publish(report, files, reader, t["uri"], t["artifact_dir"])
+    again = publish(report, files, reader, t["uri"], t["artifact_dir"])  # make report, run twice
+    assert again.run_id == first.run_id
+    (run,) = reader.find_runs({"kind": KIND_REPORT, "benchmark": "t"}, report.experiment)
+    (benchmark,) = reader.find_runs({"kind": KIND_PARENT, "benchmark": "t"}, report.experiment)
+    assert run.data.tags["mlflow.parentRunId"] == benchmark.info.run_id
+    assert run.info.status == "FINISHED"
 
 
 def test_unknown_benchmark_names_the_ones_there(store: tuple[dict[str, str], RunReader]) -> None:

@@ -11,7 +11,8 @@ import pytest
 from tuner import stats, sweep_report
 
 PRUNED_TRIAL, FAILED_TRIAL = 2, 5
-PLOTS = {"optimization_history.html", "param_importances.html", "parallel_coordinate.html"}
+PLOTS = {"optimization_history.png", "param_importances.png", "parallel_coordinate.png"}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def quadratic(trial: optuna.Trial) -> float:
@@ -128,13 +129,23 @@ def test_write_trials_table(study: optuna.Study, tmp_path: Path) -> None:
     assert "nan" not in markdown.replace("NaN", "")  # missing values are blank
 
 
-def test_write_optuna_plots_writes_self_contained_html(study: optuna.Study, tmp_path: Path) -> None:
+def test_write_optuna_plots_writes_small_png_images(study: optuna.Study, tmp_path: Path) -> None:
     paths = sweep_report.write_optuna_plots(study, tmp_path / "plots")
     assert {p.name for p in paths} == PLOTS
     for path in paths:
-        text = path.read_text()
-        assert "plotly" in text
-        assert len(text) > 1_000_000  # plotly.js is embedded, not loaded from the network
+        assert path.read_bytes().startswith(PNG_SIGNATURE)  # an image the MLflow UI shows offline
+    assert sum(p.stat().st_size for p in paths) < 1_000_000  # the three plotly pages weighed ~14 MB
+
+
+def test_a_twenty_trial_study_plots_under_one_megabyte(tmp_path: Path) -> None:
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=2))
+    study.optimize(
+        lambda t: sum(t.suggest_float(f"p{i}", 0.0, 1.0) for i in range(8)) + t.suggest_int("n", 1, 9),
+        n_trials=20,
+    )
+    paths = sweep_report.write_optuna_plots(study, tmp_path)
+    assert {p.name for p in paths} == PLOTS
+    assert sum(p.stat().st_size for p in paths) < 1_000_000
 
 
 @pytest.mark.parametrize(("n_complete", "n_pruned"), [(0, 0), (0, 3), (1, 0), (1, 4)])
@@ -146,10 +157,12 @@ def test_no_plots_without_two_complete_trials(n_complete: int, n_pruned: int, tm
 
 def test_a_single_param_gets_no_importance_plot(tmp_path: Path) -> None:
     paths = sweep_report.write_optuna_plots(single_param_study(3), tmp_path)
-    assert {p.name for p in paths} == PLOTS - {"param_importances.html"}
+    assert {p.name for p in paths} == PLOTS - {"param_importances.png"}
 
 
-def test_plots_of_a_multi_objective_study(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+def test_plots_of_a_multi_objective_study(
+    tmp_path: Path, recwarn: pytest.WarningsRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     study = optuna.create_study(
         directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=3)
     )
@@ -157,9 +170,17 @@ def test_plots_of_a_multi_objective_study(tmp_path: Path, recwarn: pytest.Warnin
         lambda t: (t.suggest_float("a", 0, 1) + t.suggest_int("b", 1, 4), float(t.suggest_int("c", 1, 9))),
         n_trials=6,
     )
+    drawn = {}
+    history = sweep_report.optuna_mpl.plot_optimization_history
+
+    def spy(study: optuna.Study, **kwargs: object) -> object:
+        drawn.update(kwargs)
+        return history(study, **kwargs)
+
+    monkeypatch.setattr(sweep_report.optuna_mpl, "plot_optimization_history", spy)
     paths = sweep_report.write_optuna_plots(study, tmp_path)
     assert {p.name for p in paths} == PLOTS
-    assert "objective 0" in (tmp_path / "optimization_history.html").read_text()
+    assert drawn["target_name"] == "objective 0"
     assert not [w for w in recwarn if "target" in str(w.message)]
 
 
@@ -169,9 +190,9 @@ def test_a_plot_optuna_refuses_is_skipped(
     def refuse(*_args: object, **_kwargs: object) -> None:
         raise ValueError("cannot evaluate importances")
 
-    monkeypatch.setattr(optuna.visualization, "plot_param_importances", refuse)
+    monkeypatch.setattr(sweep_report.optuna_mpl, "plot_param_importances", refuse)
     paths = sweep_report.write_optuna_plots(study, tmp_path)
-    assert {p.name for p in paths} == PLOTS - {"param_importances.html"}
+    assert {p.name for p in paths} == PLOTS - {"param_importances.png"}
 
 
 def test_summary_table_renders_dicts_as_plain_text() -> None:
@@ -220,13 +241,48 @@ def test_validation_table_matches_compare(tmp_path: Path) -> None:
     assert rows.loc["default", "mean"] == pytest.approx(baseline.mean())
     assert rows.loc["tuned", "std"] == pytest.approx(candidate.std(ddof=1))
     assert rows.loc["difference", "significant"]
-    assert rows.loc["difference", "p_value"] == result.p_value
-    assert table.columns[-2:].tolist() == ["significant", "p_value"]
+    assert rows.loc["difference", "mann_whitney_p"] == result.p_value
+    assert table.columns[-2:].tolist() == ["significant", "mann_whitney_p"]
 
     named = sweep_report.validation_table(result, baseline_name="rl-zoo", candidate_name="sweep-42")
     assert named["config"].tolist() == ["rl-zoo", "sweep-42", "difference"]
 
-    paths = sweep_report.write_validation_table(table, tmp_path)
+    footnote = sweep_report.validation_footnote(result.confidence)
+    paths = sweep_report.write_validation_table(table, tmp_path, footnote)
     assert [p.name for p in paths] == ["validation.csv", "validation.md"]
     assert len(pd.read_csv(paths[0])) == 3
-    assert "| difference |" in paths[1].read_text()
+    markdown = paths[1].read_text()
+    assert "| difference |" in markdown
+    # One rule, said under the table: significant means the difference's CI excludes 0; the p-value is
+    # named for the test it comes from.
+    assert markdown.rstrip().endswith(footnote)
+    assert "95% bootstrap CI of the IQM difference (tuned - default) excludes 0" in footnote
+    assert "Mann-Whitney U p-value" in footnote
+
+
+def test_values_are_described_to_four_significant_digits() -> None:
+    values = {"n_steps": 128, "gamma": 0.99834567, "learning_rate": 0.000312456789, "net_arch": [64, 64]}
+    assert sweep_report.describe_values(values) == (
+        "n_steps=128, gamma=0.9983, learning_rate=0.0003125, net_arch=[64, 64]"
+    )
+
+
+def test_trials_table_shows_config_names_and_values_with_reparameterised_ones_beside() -> None:
+    """A trial samples log2_n_steps and one_minus_gamma; its config has n_steps and gamma, and
+    learning_rate is sampled as itself: that one appears once, the reparameterised ones beside theirs."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=4))
+
+    def objective(trial: optuna.Trial) -> float:
+        k = trial.suggest_int("log2_n_steps", 5, 8)
+        x = trial.suggest_float("one_minus_gamma", 1e-3, 0.1, log=True)
+        lr = trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
+        trial.set_user_attr("config_values", {"n_steps": 2**k, "gamma": 1 - x, "learning_rate": lr})
+        return float(k)
+
+    study.optimize(objective, n_trials=3)
+    table = sweep_report.trials_table(study)
+    assert list(table.columns[:8]) == [
+        "number", "state", "value", "n_steps", "gamma", "learning_rate", "log2_n_steps", "one_minus_gamma",
+    ]  # fmt: skip
+    assert (table["n_steps"] == 2 ** table["log2_n_steps"]).all()
+    assert np.allclose(table["gamma"], 1 - table["one_minus_gamma"])

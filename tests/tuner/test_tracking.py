@@ -38,6 +38,14 @@ def fetch(store: dict[str, str], run_id: str) -> Run:
     return MlflowClient(store["uri"]).get_run(run_id)
 
 
+def test_float_params_show_without_binary_noise_in_the_run(store: dict[str, str]) -> None:
+    values = {"reference": -143.29999999999998, "mix": [0.1 + 0.2, 64], "lr": 0.00031245678912345}
+    with start_run(**store, run_name="rounded") as run:
+        run.log_params(values)
+    params = fetch(store, run.run_id).data.params
+    assert params == {"reference": "-143.3", "mix": "[0.3, 64]", "lr": "0.0003124567891"}
+
+
 def test_flatten_params_joins_keys_and_keeps_lists_whole() -> None:
     config = {
         "algo": {"lr": 0.001, "net_arch": [64, 64]},

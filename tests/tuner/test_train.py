@@ -142,6 +142,14 @@ def test_tiny_run_logs_metrics_against_env_steps(tiny: tuple[CliResult, Run]) ->
     # Each is the mean of 4 whole CartPole episodes, so a multiple of 0.25 (a NaN or a partial episode
     # would not be).
     assert all((4 * m.value).is_integer() and m.value >= 8 for m in evals)
+    # Episode statistics: one mean per iteration that ended episodes, at that iteration's env step.
+    for key in ("charts/episodic_return", "charts/episodic_length"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert steps == sorted(set(steps)) and set(steps) <= set(sps_steps), (key, steps)
+    returns, lengths = (
+        client.get_metric_history(run.info.run_id, f"charts/episodic_{k}") for k in ("return", "length")
+    )
+    assert [m.value for m in returns] == [m.value for m in lengths]  # CartPole pays 1 a step
 
 
 def test_tiny_run_stores_config_model_and_learning_curve(tiny: tuple[CliResult, Run], tmp_path: Path) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import multiprocessing
 import signal
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -51,10 +54,27 @@ def test_study_resumes_up_to_the_new_budget_and_nests_runs(tmp_path: Path) -> No
     assert {r.data.tags["mlflow.parentRunId"] for r in seed_runs} == {trial_3.info.run_id}
     assert "eval/mean_return" in seed_runs[0].data.metrics
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    # What the pruner saw of a two-seed trial: the first seed's evaluations at their own env steps (512
+    # env steps a seed), not steps counted on across the seeds.
+    first_seed = client.get_metric_history(runs["trial-3-seed1"][0].info.run_id, "eval/mean_return")
+    assert study.trials[3].intermediate_values == {m.step: m.value for m in first_seed}
+    assert max(study.trials[3].intermediate_values) == 512
     artifacts = {a.path for a in client.list_artifacts(sweep.info.run_id)}
-    assert {"trials.csv", "trials.md", "optimization_history.html", "ppo_cartpole_tuned.yaml"} <= artifacts
+    assert {"trials.csv", "trials.md", "optimization_history.png", "ppo_cartpole_tuned.yaml"} <= artifacts
     assert (tmp_path / "conf" / "experiment" / "ppo_cartpole_tuned.yaml").exists()
     assert "best/value" in client.get_run(sweep.info.run_id).data.metrics
+    # The trials table speaks the config's language: gamma as the config has it, Optuna's reparameterised
+    # one_minus_gamma beside it; a parameter sampled as itself (learning_rate) appears once.
+    trials_csv = Path(client.download_artifacts(sweep.info.run_id, "trials.csv", str(tmp_path / "dl")))
+    table = pd.read_csv(trials_csv)
+    assert {"gamma", "one_minus_gamma", "learning_rate"} <= set(table.columns)
+    assert "param_learning_rate" not in table.columns
+    assert np.allclose(table["gamma"], 1 - table["one_minus_gamma"])
+    assert study.metric_names == ["mean_return"]  # the objective's name on plots and the dashboard
+    assert datetime.fromisoformat(study.user_attrs["started_at"]).tzinfo is not None
+    experiment = sweep.info.experiment_id  # the printed links open its runs list and the sweep run
+    assert f"/#/experiments/{experiment}?workflowType=machine_learning" in second.stdout
+    assert f"/#/experiments/{experiment}/runs/{sweep.info.run_id}" in second.stdout
 
 
 def test_two_workers_share_the_budget_exactly(tmp_path: Path) -> None:
