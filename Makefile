@@ -25,7 +25,7 @@ TORCH_PIN := torch==2.13.0
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-presets test-full sweep worker train replay benchmark report bench bench-sweep bench-ceiling bench-population bench-scores ui tracking-server dashboard lint format clean
+.PHONY: help install test test-presets test-full sweep worker train replay benchmark report bench bench-sweep bench-ceiling bench-population bench-scores ui tracking-server dashboard ui-screens lint format clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -57,7 +57,7 @@ test-full: install ## every test, including the long learning runs
 SWEEP_DEMO ?= experiment=ppo_cartpole tune.n_trials=20 tune.n_seeds=3 tune.budget_steps=30000 tune.n_workers=2
 SWEEP_ARGS = $(if $(strip $(ARGS)),$(ARGS),$(SWEEP_DEMO))
 
-sweep: install ## tune with Optuna; no ARGS: a ~5-minute PPO CartPole demo study. make sweep ARGS="algo=sac …"
+sweep: install ## tune with Optuna; no ARGS: a PPO CartPole demo study of 5–10 minutes. make sweep ARGS="algo=sac …"
 	$(PY) -m tuner.tune $(SWEEP_ARGS)
 
 worker: install ## join a running study (same ARGS as its sweep) and work until its trial budget is used
@@ -105,6 +105,9 @@ $(DASHBOARD_STAMP): $(STAMP)
 
 dashboard: $(DASHBOARD_STAMP) ## optuna-dashboard on RLTUNE_STORAGE (default runs/optuna.db), 127.0.0.1:8080 (DASHBOARD_PORT)
 	$(VENV)/bin/optuna-dashboard "$$RLTUNE_STORAGE" --host $(HOST) --port $(DASHBOARD_PORT)
+
+ui-screens: $(DASHBOARD_STAMP) ## screenshots of the MLflow UI and optuna-dashboard after a tiny sweep and benchmark (needs chromium), into bench/results/ui/
+	$(PY) -m bench.ui_screens $(ARGS)
 
 lint: install ## ruff check and format check
 	$(VENV)/bin/ruff check .
