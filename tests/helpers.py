@@ -315,14 +315,7 @@ def running_trial_with_run(storage: str) -> tuple[int, str] | None:
     plain SQL (SQLite read-only): opening an Optuna storage here would create the schema and race the
     sweep creating it. None while the database or its tables do not exist yet, or are busy."""
     if storage.startswith("sqlite:///"):
-        db = Path(storage.removeprefix("sqlite:///"))
-        if not db.exists():
-            return None
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-                row = con.execute(RUNNING_TRIAL_WITH_RUN).fetchone()
-        except sqlite3.Error:
-            return None
+        row = sqlite_row(Path(storage.removeprefix("sqlite:///")), RUNNING_TRIAL_WITH_RUN)
     else:
         engine = sqlalchemy.create_engine(storage)
         try:
@@ -345,16 +338,21 @@ def runs_named_like(tmp_path: Path, pattern: str, status: str | None = None) -> 
     """How many runs of the MLflow store under ``tmp_path`` have a name SQL-``LIKE`` ``pattern`` (and
     ``status``, if given); 0 while the store does not exist yet or is busy. Read-only: opening it
     through MLflow could create its tables in a race with the command under test."""
-    db = tmp_path / "mlflow.db"
-    if not db.exists():
-        return 0
     query = "SELECT COUNT(*) FROM runs WHERE name LIKE ?" + ("" if status is None else " AND status = ?")
+    row = sqlite_row(tmp_path / "mlflow.db", query, (pattern,) if status is None else (pattern, status))
+    return 0 if row is None else int(row[0])
+
+
+def sqlite_row(db: Path, query: str, params: Sequence[Any] = ()) -> tuple | None:
+    """The first row of ``query`` on the SQLite file ``db``, opened read-only (never creating it or its
+    tables); None while the file or its tables do not exist yet, or the database is busy."""
+    if not db.exists():
+        return None
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            (count,) = con.execute(query, (pattern,) if status is None else (pattern, status)).fetchone()
+            return con.execute(query, params).fetchone()
     except sqlite3.Error:
-        return 0
-    return int(count)
+        return None
 
 
 @contextmanager

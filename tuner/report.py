@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
@@ -315,8 +314,6 @@ def publish(
         parent_run_id=parent,
         resume_run_id=earlier[0].info.run_id if earlier else None,
     ) as run:
-        if parent is not None:  # a run reopened from before reports were nested
-            run.set_tags({MLFLOW_PARENT_RUN_ID: parent})
         for path in files:
             run.log_artifact(path)
         for _, row in report.aggregate.iterrows():

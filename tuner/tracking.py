@@ -201,6 +201,8 @@ def open_run(
     if run_id is None:
         run_name = options.get("run_name")
         run_id = client.create_run(experiment_id, run_name=run_name, tags=_tag_dict(all_tags)).info.run_id
+    elif parent_run_id is not None:  # a reopened run goes under the parent it is given now
+        client.set_tag(run_id, MLFLOW_PARENT_RUN_ID, parent_run_id)
     return RunRecorder(client, run_id)
 
 

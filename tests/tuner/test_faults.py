@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from tests.helpers import (
     read_only_dir,
     run_tune,
     runs_by_name,
+    sqlite_row,
     tune_args,
     wait_for,
 )
@@ -256,15 +256,8 @@ def test_replay_reads_the_storage_it_is_given_and_names_a_url_given_as_the_group
 # ---------------------------------------------------------------------------------------------------
 def _running_trials(tmp_path: Path) -> int:
     """How many trials of the study in ``tmp_path`` are RUNNING (read without writing)."""
-    db = tmp_path / "optuna.db"
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            (count,) = con.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()
-    except sqlite3.Error:  # tables not created yet, or busy
-        return 0
-    return int(count)
+    row = sqlite_row(tmp_path / "optuna.db", "SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'")
+    return 0 if row is None else int(row[0])
 
 
 def test_a_sweep_whose_killed_worker_was_replaced_by_a_retry_completes(tmp_path: Path) -> None:
