@@ -25,7 +25,7 @@ TORCH_PIN := torch==2.13.0
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-presets test-full sweep worker train replay benchmark report bench bench-sweep bench-ceiling bench-population bench-scores ui tracking-server dashboard ui-screens lint format clean
+.PHONY: help install test test-presets test-full sweep worker train replay benchmark report bench bench-sweep bench-footprint bench-ceiling bench-population bench-scores ui tracking-server dashboard ui-screens lint format clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ bench: $(BENCH_STAMP) ## throughput against Stable-Baselines3 (same hyperparamet
 
 bench-sweep: $(BENCH_STAMP) ## one PPO CartPole study: rltune sequential, population mode, rl-zoo3 (slow: rl-zoo3's study takes longest; --skip zoo leaves it out)
 	$(PY) -m bench.sweep_speed $(ARGS)
+
+bench-footprint: install ## make sweep's demo study: its wall time and the bytes of the artifacts it stores in MLflow
+	$(PY) -m bench.sweep_footprint $(ARGS)
 
 bench-ceiling: $(BENCH_STAMP) ## one PPO structure's trial time (SB3, rltune, population) vs its fp32 floor: make bench-ceiling ARGS="algo.n_epochs=20"
 	$(PY) -m bench.structure_ceiling $(ARGS)

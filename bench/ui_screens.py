@@ -5,7 +5,7 @@ its report; then the MLflow UI and optuna-dashboard on free local ports, and hea
 ``chromium`` package) photographs
 
 - ``runs_list.png``: the sweep experiment's runs list, opened from the link the sweep printed;
-- ``trial_run.png``: one trial's run page;
+- ``trial_run.png``: one trial's run page, as reached from the runs list (in its model-training view);
 - ``validation.png``: the sweep run's ``validation.md`` artifact;
 - ``report_curves.png``: the report run's CartPole learning curves;
 - ``dashboard.png``: the study's page in optuna-dashboard.
@@ -137,9 +137,10 @@ def pages(runs_dir: Path, links: dict[str, str], mlflow_base: str, dashboard_bas
     experiment = client.get_experiment_by_name("ppo_cartpole").experiment_id
     (trial,) = client.search_runs([experiment], "attributes.run_name = 'trial-0'")
     local = "http://127.0.0.1:5000"
+    training_view = "?workflowType=machine_learning"  # the view the runs list's link opens, kept on clicks
     return {
         "runs_list.png": links["runs"].replace(local, mlflow_base),
-        "trial_run.png": f"{mlflow_base}/#/experiments/{experiment}/runs/{trial.info.run_id}",
+        "trial_run.png": f"{mlflow_base}/#/experiments/{experiment}/runs/{trial.info.run_id}{training_view}",
         "validation.png": links["sweep"].replace(local, mlflow_base) + "/artifacts/validation.md",
         "report_curves.png": links["report"].replace(local, mlflow_base) + "/artifacts/curves_cartpole.png",
         "dashboard.png": f"{dashboard_base}/dashboard/studies/1",

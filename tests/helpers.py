@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
+import select
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -83,11 +89,53 @@ def tune_args(tmp_path: Path, *extra: str) -> list[str]:
     ]
 
 
-def run_tune(tmp_path: Path, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """Run :func:`tune_args` to the end and capture its output."""
+def run_tune(
+    tmp_path: Path, *extra: str, timeout: float = 240, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run :func:`tune_args` to the end and capture its output (``env``: variables to add)."""
     return subprocess.run(
-        tune_args(tmp_path, *extra), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout
+        tune_args(tmp_path, *extra),
+        cwd=ROOT,
+        env={**ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
+
+
+def long_lines(text: str, width: int = 80) -> list[str]:
+    """The lines of ``text`` longer than ``width`` characters."""
+    return [line for line in text.splitlines() if len(line) > width]
+
+
+def screen_lines_in_terminal(argv: Sequence[str], columns: int = 80, timeout: float = 240) -> list[str]:
+    """Run ``argv`` on a pseudo-terminal ``columns`` wide (rich draws its live bars there) and return
+    what it wrote as the lines a screen would show between cursor moves: colour and cursor codes
+    removed, split at every carriage return and newline. Raises if the command fails."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    process = subprocess.Popen(
+        list(argv), cwd=ROOT, env={**ENV, "COLUMNS": str(columns)}, stdin=slave, stdout=slave, stderr=slave
+    )
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        try:
+            data = os.read(master, 65536) if ready else b""
+        except OSError:  # the child closed the terminal
+            break
+        if ready and not data:
+            break
+        chunks.append(data)
+        if not ready and process.poll() is not None:
+            break
+    os.close(master)
+    returncode = process.wait(timeout=30)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    assert returncode == 0, text[-3000:]
+    return re.split(r"\r\n|\r|\n", text)
 
 
 def load(tmp_path: Path, name: str = "ppo_cartpole") -> optuna.Study:

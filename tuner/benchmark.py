@@ -29,6 +29,7 @@ from typing import Any
 
 import gymnasium as gym
 from omegaconf import DictConfig, OmegaConf, open_dict
+from rich import get_console
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -44,6 +45,8 @@ SOURCES = ("default", "preset", "tuned")
 KIND_PARENT = "benchmark"
 KIND_CELL = "benchmark_cell"
 PLAN_ARTIFACT = "plan.json"  # on the parent run: {cell key: fingerprint} of the latest invocation
+# What a cell takes of the benchmark's tracking config: where it records, and which artifacts it keeps.
+CELL_TRACKING_KEYS = ("uri", "experiment", "artifact_dir", "log_models", "log_curves")
 # Config keys that say where a run is recorded or how it is displayed, not what is trained: left out of
 # a cell's fingerprint, so a benchmark resumed with another tracking URI or on another machine still
 # recognises its finished cells.
@@ -210,14 +213,17 @@ def _pair_cells(
 
 
 def cell_config(overrides: Sequence[str], tracking: Mapping[str, Any], root_dir: str) -> DictConfig:
-    """conf/train.yaml with a cell's ``overrides``, recorded where the benchmark records (``tracking``).
+    """conf/train.yaml with a cell's ``overrides``, recorded where the benchmark records (``tracking``:
+    its keys replace those of the train config's tracking node, whose other keys stay).
 
-    The tracking node is set as data, not as Hydra overrides, so any URI (with ``?``, ``=`` or a
+    The tracking keys are set as data, not as Hydra overrides, so any URI (with ``?``, ``=`` or a
     password) passes unparsed.
     """
     cfg = compose_config([*overrides, f"paths.root_dir={root_dir}"])
     with open_dict(cfg):
-        cfg.tracking = OmegaConf.create(dict(tracking))
+        composed = OmegaConf.to_container(cfg.tracking, resolve=False)
+        assert isinstance(composed, dict)
+        cfg.tracking = OmegaConf.create({**composed, **tracking})
     return cfg
 
 
@@ -321,7 +327,7 @@ def run_benchmark(cfg: DictConfig, console: Console) -> int:
 
     config = resolve_config(cfg)
     settings = BenchmarkSettings.from_config(config["benchmark"])
-    tracking = {key: config["tracking"][key] for key in ("uri", "experiment", "artifact_dir")}
+    tracking = {key: config["tracking"][key] for key in CELL_TRACKING_KEYS}
     root_dir = str(config["paths"]["root_dir"])
     plan = plan_cells(settings, tracking, root_dir)
     for note in plan.skipped_pairs:
@@ -432,7 +438,7 @@ def _budgets(value: Any, envs: Sequence[str], known_envs: Sequence[str]) -> dict
 def main(cfg: DictConfig) -> None:
     """``python -m tuner.benchmark``; exit codes as in :mod:`tuner.app` (2 for a bad config, with
     nothing run; 1 when a cell failed)."""
-    console = Console(soft_wrap=True)  # long lines (paths, URIs) stay whole, also in logs
+    console = get_console()  # the one rich console: log lines print above the progress bar
     sys.exit(run_benchmark(cfg, console))
 
 

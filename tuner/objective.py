@@ -56,6 +56,18 @@ def trial_config(setup: TrialSetup, values: Mapping[str, Any], seed: int) -> dic
     return config
 
 
+def seed_config(setup: TrialSetup, values: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """:func:`trial_config` as a tuning seed trains it: keeping its model and learning curve only if
+    ``tune.trial_artifacts`` says so (the held-out validation runs and exported presets keep theirs)."""
+    config = trial_config(setup, values, seed)
+    config["tracking"] = {
+        **config["tracking"],
+        "log_models": setup.trial_artifacts,
+        "log_curves": setup.trial_artifacts,
+    }
+    return config
+
+
 def trial_overrides(setup: TrialSetup, values: Mapping[str, Any]) -> list[str]:
     """Hydra overrides that make ``python -m tuner.train`` train this trial's config on its first seed."""
     return [
@@ -116,7 +128,7 @@ def _train_seeds(
     reporter = PruningReporter(record.trial)
     for index, seed in enumerate(setup.seeds):
         result = run_training(
-            OmegaConf.create(trial_config(setup, values, seed)),
+            OmegaConf.create(seed_config(setup, values, seed)),
             parent_run_id=record.run.run_id,
             on_eval=reporter if index == 0 and not setup.multi_objective else None,
             run_name=record.seed_run_name(seed),

@@ -9,6 +9,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 SMOOTHING_EPISODES = 20
+CURVE_DPI = 72
+"""Pixels per inch of the saved curve (576 x 324): every validation and benchmark run stores one."""
 
 
 def learning_curve(
@@ -26,7 +28,7 @@ def learning_curve(
         title: the figure title.
         reference_lines: ``(label, return)`` pairs drawn as horizontal lines, e.g. the solved threshold.
     """
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    fig = Figure(figsize=(8, 4.5), dpi=CURVE_DPI, layout="constrained")
     ax = fig.subplots()
     if episodes:
         steps, returns = (np.asarray(column, dtype=float) for column in zip(*episodes, strict=True))

@@ -35,7 +35,7 @@ from algorithms import ConfigError, EvalResult
 from algorithms.common.networks import configure_torch_cpu
 from algorithms.ppo_population import MEMBER_HYPERPARAMETERS, PopulationPPO, structural_fields
 from tuner.compose import algorithm_config
-from tuner.objective import open_record, trial_config, trial_overrides
+from tuner.objective import open_record, seed_config, trial_config, trial_overrides
 from tuner.progress import TrainProgress
 from tuner.study import TuneSettings, budget_status, time_left
 from tuner.tracking import FAILED, FINISHED, RunRecorder, RunSignals
@@ -282,7 +282,7 @@ def _start_trial(
     running = RunningTrial(record, dict(values), seeds=[])
     state.trials[trial.number] = running  # from here on, an error ends its runs with the others
     for slot, seed in zip(slots, setup.seeds, strict=False):
-        config = trial_config(setup, values, seed)
+        config = seed_config(setup, values, seed)
         settings = RunSettings.from_config(config)
         _, algo_config = algorithm_config(config["algo"])
         seed_run = record.open_seed_run(

@@ -99,6 +99,7 @@ def prepare(cfg: DictConfig, create: bool) -> Prepared:
         tracking=tracking,
         sweep_run_id=study.user_attrs.get(SWEEP_RUN_ATTR),
         multi_objective=is_multi_objective(sampler),
+        trial_artifacts=settings.trial_artifacts,
     )
     return Prepared(settings, storage, study, setup, config)
 

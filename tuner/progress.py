@@ -6,6 +6,7 @@ import math
 import time
 from types import TracebackType
 
+from rich import get_console
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -40,7 +41,7 @@ class TrainProgress:
         self.total_steps = total_steps
         self.description = description
         self.enabled = enabled
-        self.console = console or Console(highlight=False)
+        self.console = console or get_console()  # the logging handler's: log lines print above the bar
         self.line_interval_s = line_interval_s
         self._bar: Progress | None = None
         self._task: TaskID | None = None
@@ -93,4 +94,4 @@ class TrainProgress:
     def note(self, message: str) -> None:
         """Print one line (above the bar on a terminal)."""
         if self.enabled:
-            self.console.print(message, markup=False, soft_wrap=True)
+            self.console.print(message, markup=False, highlight=False)

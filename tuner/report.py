@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +26,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
+from rich import get_console
 from rich.console import Console
-from rich.table import Table
 
 from algorithms import ConfigError
 from tuner.app import hydra_app
 from tuner.benchmark import KIND_CELL, KIND_PARENT, PLAN_ARTIFACT, parent_run_id
 from tuner.curves import RunRecord, normalized_auc, time_to_threshold
+from tuner.display import console_table
 from tuner.report_plots import aggregate_figure, curves_figure, profile_figure
 from tuner.stats import bootstrap_ci, iqm, stratified_bootstrap_ci
 from tuner.sweep_report import markdown_table
@@ -244,47 +244,48 @@ def write_outputs(report: Report, directory: Path, confidence: float = 0.95) -> 
     return files
 
 
-def print_report(report: Report, console: Console) -> None:
-    """The summary and aggregate tables on the terminal (the CSV files hold every column unrounded)."""
-    summary = Table(title=f"benchmark {report.name}: final evaluation return per env and algorithm")
-    for column in (
-        "env", "algo", "source", "seeds", "IQM", "95% CI", "mean ± std", "rl-zoo3",
-        "norm. IQM", "solved", "steps to solve", "norm. AUC", "wall s", "sps",
-    ):  # fmt: skip
-        summary.add_column(column)
-    for row in report.summary.itertuples():
-        summary.add_row(
-            row.env,
-            row.algo,
-            row.source,
-            str(row.seeds),
-            _fmt(row.iqm, "{:.1f}"),
-            f"[{_fmt(row.ci_low, '{:.1f}')}, {_fmt(row.ci_high, '{:.1f}')}]",
-            f"{_fmt(row.mean, '{:.1f}')} ± {_fmt(row.std, '{:.1f}')}",
-            _fmt(row.reference, "{:.1f}"),
-            _fmt(row.normalized_iqm, "{:.2f}"),
-            row.reached,
-            _fmt(row.median_steps_to_threshold, "{:,.0f}"),
-            _fmt(row.normalized_auc, "{:.2f}"),
-            _fmt(row.wall_time_s, "{:.0f}"),
-            _fmt(row.sps, "{:,.0f}"),
-        )
-    console.print(summary)
-    aggregate = Table(
-        title="across envs: IQM of normalized final scores (0 random policy, 1 best rl-zoo3 score)"
-    )
-    for column in ("algo", "envs", "runs", "norm. IQM", "95% CI (stratified)", "norm. AUC"):
-        aggregate.add_column(column)
-    for row in report.aggregate.itertuples():
-        aggregate.add_row(
-            row.algo,
-            str(row.envs),
-            str(row.runs),
-            _fmt(row.normalized_iqm, "{:.2f}"),
-            f"[{_fmt(row.ci_low, '{:.2f}')}, {_fmt(row.ci_high, '{:.2f}')}]",
-            _fmt(row.normalized_auc, "{:.2f}"),
-        )
-    console.print(aggregate)
+# Console columns left out first when the terminal is narrow (summary.csv / aggregate.csv have them all).
+SUMMARY_DROPPABLE = ("source", "wall s", "sps", "norm. AUC", "steps to solve", "mean ± std", "rl-zoo3")
+AGGREGATE_DROPPABLE = ("norm. AUC", "runs")
+
+
+def print_report(report: Report, console: Console, files_in: str = "") -> None:
+    """The summary and aggregate tables on the terminal, at its width (``files_in``: where the CSV
+    files with every column unrounded are, named when a column is left out)."""
+    summary = [
+        {
+            "env": row.env,
+            "algo": row.algo,
+            "seeds": row.seeds,
+            "IQM": _fmt(row.iqm, "{:.1f}"),
+            "95% CI": f"[{_fmt(row.ci_low, '{:.1f}')}, {_fmt(row.ci_high, '{:.1f}')}]",
+            "norm. IQM": _fmt(row.normalized_iqm, "{:.2f}"),
+            "solved": row.reached,
+            "rl-zoo3": _fmt(row.reference, "{:.1f}"),
+            "mean ± std": f"{_fmt(row.mean, '{:.1f}')} ± {_fmt(row.std, '{:.1f}')}",
+            "steps to solve": _fmt(row.median_steps_to_threshold, "{:,.0f}"),
+            "norm. AUC": _fmt(row.normalized_auc, "{:.2f}"),
+            "sps": _fmt(row.sps, "{:,.0f}"),
+            "wall s": _fmt(row.wall_time_s, "{:.0f}"),
+            "source": row.source,
+        }
+        for row in report.summary.itertuples()
+    ]
+    title = f"benchmark {report.name}: final evaluation return per env and algorithm"
+    console.print(console_table(summary, title, console.width, SUMMARY_DROPPABLE, files_in))
+    aggregate = [
+        {
+            "algo": row.algo,
+            "envs": row.envs,
+            "runs": row.runs,
+            "norm. IQM": _fmt(row.normalized_iqm, "{:.2f}"),
+            "95% CI (stratified)": f"[{_fmt(row.ci_low, '{:.2f}')}, {_fmt(row.ci_high, '{:.2f}')}]",
+            "norm. AUC": _fmt(row.normalized_auc, "{:.2f}"),
+        }
+        for row in report.aggregate.itertuples()
+    ]
+    title = "across envs: IQM of normalized final scores (0 random policy, 1 best rl-zoo3 score)"
+    console.print(console_table(aggregate, title, console.width, AGGREGATE_DROPPABLE, files_in))
     if report.missing:
         missing = ", ".join(report.missing)
         console.print(f"[yellow]{len(report.missing)} planned cells have no finished run: {missing}")
@@ -353,13 +354,13 @@ def main(cfg: DictConfig) -> None:
     :mod:`tuner.app` (2 when there is no benchmark to report on)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one file: no progress bar
 
-    console = Console() if sys.stdout.isatty() else Console(width=200)  # logs: tables unwrapped
+    console = get_console()
     config = resolve_config(cfg)
     settings, tracking = ReportSettings.from_config(config["report"]), config["tracking"]
     reader = RunReader(tracking["uri"])
     report = build_report(reader, settings.benchmark, settings.confidence, settings.n_resamples)
-    print_report(report, console)
     directory = Path(settings.out_dir) / report.name
+    print_report(report, console, str(directory))
     files = write_outputs(report, directory, settings.confidence)
     run = publish(report, files, reader, tracking["uri"], tracking["artifact_dir"])
     console.print(f"wrote {len(files)} files to {directory}")

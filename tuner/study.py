@@ -59,6 +59,8 @@ class TuneSettings:
     max_retry: int
     validate_seeds: tuple[int, ...]
     export: bool
+    trial_artifacts: bool
+    """Whether each tuning seed's run keeps model.pt and learning_curve.png (its metrics are kept anyway)."""
     export_dir: str
     export_name: str
     population: int = 0
@@ -72,11 +74,9 @@ class TuneSettings:
     def from_config(cls, tune: Mapping[str, Any]) -> TuneSettings:
         """Read and check ``cfg.tune``; ConfigError naming the key for a bad value."""
         timeout, join_timeout = _timeouts(tune)
-        storage, export = tune.get("storage"), tune.get("export")
+        storage = tune.get("storage")
         if not isinstance(storage, str) or not storage:
             raise ConfigError(f"tune.storage must be an RDB URL, got {mask_secrets(storage)!r}")
-        if not isinstance(export, bool):
-            raise ConfigError(f"tune.export must be true or false, got {export!r}")
         seeds, validate_seeds = _seed_ranges(tune)
         heartbeat = _tune_int(tune, "heartbeat_interval", 1)
         grace = _tune_int(tune, "grace_period", 1)
@@ -101,13 +101,21 @@ class TuneSettings:
             grace_period=grace,
             max_retry=_tune_int(tune, "max_retry", 0),
             validate_seeds=validate_seeds,
-            export=export,
+            export=_tune_bool(tune, "export"),
+            trial_artifacts=_tune_bool(tune, "trial_artifacts"),
             export_dir=str(tune.get("export_dir")),
             export_name=_preset_name(tune.get("export_name")),
             population=population,
             population_trials=population_trials,
             join_timeout=join_timeout,
         )
+
+
+def _tune_bool(tune: Mapping[str, Any], key: str) -> bool:
+    value = tune.get(key)
+    if not isinstance(value, bool):
+        raise ConfigError(f"tune.{key} must be true or false, got {value!r}")
+    return value
 
 
 def _tune_int(tune: Mapping[str, Any], key: str, minimum: int) -> int:

@@ -7,13 +7,14 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tuner.display import console_table, describe_values
 from tuner.export import export_preset
 from tuner.objective import trial_config
 from tuner.prepare import Prepared
 from tuner.study import best_trial, budget_status
 from tuner.sweep_report import (
-    describe_values,
-    summary_table,
+    TRIALS_MD,
+    VALIDATION_MD,
     trials_table,
     validation_footnote,
     validation_table,
@@ -27,14 +28,8 @@ from tuner.ui_links import link_lines
 from tuner.validate import run_validation
 
 TOP_TRIALS = 10
-CONSOLE_COLUMNS = (
-    "number",
-    "state",
-    "value",
-    "duration_s",
-    "pruned_step",
-    "fail_reason",
-)  # the rest: trials.md
+# The rest, fail_reason included (each failure's reason was printed once, on its trial's line): trials.md.
+CONSOLE_COLUMNS = ("number", "state", "value", "duration_s", "pruned_step")
 
 
 def finish_sweep(prepared: Prepared, sweep: RunRecorder, console: Console) -> None:
@@ -57,9 +52,12 @@ def finish_sweep(prepared: Prepared, sweep: RunRecorder, console: Console) -> No
         c for c in table.columns if c.startswith("value")
     ]
     console.print(
-        summary_table(
+        console_table(
             table.head(TOP_TRIALS)[list(dict.fromkeys(columns))],
             f"top {TOP_TRIALS} trials of {study.study_name}",
+            console.width,
+            [c for c in columns if c.startswith("value_")] + ["duration_s", "pruned_step"],
+            f"{TRIALS_MD} on the sweep run",
         )
     )
     console.print(
@@ -137,5 +135,7 @@ def _validate(prepared: Prepared, sweep: RunRecorder, console: Console, tuned_co
         0,
     )
     sweep.set_tags({"validation.significant": comparison.significant})
-    console.print(summary_table(table, "held-out validation: default vs tuned"))
+    title = "held-out validation: default vs tuned"
+    droppable = ("std", "mean")
+    console.print(console_table(table, title, console.width, droppable, f"{VALIDATION_MD} on the sweep run"))
     console.print(footnote)

@@ -8,12 +8,10 @@ three of them weigh some tens of kB, where the plotly versions embed plotly.js (
 
 from __future__ import annotations
 
-import io
 import logging
 import math
-import numbers
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +22,6 @@ import optuna
 import optuna.visualization.matplotlib as optuna_mpl
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from tuner.stats import Comparison
 from tuner.study import FAIL_REASON_ATTR, fail_reason, retried_numbers
@@ -42,7 +37,6 @@ TRIALS_MD = "trials.md"
 VALIDATION_CSV = "validation.csv"
 VALIDATION_MD = "validation.md"
 MIN_COMPLETE_TRIALS_FOR_PLOTS = 2
-CONSOLE_WIDTH = 120
 PLOT_DPI = 80  # the three PNGs of a 20-trial study stay well under 1 MB together
 
 # Order of the trials table: finished trials first, best value first within each state.
@@ -175,6 +169,7 @@ def _save_plot(draw: Callable[[], Any], path: Path) -> Path | None:
     """Draw one Optuna plot and save it as ``path``; None (logged) where Optuna refuses the study."""
     with warnings.catch_warnings(), matplotlib.rc_context({"figure.dpi": PLOT_DPI}):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the matplotlib API's
+        warnings.simplefilter("ignore", UserWarning)  # matplotlib's, on a parameter with a single value
         try:
             axes = draw()
         except ValueError as exc:  # Optuna's way of saying the study does not fit this plot
@@ -187,41 +182,6 @@ def _save_plot(draw: Callable[[], Any], path: Path) -> Path | None:
     finally:
         plt.close(figure)
     return path
-
-
-def describe_values(values: Mapping[str, Any], digits: int = 4) -> str:
-    """Config values for a console line: ``n_steps=128, gamma=0.9983, learning_rate=0.0003124`` (floats
-    to ``digits`` significant digits; the exact values are in the trials table and the runs)."""
-    return ", ".join(f"{name}={_short(value, digits)}" for name, value in values.items())
-
-
-def _short(value: Any, digits: int) -> str:
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_short(item, digits) for item in value) + "]"
-    return str(value)
-
-
-def summary_table(
-    rows: Sequence[Mapping[str, Any]] | pd.DataFrame, title: str | None = None, width: int = CONSOLE_WIDTH
-) -> str:
-    """Render ``rows`` (dicts or a data frame) as a plain-text rich table for the console.
-
-    Columns are the data frame's, or the keys of the dicts in order of first appearance; numbers are
-    right-aligned and floats shown with 6 significant digits; missing values are blank. The result has
-    no colour codes and is at most ``width`` characters wide.
-    """
-    records, columns = _records(rows)
-    table = Table(title=Text(title) if title else None)
-    for column in columns:
-        numeric = all(_is_number(r.get(column)) for r in records if not _is_missing(r.get(column)))
-        table.add_column(Text(str(column)), justify="right" if numeric and records else "left")
-    for record in records:
-        table.add_row(*(Text(_format_cell(record.get(column))) for column in columns))
-    buffer = io.StringIO()
-    Console(file=buffer, width=width, color_system=None, force_terminal=False, highlight=False).print(table)
-    return buffer.getvalue()
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -337,29 +297,8 @@ def _write_csv_and_markdown(
     return [csv_path, md_path]
 
 
-def _records(rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> tuple[list[Mapping[str, Any]], list[Any]]:
-    if isinstance(rows, pd.DataFrame):
-        return list(rows.to_dict("records")), list(rows.columns)
-    records = list(rows)
-    return records, list(dict.fromkeys(key for record in records for key in record))
-
-
 def _is_missing(value: Any) -> bool:
     return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _format_cell(value: Any) -> str:
-    if _is_missing(value):
-        return ""
-    if isinstance(value, bool | numbers.Integral):
-        return str(value)
-    if isinstance(value, numbers.Real):
-        return f"{float(value):.6g}"
-    return str(value)
 
 
 def _markdown_cell(value: Any) -> Any:

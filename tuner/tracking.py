@@ -171,7 +171,7 @@ class RunRecorder:
         :class:`RunTerminated`), FAILED for anything else, with the exception as the reason."""
         status = KILLED if isinstance(exc, KeyboardInterrupt) else FAILED
         reason = _describe(exc)
-        log.warning("MLflow run %s ends %s: %s", self.run_id, status, reason)
+        log.info("MLflow run %s ends %s: %s", self.run_id, status, reason)  # the caller reports why
         self.end(status, reason)
 
 

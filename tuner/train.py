@@ -93,6 +93,10 @@ class RunSettings:
     experiment: str
     artifact_dir: str | None
     """Local artifact folder of new MLflow experiments; None: the tracking server's artifact store."""
+    log_models: bool = True
+    """Store the trained agent as the run's ``model.pt`` artifact."""
+    log_curves: bool = True
+    """Store the run's learning curve as its ``learning_curve.png`` artifact."""
 
     @property
     def eval_seed(self) -> int:
@@ -121,6 +125,8 @@ class RunSettings:
             tracking_uri=_string(config, "tracking.uri"),
             experiment=_string(config, "tracking.experiment"),
             artifact_dir=_optional_string(config, "tracking.artifact_dir"),
+            log_models=_boolean(config, "tracking.log_models"),
+            log_curves=_boolean(config, "tracking.log_curves"),
         )
 
 
@@ -370,13 +376,16 @@ def finish_run(
     if monitor.stopped_early:
         run.set_tags({"stopped_early": f"by the tuner after evaluation at {steps} env steps"})
     run.log_metric("time/wall_time_s", wall_time_s, steps)
-    with tempfile.TemporaryDirectory() as tmp:
-        model_path = Path(tmp) / MODEL_ARTIFACT
-        agent.save(model_path)
-        run.log_artifact(model_path)
-    title = f"{settings.algo} on {settings.env_id}, seed {settings.seed}"
-    lines = _reference_lines(config, settings.algo)
-    run.log_figure(learning_curve(monitor.episodes, monitor.evaluations, title, lines), CURVE_ARTIFACT)
+    if settings.log_models:
+        with tempfile.TemporaryDirectory() as tmp:
+            model_path = Path(tmp) / MODEL_ARTIFACT
+            agent.save(model_path)
+            run.log_artifact(model_path)
+    if settings.log_curves:
+        title = f"{settings.algo} on {settings.env_id}, seed {settings.seed}"
+        lines = _reference_lines(config, settings.algo)
+        figure = learning_curve(monitor.episodes, monitor.evaluations, title, lines)
+        run.log_figure(figure, CURVE_ARTIFACT)
     log.info(
         "final evaluation over %d episodes: %.2f ± %.2f after %d env steps in %.1f s",
         len(final.returns),

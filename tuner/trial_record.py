@@ -44,6 +44,7 @@ class TrialSetup:
         tracking: ``uri``, ``experiment`` and ``artifact_dir`` of the MLflow store.
         sweep_run_id: the MLflow run the trial runs nest under.
         multi_objective: report (mean return, wall-clock seconds) instead of the return alone.
+        trial_artifacts: each seed's run keeps its model.pt and learning_curve.png.
     """
 
     base_config: Mapping[str, Any]
@@ -54,6 +55,7 @@ class TrialSetup:
     tracking: Mapping[str, str]
     sweep_run_id: str | None
     multi_objective: bool
+    trial_artifacts: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ class TrialRecord:
     def fail(self, reason: str) -> TrialOutcome:
         """End FAIL with ``reason`` (the run's ``failure_reason``, the trial's ``fail_reason``); the
         study goes on without it."""
-        log.warning("trial %d failed: %s", self.trial.number, reason)
+        log.info("trial %d failed: %s", self.trial.number, reason)  # the sweep's trial line says it
         try:
             self.run.set_tags({"optuna_state": TrialState.FAIL.name})
         finally:

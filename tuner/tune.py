@@ -27,6 +27,7 @@ from typing import Any
 import optuna
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from rich import get_console
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -72,15 +73,16 @@ class SweepProgress:
         self.console = console
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=None),  # takes the width the other columns leave
             MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=console,
             transient=False,
+            expand=True,
         )
-        self.task = self.progress.add_task(f"study {study.study_name}", total=total, info="")
+        self.task = self.progress.add_task(study.study_name, total=total, info="")
         self._reported = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
 
     def __enter__(self) -> SweepProgress:
@@ -102,9 +104,8 @@ class SweepProgress:
                 self.console.print(describe_trial(trial, retried))
         status = budget_status(self.study)
         best = best_value(self.study)
-        info = (
-            f"best {best:.1f}" if best is not None else "best -"
-        ) + f" · pruned {status.pruned} · failed {status.failed} · running {status.running}"
+        shown = "-" if best is None else f"{best:.1f}"
+        info = f"best {shown} · {status.pruned} pruned · {status.failed} failed"
         self.progress.update(self.task, completed=status.complete + status.pruned + status.failed, info=info)
         return status
 
@@ -216,7 +217,7 @@ def main(cfg: DictConfig) -> None:
 
 def run_sweep(prepared: Prepared, overrides: Sequence[str]) -> None:
     """Budget, sweep run, workers, then the records and tables of the finished study."""
-    console = Console() if sys.stdout.isatty() else Console(width=120)  # logs: no 80-column wrap
+    console = get_console()  # the one rich console: log lines print above the progress bar
     settings, study = prepared.settings, prepared.study
     with contextlib.ExitStack() as stack:
         sweep, added = _open_sweep(prepared, stack)

@@ -31,7 +31,8 @@ def experiment_link(tracking_uri: str, experiment_id: str) -> str:
 
 
 def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """One run's page."""
+    """One run's page. Without ``workflowType``: the page shows the run the same in both views (only
+    the sidebar differs), and the address of a local run then fits on an 80-column line."""
     return f"{ui_address(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}"
 
 

@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from algorithms import ConfigError
-from tests.helpers import ENV, ROOT, runs_named_like, wait_for
+from tests.helpers import ENV, ROOT, long_lines, runs_named_like, wait_for
 from tuner.benchmark import BenchmarkSettings, cell_config, plan_cells
 
 BASE = {
@@ -213,10 +213,13 @@ def test_interrupted_benchmark_resumes_without_retraining_finished_cells(tmp_pat
     assert len(cell_runs(tmp_path)) == len(runs)
     report = subprocess.run(
         [sys.executable, "-m", "tuner.report", f"paths.runs_dir={tmp_path}", "report.n_resamples=500"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, env={**ENV, "COLUMNS": "80"}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert report.returncode == 0, report.stdout + report.stderr
     assert "cartpole" in report.stdout and "pendulum" in report.stdout
+    # At 80 columns the tables leave out columns (and say which) instead of breaking their rows.
+    assert long_lines(report.stdout + report.stderr) == []
+    assert "not shown at 80 columns:" in report.stdout
     assert (tmp_path / "reports" / "t" / "summary.csv").read_text().count("\n") == 3  # header + 2 rows
 
 

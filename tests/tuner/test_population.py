@@ -70,9 +70,8 @@ def test_a_population_study_runs_every_trial_as_a_real_trial(tmp_path: Path) -> 
         history = client.get_metric_history(seed_run.info.run_id, "eval/mean_return")
         assert [m.step for m in history] == [256, 512]  # its own evaluations, at its own env steps
         assert history[-1].value == trial.value
-        assert {"model.pt", "config.yaml", "learning_curve.png"} <= {
-            a.path for a in client.list_artifacts(seed_run.info.run_id)
-        }
+        # tune.trial_artifacts is off: the seed's run keeps its config, not its agent or curve
+        assert {a.path for a in client.list_artifacts(seed_run.info.run_id)} == {"config.yaml"}
         # what Optuna saw: the same evaluations as intermediate values
         assert trial.intermediate_values == {m.step: m.value for m in history}
 

@@ -157,7 +157,7 @@ def test_four_workers_finish_exactly_the_budget_and_log_to_the_server(
 ) -> None:
     result = run(
         tmp_path, pg_url, "tune.n_trials=12", "tune.n_workers=4", "tracking=server",
-        env={"MLFLOW_TRACKING_URI": mlflow_server},
+        "tune.trial_artifacts=true", env={"MLFLOW_TRACKING_URI": mlflow_server},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     study = optuna.load_study(study_name="ppo_cartpole", storage=pg_url)

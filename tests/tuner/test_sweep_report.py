@@ -8,7 +8,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from tuner import stats, sweep_report
+from tuner import display, stats, sweep_report
 
 PRUNED_TRIAL, FAILED_TRIAL = 2, 5
 PLOTS = {"optimization_history.png", "param_importances.png", "parallel_coordinate.png"}
@@ -195,21 +195,8 @@ def test_a_plot_optuna_refuses_is_skipped(
     assert {p.name for p in paths} == PLOTS - {"param_importances.png"}
 
 
-def test_summary_table_renders_dicts_as_plain_text() -> None:
-    rows = [
-        {"trial": 3, "return": 487.123456789, "lr": 0.000312},
-        {"trial": 7, "note": "[bold]kept[/bold]"},
-    ]
-    text = sweep_report.summary_table(rows, title="best trials")
-    assert "best trials" in text
-    for expected in ("trial", "return", "lr", "note", "487.123", "0.000312", "[bold]kept[/bold]"):
-        assert expected in text
-    assert "\x1b" not in text  # no colour codes
-    assert max(len(line) for line in text.splitlines()) <= sweep_report.CONSOLE_WIDTH
-
-
-def test_summary_table_renders_a_data_frame(study: optuna.Study) -> None:
-    text = sweep_report.summary_table(sweep_report.trials_table(study), title="trials", width=200)
+def test_console_table_renders_the_trials_table(study: optuna.Study) -> None:
+    text = display.console_table(sweep_report.trials_table(study), title="trials", width=200)
     assert "PRUNED" in text and "loss is NaN | diverged" in text
     assert " nan " not in text.lower().replace("loss is nan", "")
 
@@ -258,13 +245,6 @@ def test_validation_table_matches_compare(tmp_path: Path) -> None:
     assert markdown.rstrip().endswith(footnote)
     assert "95% bootstrap CI of the IQM difference (tuned - default) excludes 0" in footnote
     assert "Mann-Whitney U p-value" in footnote
-
-
-def test_values_are_described_to_four_significant_digits() -> None:
-    values = {"n_steps": 128, "gamma": 0.99834567, "learning_rate": 0.000312456789, "net_arch": [64, 64]}
-    assert sweep_report.describe_values(values) == (
-        "n_steps=128, gamma=0.9983, learning_rate=0.0003125, net_arch=[64, 64]"
-    )
 
 
 def test_trials_table_shows_config_names_and_values_with_reparameterised_ones_beside() -> None:

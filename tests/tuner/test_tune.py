@@ -27,8 +27,10 @@ from tests.helpers import (
     interrupt_once_started,
     kill_once_a_trial_runs,
     load,
+    long_lines,
     run_tune,
     runs_by_name,
+    screen_lines_in_terminal,
     tune_args,
 )
 from tuner.stats import compare
@@ -177,11 +179,15 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path) 
 
 
 def test_a_diverging_trial_fails_cleanly_and_the_study_completes(tmp_path: Path) -> None:
+    """Also what a person reads at 80 columns: every line fits, tables included, and each failed
+    trial's reason is printed once."""
     result = run_tune(
         tmp_path,
         *DIVERGE_STUDY,
         "tune.n_trials=4",
+        "tune.validate_seeds=2",
         "+search.params.log_std_init={type:categorical,choices:[0.0,-1000.0]}",
+        env={"COLUMNS": "80"},
     )
     assert result.returncode == 0, result.stderr
     study = load(tmp_path, "diverge")
@@ -192,6 +198,13 @@ def test_a_diverging_trial_fails_cleanly_and_the_study_completes(tmp_path: Path)
     assert all("diverged" in t.user_attrs["fail_reason"] for t in failed)
     runs = runs_by_name(tmp_path)
     assert {r.info.status for r in runs[f"trial-{failed[0].number}"]} == {"FAILED"}
+
+    output = result.stdout + result.stderr
+    assert long_lines(output) == []
+    reason = failed[0].user_attrs["fail_reason"]
+    assert output.count(reason) == len(failed), output
+    table_rows = [line for line in result.stdout.splitlines() if line.startswith("│")]
+    assert any(row.split("│")[1].strip() == "difference" for row in table_rows)  # validation, unbroken
 
 
 def test_exported_preset_reproduces_the_trial_with_its_seed(tmp_path: Path) -> None:
@@ -354,6 +367,10 @@ def test_held_out_validation_retrains_default_and_best_on_unseen_seeds_and_compa
             best.user_attrs["config_values"] if label == "tuned" else {"learning_rate": 3e-4, "gamma": 0.99}
         )
         assert sampled == {k: pytest.approx(float(wanted[k])) for k in ("learning_rate", "gamma")}
+        for run in seeds:  # a validation run keeps its agent and curve; a tuning seed's run does not
+            assert {"model.pt", "learning_curve.png"} <= artifact_names(client, run.info.run_id)
+    for run in runs["trial-0-seed1"]:
+        assert artifact_names(client, run.info.run_id) == {"config.yaml"}
     preset = yaml.safe_load((tmp_path / "conf" / "experiment" / "ppo_cartpole_tuned.yaml").read_text())
     assert {k: preset["algo"][k] for k in best.user_attrs["config_values"]} == best.user_attrs[
         "config_values"
@@ -369,3 +386,21 @@ def test_held_out_validation_retrains_default_and_best_on_unseen_seeds_and_compa
     assert rows["difference"]["significant"] == str(expected.significant)
     metrics = client.get_run(sweep.info.run_id).data.metrics
     assert metrics["validation/tuned_iqm"] == pytest.approx(expected.candidate_iqm)
+
+
+def test_log_lines_print_above_the_live_progress_bar_at_80_columns(tmp_path: Path) -> None:
+    """On a terminal the sweep's bar is live; log lines (here each seed's INFO lines, which a sweep
+    otherwise keeps to its log file) are printed above it, never onto it, and nothing is wider."""
+    lines = screen_lines_in_terminal(
+        tune_args(tmp_path, "tune.n_trials=2", "++hydra.job_logging.handlers.console.level=INFO")
+    )
+    bar_lines = [line for line in lines if "━" in line]
+    log_lines = [line for line in lines if "INFO" in line]
+    assert bar_lines and any("training ppo on CartPole-v1" in line for line in log_lines)
+    assert not [line for line in bar_lines if "INFO" in line or "training" in line]
+    assert long_lines("\n".join(lines)) == []
+
+
+def artifact_names(client: MlflowClient, run_id: str) -> set[str]:
+    """The names of a run's top-level artifacts."""
+    return {artifact.path for artifact in client.list_artifacts(run_id)}

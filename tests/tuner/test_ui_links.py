@@ -29,5 +29,6 @@ def test_links_open_the_runs_list_and_a_run() -> None:
         "the sweep run:",
         "  http://127.0.0.1:5000/#/experiments/3/runs/abc",
     ]
-    assert all(len(line) <= 80 for line in lines)
+    run_id = "0123456789abcdef" * 2  # MLflow's run ids are 32 hex digits
+    assert all(len(line) <= 80 for line in link_lines(uri, "999", run_id, "the sweep run"))
     assert "make ui" not in link_lines("http://mlflow:5000", "3")[0]
