@@ -5,10 +5,14 @@ its report; then the MLflow UI and optuna-dashboard on free local ports, and hea
 ``chromium`` package) photographs
 
 - ``runs_list.png``: the sweep experiment's runs list, opened from the link the sweep printed;
-- ``trial_run.png``: one trial's run page, as reached from the runs list (in its model-training view);
-- ``validation.png``: the sweep run's ``validation.md`` artifact;
-- ``report_curves.png``: the report run's CartPole learning curves;
+- ``trial_run.png``: one trial's run page, as reached from the runs list;
+- ``validation.png``: the sweep run's ``validation.md`` artifact (the printed sweep link, its Artifacts tab);
+- ``report_curves.png``: the report run's CartPole learning curves (likewise from the report's link);
 - ``dashboard.png``: the study's page in optuna-dashboard.
+
+The run pages are taken in the model-training view, in which the printed runs list opens and a person
+clicking through it stays; the printed run links themselves open in MLflow's default (GenAI) sidebar,
+with the same page content.
 
 The servers are stopped afterwards; the pictures go to ``bench/results/ui/`` (``--out``). Needs the
 ``dashboard`` extra (``make ui-screens`` installs it) and ``chromium`` on the PATH.
@@ -138,11 +142,12 @@ def pages(runs_dir: Path, links: dict[str, str], mlflow_base: str, dashboard_bas
     (trial,) = client.search_runs([experiment], "attributes.run_name = 'trial-0'")
     local = "http://127.0.0.1:5000"
     training_view = "?workflowType=machine_learning"  # the view the runs list's link opens, kept on clicks
+    sweep_run, report_run = (links[name].replace(local, mlflow_base) for name in ("sweep", "report"))
     return {
         "runs_list.png": links["runs"].replace(local, mlflow_base),
         "trial_run.png": f"{mlflow_base}/#/experiments/{experiment}/runs/{trial.info.run_id}{training_view}",
-        "validation.png": links["sweep"].replace(local, mlflow_base) + "/artifacts/validation.md",
-        "report_curves.png": links["report"].replace(local, mlflow_base) + "/artifacts/curves_cartpole.png",
+        "validation.png": f"{sweep_run}/artifacts/validation.md{training_view}",
+        "report_curves.png": f"{report_run}/artifacts/curves_cartpole.png{training_view}",
         "dashboard.png": f"{dashboard_base}/dashboard/studies/1",
     }
 

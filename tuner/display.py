@@ -8,6 +8,7 @@ which; the files a command writes (CSV, markdown) keep every column and full pre
 from __future__ import annotations
 
 import io
+import math
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -66,7 +67,10 @@ def display_value(value: Any, digits: int = DISPLAY_DIGITS) -> str:
     if isinstance(value, bool | numbers.Integral):
         return str(value)
     if isinstance(value, numbers.Real):
-        return f"{float(value):.{digits}g}"
+        number = float(value)
+        if math.isfinite(number) and abs(number) >= 10**digits:
+            return f"{number:.0f}"  # 12346, not 1.235e+04
+        return f"{number:.{digits}g}"
     return str(value)
 
 

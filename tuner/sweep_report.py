@@ -23,6 +23,7 @@ import optuna.visualization.matplotlib as optuna_mpl
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.display import display_value
 from tuner.stats import Comparison
 from tuner.study import FAIL_REASON_ATTR, fail_reason, retried_numbers
 from tuner.trial_record import VALUES_ATTR
@@ -185,7 +186,8 @@ def _save_plot(draw: Callable[[], Any], path: Path) -> Path | None:
 
 
 def markdown_table(df: pd.DataFrame) -> str:
-    """``df`` as a GitHub markdown table (no index), missing values blank and ``|`` in text escaped."""
+    """``df`` as a GitHub markdown table (no index) for reading: floats to 4 significant digits (the
+    CSV beside it keeps them whole), missing values blank and ``|`` in text escaped."""
     rows = [[_markdown_cell(value) for value in row] for row in df.itertuples(index=False)]
     cells = pd.DataFrame(rows, columns=list(df.columns), dtype=object)
     return cells.to_markdown(index=False, missingval="")
@@ -308,4 +310,6 @@ def _markdown_cell(value: Any) -> Any:
         return str(bool(value))  # tabulate would print a lone True as 1
     if isinstance(value, str):
         return value.replace("|", r"\|").replace("\r", " ").replace("\n", " ")
+    if isinstance(value, float | np.floating):
+        return display_value(value)
     return value

@@ -47,6 +47,7 @@ def test_values_are_rounded_for_display_only() -> None:
     assert display.display_value(1.2743150710000464) == "1.274"
     assert display.display_value(-143.29999999999998) == "-143.3"
     assert display.display_value(0.000312456) == "0.0003125"
+    assert display.display_value(12345.67) == "12346"  # whole, not 1.235e+04
     assert display.display_value(128) == "128" and display.display_value(True) == "True"
     assert display.display_value(math.nan) == "" and display.display_value(None) == ""
 

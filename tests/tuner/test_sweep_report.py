@@ -211,6 +211,15 @@ def test_markdown_table() -> None:
     ]
 
 
+def test_markdown_tables_round_floats_for_reading() -> None:
+    frame = pd.DataFrame({"iqm": [79.44444444, 12345.678], "lr": [0.000312456789, 3.1e-08], "n": [3, 5]})
+    rows = sweep_report.markdown_table(frame).splitlines()[2:]
+    assert [[cell.strip() for cell in row.split("|")[1:4]] for row in rows] == [
+        ["79.44", "0.0003125", "3"],
+        ["12346", "3.1e-08", "5"],
+    ]
+
+
 def test_validation_table_matches_compare(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     baseline, candidate = rng.normal(100, 20, size=8), rng.normal(180, 20, size=8)
