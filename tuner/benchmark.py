@@ -39,7 +39,7 @@ from tuner.compose import CONF_DIR, algorithm_config, compose_config
 from tuner.secrets import mask_secrets
 from tuner.tracking import RunReader, start_run
 from tuner.train import RunSettings, resolve_config, run_training
-from tuner.ui_links import link_lines
+from tuner.ui_links import print_links
 
 SOURCES = ("default", "preset", "tuned")
 KIND_PARENT = "benchmark"
@@ -363,8 +363,7 @@ def run_benchmark(cfg: DictConfig, console: Console) -> int:
         f"(finished before), {len(failed)} failed; report: "
         f"python -m tuner.report report.benchmark={settings.name}"
     )
-    for line in link_lines(tracking["uri"], parent.experiment_id, parent.run_id, "the benchmark run"):
-        console.print(line, soft_wrap=True, highlight=False)
+    print_links(console, tracking["uri"], parent.experiment_id, parent.run_id, "the benchmark run")
     return EXIT_FAILED if failed else 0
 
 

@@ -62,7 +62,7 @@ def console_table(
 def display_value(value: Any, digits: int = DISPLAY_DIGITS) -> str:
     """One cell as text: floats to ``digits`` significant digits, integers and booleans as they are,
     missing values (None, NaN) blank."""
-    if _is_missing(value):
+    if is_missing(value):
         return ""
     if isinstance(value, bool | numbers.Integral):
         return str(value)
@@ -91,7 +91,7 @@ def _short(value: Any, digits: int) -> str:
 def _table(records: Sequence[Mapping[str, Any]], columns: Sequence[Any], title: str | None) -> Table:
     table = Table(title=Text(title) if title else None)
     for column in columns:
-        numeric = all(_is_number(r.get(column)) for r in records if not _is_missing(r.get(column)))
+        numeric = all(_is_number(r.get(column)) for r in records if not is_missing(r.get(column)))
         table.add_column(Text(str(column)), justify="right" if numeric and records else "left")
     for record in records:
         table.add_row(*(Text(display_value(record.get(column))) for column in columns))
@@ -110,7 +110,8 @@ def _records(rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> tuple[list[Map
     return records, list(dict.fromkeys(key for record in records for key in record))
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """Whether a table cell has no value: None, NaN or pandas' NA."""
     return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 

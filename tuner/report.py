@@ -39,7 +39,7 @@ from tuner.stats import bootstrap_ci, iqm, stratified_bootstrap_ci
 from tuner.sweep_report import markdown_table
 from tuner.tracking import RunReader, RunRecorder, start_run
 from tuner.train import resolve_config
-from tuner.ui_links import link_lines
+from tuner.ui_links import print_links
 
 KIND_REPORT = "benchmark_report"
 EVAL_METRIC = "eval/mean_return"
@@ -364,8 +364,7 @@ def main(cfg: DictConfig) -> None:
     files = write_outputs(report, directory, settings.confidence)
     run = publish(report, files, reader, tracking["uri"], tracking["artifact_dir"])
     console.print(f"wrote {len(files)} files to {directory}")
-    for line in link_lines(tracking["uri"], run.experiment_id, run.run_id, "the report run"):
-        console.print(line, soft_wrap=True, highlight=False)
+    print_links(console, tracking["uri"], run.experiment_id, run.run_id, "the report run")
 
 
 if __name__ == "__main__":

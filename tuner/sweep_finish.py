@@ -24,7 +24,7 @@ from tuner.sweep_report import (
 )
 from tuner.tracking import RunRecorder, start_run
 from tuner.trial_record import VALUES_ATTR
-from tuner.ui_links import link_lines
+from tuner.ui_links import print_links
 from tuner.validate import run_validation
 
 TOP_TRIALS = 10
@@ -66,8 +66,7 @@ def finish_sweep(prepared: Prepared, sweep: RunRecorder, console: Console) -> No
 
     _export_and_validate(prepared, sweep, console)
     uri = prepared.setup.tracking["uri"]
-    for line in link_lines(uri, sweep.experiment_id, sweep.run_id, "the sweep run"):
-        console.print(line, soft_wrap=True, highlight=False)
+    print_links(console, uri, sweep.experiment_id, sweep.run_id, "the sweep run")
 
 
 def _export_and_validate(prepared: Prepared, sweep: RunRecorder, console: Console) -> None:

@@ -23,7 +23,7 @@ import optuna.visualization.matplotlib as optuna_mpl
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.display import display_value
+from tuner.display import display_value, is_missing
 from tuner.stats import Comparison
 from tuner.study import FAIL_REASON_ATTR, fail_reason, retried_numbers
 from tuner.trial_record import VALUES_ATTR
@@ -299,12 +299,8 @@ def _write_csv_and_markdown(
     return [csv_path, md_path]
 
 
-def _is_missing(value: Any) -> bool:
-    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
-
-
 def _markdown_cell(value: Any) -> Any:
-    if _is_missing(value):
+    if is_missing(value):
         return None  # tabulate's missing value, shown blank
     if isinstance(value, bool | np.bool_):
         return str(bool(value))  # tabulate would print a lone True as 1

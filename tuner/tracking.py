@@ -69,17 +69,17 @@ def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
         if isinstance(value, Mapping) and value:
             flat.update(flatten_params(value, f"{name}."))
         else:
-            flat[name] = str(display_value(value))
+            flat[name] = str(param_value(value))
     return flat
 
 
-def display_value(value: Any) -> Any:
+def param_value(value: Any) -> Any:
     """``value`` with every float in it (also inside a list or tuple) rounded to :data:`PARAM_DIGITS`
-    significant digits, for display."""
+    significant digits, as an MLflow param shows it."""
     if isinstance(value, float) and math.isfinite(value):
         return float(f"{value:.{PARAM_DIGITS}g}")
     if isinstance(value, list | tuple):
-        return type(value)(display_value(item) for item in value)
+        return type(value)(param_value(item) for item in value)
     return value
 
 

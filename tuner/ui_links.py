@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
+from rich.console import Console
+
 LOCAL_UI = "http://127.0.0.1:5000"
 """Where ``make ui`` serves the UI of the local store (its HOST and PORT defaults)."""
 
@@ -46,3 +48,11 @@ def link_lines(
     if run_id is not None:
         lines += [f"{run_label or 'the run'}:", f"  {run_link(tracking_uri, experiment_id, run_id)}"]
     return lines
+
+
+def print_links(
+    console: Console, tracking_uri: str, experiment_id: str, run_id: str | None = None, run_label: str = ""
+) -> None:
+    """Print :func:`link_lines` on ``console``, each line whole (an address is never folded)."""
+    for line in link_lines(tracking_uri, experiment_id, run_id, run_label):
+        console.print(line, soft_wrap=True, highlight=False)
