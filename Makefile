@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+ENVPOOL_STAMP := $(VENV)/.installed-envpool
 ARGS ?=
 # pytest-xdist processes for make test, test-presets and test-full (0: one process, no xdist)
 TEST_WORKERS ?= 2
@@ -25,7 +26,7 @@ TORCH_PIN := torch==2.13.0
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-presets test-full sweep worker train replay benchmark report bench bench-sweep bench-footprint bench-ceiling bench-population bench-scores ui tracking-server dashboard ui-screens lint format clean
+.PHONY: help install install-envpool test test-presets test-full sweep worker train replay benchmark report bench bench-envs bench-sweep bench-footprint bench-ceiling bench-population bench-scores ui tracking-server dashboard ui-screens lint format clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -38,10 +39,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e ".[dev,bench]"
-	touch $(BENCH_STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,bench,envpool]"
+	touch $(BENCH_STAMP) $(ENVPOOL_STAMP)
+
+$(ENVPOOL_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,envpool]"
+	touch $(ENVPOOL_STAMP)
 
 install: $(STAMP) ## build .venv (torch CPU first, then rltune with its dev tools); re-run when pyproject changes
+
+install-envpool: $(ENVPOOL_STAMP) ## add the optional EnvPool backend (env.backend=envpool, and auto's first choice)
 
 test: install ## fast test suite (unit tests, small real learning runs)
 	$(PYTEST) -m "not slow" $(ARGS)
@@ -77,6 +84,9 @@ report: install ## tables and plots of the newest benchmark from MLflow: make re
 
 bench: $(BENCH_STAMP) ## throughput against Stable-Baselines3 (same hyperparameters), prints the ratios
 	$(PY) -m bench.throughput $(ARGS)
+
+bench-envs: $(BENCH_STAMP) ## env steps/s of each env backend (gymnasium, vector, envpool), random actions
+	$(PY) -m bench.env_backends $(ARGS)
 
 bench-sweep: $(BENCH_STAMP) ## one PPO CartPole study: rltune sequential, population mode, rl-zoo3 (slow: rl-zoo3's study takes longest; --skip zoo leaves it out)
 	$(PY) -m bench.sweep_speed $(ARGS)

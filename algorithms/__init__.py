@@ -1,8 +1,8 @@
 """rltune's agents. Pure PyTorch + Gymnasium: nothing here imports the tuner, Hydra, Optuna or MLflow.
 
 ``ALGORITHMS`` maps an algorithm name to its config dataclass and agent class; every agent has the same
-surface: ``Agent(env_id, config, seed, env_kwargs)``, ``learn``, ``evaluate``, ``predict``, ``save``,
-``Agent.load`` and ``close``.
+surface: ``Agent(env_id, config, seed, env_kwargs, env_backend)``, ``learn``, ``evaluate``, ``predict``,
+``save``, ``Agent.load`` and ``close``.
 """
 
 from __future__ import annotations

@@ -298,8 +298,9 @@ class D3QN(OffPolicyAgent):
         config: D3QNConfig,
         seed: int = 0,
         env_kwargs: dict[str, Any] | None = None,
+        env_backend: str = "gymnasium",
     ) -> None:
-        self._setup(env_id, config, seed, env_kwargs, store_discounts=config.n_step > 1)
+        self._setup(env_id, config, seed, env_kwargs, env_backend, store_discounts=config.n_step > 1)
         obs_dim, n_actions = self.runner.obs_dim, self.runner.n_actions
         torch.manual_seed(seed)  # network initialisation
         self.q_network = QNetwork(obs_dim, n_actions, config)

@@ -28,6 +28,7 @@ from algorithms.common.config import (
     require_non_negative,
     require_positive,
 )
+from algorithms.common.env_backends import resolve_backend
 from algorithms.common.envs import EpisodeTracker, check_spaces, eval_envs, evaluate_episodes, make_vec_env
 from algorithms.common.errors import ConfigError, NonFiniteLossError
 from algorithms.common.networks import StackedMLP, activation_fn
@@ -339,6 +340,24 @@ def step_envs(
     with ``final_value`` mapping the raw final observations to V, so GAE can cut the episode there.
     """
     next_obs, reward, terminated, truncated, infos = envs.step(env_action)
+    reward, done = learning_rewards(
+        reward, terminated, truncated, infos.get("final_obs"), tracker, reward_normalizer, final_value, gamma
+    )
+    return next_obs, reward, done
+
+
+def learning_rewards(
+    reward: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    final_obs: np.ndarray | None,
+    tracker: EpisodeTracker,
+    reward_normalizer: RewardNormalizer | None,
+    final_value: Callable[[np.ndarray], np.ndarray],
+    gamma: float | np.floating,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rewards as PPO learns them, episode ends) from one step's raw results (see :func:`step_envs`);
+    ``final_obs``: the envs' ``infos["final_obs"]`` (None when no episode ended)."""
     done = np.logical_or(terminated, truncated)
     tracker.update(reward, done)
     if reward_normalizer is not None:
@@ -346,9 +365,10 @@ def step_envs(
     reward = reward.astype(np.float32)
     bootstrap = truncated & ~terminated
     if bootstrap.any():
-        final_obs = np.stack([infos["final_obs"][i] for i in np.flatnonzero(bootstrap)])
-        reward[bootstrap] += gamma * final_value(final_obs)
-    return next_obs, reward, done
+        assert final_obs is not None, "a truncated step without infos['final_obs']"
+        last_obs = np.stack([final_obs[i] for i in np.flatnonzero(bootstrap)])
+        reward[bootstrap] += gamma * final_value(last_obs)
+    return reward, done
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -516,12 +536,16 @@ class PPO:
         config: PPOConfig,
         seed: int = 0,
         env_kwargs: dict[str, Any] | None = None,
+        env_backend: str = "gymnasium",
     ) -> None:
         self.env_id = env_id
         self.config = config
         self.seed = seed
         self.env_kwargs = dict(env_kwargs or {})
-        self.envs = make_vec_env(env_id, config.n_envs, seed, config.vectorization, self.env_kwargs)
+        self.env_backend = resolve_backend(env_backend, env_id)
+        self.envs = make_vec_env(
+            env_id, config.n_envs, seed, config.vectorization, self.env_kwargs, self.env_backend
+        )
         try:
             check_spaces(
                 "PPO", self.envs.single_observation_space, self.envs.single_action_space, self.action_spaces
@@ -682,7 +706,7 @@ class PPO:
         if n_episodes < 1:
             raise ConfigError(f"n_episodes must be >= 1, got {n_episodes}")
         self._eval_envs = eval_envs(
-            self._eval_envs, self.env_id, min(n_envs, n_episodes), seed, self.env_kwargs
+            self._eval_envs, self.env_id, min(n_envs, n_episodes), seed, self.env_kwargs, self.env_backend
         )
         return evaluate_episodes(
             self._eval_envs, lambda obs: self.predict(obs, deterministic), n_episodes, seed
@@ -707,7 +731,7 @@ class PPO:
     def load(cls, path: str | Path, seed: int | None = None) -> PPO:
         """Rebuild an agent saved by :meth:`save` (safe loading: tensors and plain data only)."""
         payload, config, seed = read_checkpoint(path, PPOConfig, seed)
-        agent = cls(payload["env_id"], config, seed, payload["env_kwargs"])
+        agent = cls(payload["env_id"], config, seed, payload["env_kwargs"], payload["env_backend"])
         agent.policy.load_state_dict(payload["policy"])
         agent.optimizer.load_state_dict(payload["optimizer"])
         agent.num_steps = int(payload["num_steps"])

@@ -6,11 +6,15 @@ stacked: one batched matmul per layer computes all K actors and K critics, one b
 K gradients, and one optimizer call updates all K weight sets. Each member is still an ordinary PPO
 (:mod:`algorithms.ppo`) with its own weights, Adam state, envs, random generator and normalisers, and
 its own values of the hyperparameters in :data:`MEMBER_HYPERPARAMETERS`; nothing flows between members.
-A population of one computes what :class:`algorithms.ppo.PPO` computes for the same config and seed.
+The envs of all K members are one batched env of K × n_envs envs (member k owns block k), stepped in
+one call. A population of one computes what :class:`algorithms.ppo.PPO` computes for the same config and
+seed; so does each member, on a backend that reseeds part of its envs (all but EnvPool, see
+:mod:`algorithms.common.env_backends`).
 
 Slots are filled with :meth:`PopulationPPO.start_member` and emptied with :meth:`~PopulationPPO.stop_member`;
-restarting a slot gives it fresh weights, optimizer state, envs and generator, leaving the others as
-they were (a tuner refills a pruned trial's slot this way). The loop: :meth:`~PopulationPPO.learn_iteration`
+restarting a slot gives it fresh weights, optimizer state, episodes in its own envs (reseeded) and
+generator, leaving the others as they were (a tuner refills a pruned trial's slot this way). The loop:
+:meth:`~PopulationPPO.learn_iteration`
 collects one rollout per active member and updates them all; :meth:`~PopulationPPO.evaluate` runs
 evaluation episodes for several members side by side.
 """
@@ -30,6 +34,7 @@ import torch
 from torch import nn
 
 from algorithms.common import distributions as D
+from algorithms.common.env_backends import resolve_backend
 from algorithms.common.envs import EpisodeTracker, EvalEpisodes, check_spaces, eval_envs, make_vec_env
 from algorithms.common.errors import ConfigError, NonFiniteLossError
 from algorithms.common.networks import StackedMLP
@@ -48,10 +53,10 @@ from algorithms.ppo import (
     clipped_surrogate_losses,
     compute_gae,
     deterministic_actions,
+    learning_rewards,
     progress_remaining,
     resolve_policy_dist,
     sample_actions,
-    step_envs,
     to_env_action,
     update_diagnostics,
 )
@@ -90,7 +95,7 @@ class Member:
         config: the member's full config (its structural fields equal the population's).
         seed: seeds the envs, the network initialisation and the generator.
         total_steps: the member's budget in env steps; it stops rolling out once reached.
-        envs: its training envs.
+        envs: its block of the population's batched training envs.
         rng: action sampling and minibatch order.
         obs: raw observation its next rollout starts from.
         tracker: its finished training episodes.
@@ -105,7 +110,7 @@ class Member:
     config: PPOConfig
     seed: int
     total_steps: int
-    envs: gym.vector.VectorEnv
+    envs: slice
     rng: np.random.Generator
     obs: np.ndarray
     tracker: EpisodeTracker
@@ -128,8 +133,7 @@ class Member:
         return self.obs_normalizer(obs, update)
 
     def close(self) -> None:
-        """Close the member's envs."""
-        self.envs.close()
+        """Close the member's evaluation envs (its training envs belong to the population)."""
         if self.eval_envs is not None:
             self.eval_envs.close()
 
@@ -156,6 +160,10 @@ class PopulationPPO:
         config: the structural settings (its member hyperparameters are only defaults).
         n_members: K, the number of slots.
         env_kwargs: keyword arguments for ``gymnasium.make``.
+        env_backend: who steps the K × n_envs training envs and the evaluation envs (``auto`` resolved
+            for ``env_id``).
+        env_seed: seeds the batched env once, when made; each member's block is then reseeded with
+            its own seed when it starts (except on EnvPool, which continues each env's stream).
     """
 
     algorithm = "ppo"
@@ -167,6 +175,8 @@ class PopulationPPO:
         config: PPOConfig,
         n_members: int,
         env_kwargs: Mapping[str, Any] | None = None,
+        env_backend: str = "gymnasium",
+        env_seed: int = 0,
     ) -> None:
         if not isinstance(n_members, int) or isinstance(n_members, bool) or n_members < 1:
             raise ConfigError(f"n_members must be an integer >= 1, got {n_members!r}")
@@ -174,13 +184,19 @@ class PopulationPPO:
         self.config = config
         self.n_members = n_members
         self.env_kwargs = dict(env_kwargs or {})
-        probe = make_vec_env(env_id, 1, 0, "sync", self.env_kwargs)
+        self.env_backend = resolve_backend(env_backend, env_id)
+        self.envs = make_vec_env(env_id, n_members * config.n_envs, env_seed, config.vectorization,
+                                 self.env_kwargs, self.env_backend)  # fmt: skip
         try:
-            check_spaces("PPO", probe.single_observation_space, probe.single_action_space, self.action_spaces)
-            self.action_space = probe.single_action_space
-            self.obs_dim = int(probe.single_observation_space.shape[0])
-        finally:
-            probe.close()
+            spaces = (self.envs.single_observation_space, self.envs.single_action_space)
+            check_spaces("PPO", *spaces, self.action_spaces)
+            self.envs.reset(seed=env_seed)  # a partial reset needs every env started once
+        except Exception:
+            self.envs.close()
+            raise
+        self.action_space = self.envs.single_action_space
+        self.obs_dim = int(self.envs.single_observation_space.shape[0])
+        self._idle_action = idle_action(self.action_space)
         self.dist = resolve_policy_dist(config.policy_dist, self.action_space)
         head_dim = ActorCritic(self.obs_dim, self.action_space, config).head_dim
         self.head_dim = head_dim
@@ -239,7 +255,7 @@ class PopulationPPO:
                 f"got {shown}"
             )
         self.stop_member(slot)
-        envs = make_vec_env(self.env_id, config.n_envs, seed, config.vectorization, self.env_kwargs)
+        block = slice(slot * config.n_envs, (slot + 1) * config.n_envs)
         torch.manual_seed(seed)  # the network initialisation of PPO with this seed
         fresh = ActorCritic(self.obs_dim, self.action_space, config)
         self.net.load_members(fresh.net, members=slice(2 * slot, 2 * slot + 2))
@@ -253,14 +269,13 @@ class PopulationPPO:
         self._clip[slot] = config.clip_range
         self._ent_coef[slot] = config.ent_coef
         self._vf_coef[slot] = config.vf_coef
-        obs, _ = envs.reset(seed=seed)
         self.members[slot] = Member(
             config=config,
             seed=seed,
             total_steps=total_steps,
-            envs=envs,
+            envs=block,
+            obs=self._reset_block(block, seed),
             rng=np.random.default_rng(seed),
-            obs=obs,
             tracker=EpisodeTracker(config.n_envs),
             obs_normalizer=ObsNormalizer((self.obs_dim,), config.obs_clip) if config.normalize_obs else None,
             reward_normalizer=(
@@ -270,8 +285,18 @@ class PopulationPPO:
             ),
         )
 
+    def _reset_block(self, block: slice, seed: int) -> np.ndarray:
+        """New episodes in the envs of ``block`` only, env i of it seeded ``seed + i``; their first
+        observations."""
+        mask = np.zeros(self.envs.num_envs, dtype=bool)
+        mask[block] = True
+        seeds: list[int | None] = [None] * self.envs.num_envs
+        seeds[block] = [seed + i for i in range(block.stop - block.start)]
+        obs, _ = self.envs.reset(seed=seeds, options={"reset_mask": mask})
+        return obs[block]
+
     def stop_member(self, slot: int) -> None:
-        """Empty ``slot``: close its envs; its weights stay but no longer train."""
+        """Empty ``slot``: its envs idle; its weights stay but no longer train."""
         self._check_slot(slot)
         member = self.members[slot]
         if member is not None:
@@ -347,18 +372,25 @@ class PopulationPPO:
         rows = np.array(list(members))  # the active members' rows in the (K, ...) arrays
         log_std = self.log_std.detach().numpy()
         value_fns = {k: self._value_of_raw_obs(k) for k in members}
+        # Every env steps each time, the idle slots' with a fixed action: one call for the population.
+        env_actions = np.stack([self._idle_action] * self.envs.num_envs)
         for t in range(self.config.n_steps):
             heads, values = self._act_numpy(obs)
             actions, logprobs = self._sample(heads[rows], log_std[rows], members)
             rollout.obs[t, rows], rollout.actions[t, rows] = obs[rows], actions
             rollout.logprobs[t, rows], rollout.values[t, rows] = logprobs, values[rows]
-            for i, (k, m) in enumerate(members.items()):
-                next_obs, rollout.rewards[t, k], rollout.dones[t, k] = step_envs(
-                    m.envs, to_env_action(self.dist, actions[i], self.action_space), m.tracker,
-                    m.reward_normalizer, value_fns[k], np.float32(self._gamma[k, 0]),
+            for i, m in enumerate(members.values()):
+                env_actions[m.envs] = to_env_action(self.dist, actions[i], self.action_space)
+            next_obs, reward, terminated, truncated, infos = self.envs.step(env_actions)
+            final_obs = infos.get("final_obs")
+            for k, m in members.items():
+                b = m.envs
+                rollout.rewards[t, k], rollout.dones[t, k] = learning_rewards(
+                    reward[b], terminated[b], truncated[b], None if final_obs is None else final_obs[b],
+                    m.tracker, m.reward_normalizer, value_fns[k], np.float32(self._gamma[k, 0]),
                 )  # fmt: skip
-                m.obs = next_obs
-                obs[k] = m.normalize_obs(next_obs, update=True)
+                m.obs = next_obs[b]
+                obs[k] = m.normalize_obs(m.obs, update=True)
         for m in members.values():
             m.num_steps += self.config.n_envs * self.config.n_steps
         return obs
@@ -503,7 +535,9 @@ class PopulationPPO:
         runs: dict[int, EvalEpisodes] = {}
         for k, seed in seeds.items():
             m = self._member(k)
-            m.eval_envs = eval_envs(m.eval_envs, self.env_id, min(n_envs, n_episodes), seed, self.env_kwargs)
+            m.eval_envs = eval_envs(
+                m.eval_envs, self.env_id, min(n_envs, n_episodes), seed, self.env_kwargs, self.env_backend
+            )
             runs[k] = EvalEpisodes(m.eval_envs, n_episodes, seed)
         width = min(n_envs, n_episodes)
         obs = np.zeros((self.n_members, width, self.obs_dim), dtype=np.float32)
@@ -528,7 +562,7 @@ class PopulationPPO:
         Weights, Adam moments of its own and normaliser statistics are copied; the caller closes it.
         """
         m = self._member(slot)
-        agent = PPO(self.env_id, m.config, m.seed, self.env_kwargs)
+        agent = PPO(self.env_id, m.config, m.seed, self.env_kwargs, self.env_backend)
         agent.policy.net.load_members(self.net, source_members=slice(2 * slot, 2 * slot + 2))
         with torch.no_grad():
             agent.policy.log_std.copy_(self.log_std[slot])
@@ -540,15 +574,23 @@ class PopulationPPO:
         return agent
 
     def close(self) -> None:
-        """Close every member's envs."""
+        """Close every member's evaluation envs and the batched training envs."""
         for slot in range(self.n_members):
             self.stop_member(slot)
+        self.envs.close()
 
     def __enter__(self) -> PopulationPPO:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def idle_action(action_space: gym.Space) -> np.ndarray:
+    """The action an empty slot's envs take: the middle of a Box, action 0 of a Discrete space."""
+    if isinstance(action_space, gym.spaces.Box):
+        return ((action_space.low + action_space.high) / 2).astype(action_space.dtype)
+    return np.asarray(0, dtype=action_space.dtype)
 
 
 def member_configs(base: PPOConfig, overrides: Sequence[Mapping[str, Any]]) -> list[PPOConfig]:

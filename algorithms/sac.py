@@ -183,8 +183,9 @@ class SAC(OffPolicyAgent):
         config: SACConfig,
         seed: int = 0,
         env_kwargs: dict[str, Any] | None = None,
+        env_backend: str = "gymnasium",
     ) -> None:
-        self._setup(env_id, config, seed, env_kwargs)
+        self._setup(env_id, config, seed, env_kwargs, env_backend)
         obs_dim, act_dim = self.runner.obs_dim, self.runner.act_dim
         torch.manual_seed(seed)  # network initialisation
         self.actor = Actor(obs_dim, act_dim, config)

@@ -110,8 +110,9 @@ class TD3(OffPolicyAgent):
         config: TD3Config,
         seed: int = 0,
         env_kwargs: dict[str, Any] | None = None,
+        env_backend: str = "gymnasium",
     ) -> None:
-        self._setup(env_id, config, seed, env_kwargs)
+        self._setup(env_id, config, seed, env_kwargs, env_backend)
         obs_dim, act_dim = self.runner.obs_dim, self.runner.act_dim
         arch, act = config.net_arch, config.activation
         torch.manual_seed(seed)  # network initialisation

@@ -20,7 +20,7 @@ import numpy as np
 from algorithms.common.networks import configure_torch_cpu
 from bench.common import ROOT, script_parser
 from tuner.compose import compose_config
-from tuner.stats import iqm
+from tuner.stats import bootstrap_ci, iqm
 from tuner.train import RunSettings, build_agent, resolve_config
 
 
@@ -58,9 +58,11 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=ppo_cartpole")
     args = parser.parse_intermixed_args()  # options may follow the Hydra overrides
     cfg = compose_config([*args.overrides, f"paths.root_dir={ROOT}"])
+    backend = RunSettings.from_config(resolve_config(cfg)).env_backend
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     print(
-        f"{cfg.algo.name} on {cfg.env.id}, {int(cfg.total_steps):,} env steps, seeds {seeds}, "
+        f"{cfg.algo.name} on {cfg.env.id} (env backend {backend}), {int(cfg.total_steps):,} env steps, "
+        f"seeds {seeds}, "
         f"eval {cfg.env.eval.n_episodes} episodes on separate envs; "
         f"overrides: {' '.join(args.overrides) or '-'}"
     )
@@ -74,8 +76,10 @@ def main() -> None:
             f"{r.sps:>7,.0f} {r.seconds:>8.1f}"
         )
     returns = [r.mean_return for r in results]
+    low, high = bootstrap_ci(returns, iqm)  # NaN for one seed
+    shown_ci = f" [95 % CI {low:.1f}, {high:.1f}]" if len(returns) > 1 else ""
     print(
-        f"IQM {iqm(returns):.1f}   mean {np.mean(returns):.1f} ± {np.std(returns):.1f}   "
+        f"IQM {iqm(returns):.1f}{shown_ci}   mean {np.mean(returns):.1f} ± {np.std(returns):.1f}   "
         f"min {min(returns):.1f}   wall {time.perf_counter() - start:.0f} s"
     )
 

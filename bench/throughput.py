@@ -1,14 +1,18 @@
 """Training throughput of rltune's agents against Stable-Baselines3's with identical hyperparameters.
 
-PPO on CartPole-v1 (SB3's defaults and rl-zoo3's tuned set); D3QN with every option off against SB3's
-DQN on CartPole-v1 (SB3's defaults), and the full D3QN alone; SAC and TD3 on Pendulum-v1 with one
-gradient step per env step, batch 256 and two 256-unit layers (where SB3's cost is measured).
+PPO on CartPole-v1 (SB3's defaults and rl-zoo3's tuned set) and on LunarLander-v3 (rl-zoo3's set); D3QN
+with every option off against SB3's DQN on CartPole-v1 (SB3's defaults), and the full D3QN alone; SAC
+and TD3 on Pendulum-v1 with one gradient step per env step, batch 256 and two 256-unit layers (where
+SB3's cost is measured).
 
 Both agents train on the same env for the same number of env steps with one torch thread; the time of
-``learn`` alone is measured (model and env construction excluded for both). Prints env-steps/s of each
-and the ratio rltune / SB3. Needs the ``bench`` extra (``make bench`` installs it).
+``learn`` alone is measured (model and env construction excluded for both). rltune runs once per env
+backend that covers the env (gymnasium, vector, envpool: one row each); SB3 uses its default
+``DummyVecEnv``. Prints env-steps/s of each and the ratio rltune / SB3. Needs the ``bench`` extra
+(``make bench`` installs it, with EnvPool).
 
     python -m bench.throughput [--steps-scale 1.0] [--repeats 1] [--algos ppo,d3qn,sac,td3]
+                               [--backends gymnasium,vector,envpool]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import torch
 
 from algorithms import ALGORITHMS, PPOConfig, build_config, get_algorithm
+from algorithms.common.env_backends import installed_backend
 from algorithms.common.networks import configure_torch_cpu
 from bench.common import ROOT, script_parser
 
@@ -95,9 +100,12 @@ def cases() -> list[Case]:
 
     preset = compose_config(["experiment=ppo_cartpole", f"paths.root_dir={ROOT}"])
     _, zoo = algorithm_config(OmegaConf.to_container(preset.algo, resolve=True))
+    lunar = compose_config(["experiment=ppo_lunarlander", f"paths.root_dir={ROOT}"])
+    _, lunar_zoo = algorithm_config(OmegaConf.to_container(lunar.algo, resolve=True))
     cases = [
         Case("PPO CartPole-v1, SB3 defaults", "CartPole-v1", 40_960, PPOConfig()),
         Case("PPO CartPole-v1, rl-zoo3 set", preset.env.id, int(preset.total_steps), zoo),
+        Case("PPO LunarLander-v3, rl-zoo3 set", lunar.env.id, 65_536, lunar_zoo),
     ]
     if "d3qn" in ALGORITHMS:  # SB3's DQN defaults, then every D3QN option on
         plain = build_config("d3qn", {"dueling": False, "double_q": False})
@@ -170,10 +178,20 @@ def sb3_dqn_kwargs(config: Any) -> dict[str, Any]:
     )
 
 
-def run_ours(case: Case, steps: int, seed: int) -> float:
-    """rltune's env-steps/s for ``case``."""
+def backends(env_id: str, wanted: set[str]) -> list[str]:
+    """The env backends installed here that cover ``env_id`` (among ``wanted``; all when empty)."""
+    names = ["gymnasium"]
+    for name in ("vector", "envpool"):
+        found = installed_backend(name)
+        if found is not None and env_id in found.env_ids:
+            names.append(name)
+    return [name for name in names if not wanted or name in wanted]
+
+
+def run_ours(case: Case, steps: int, seed: int, backend: str) -> float:
+    """rltune's env-steps/s for ``case`` with its envs on ``backend``."""
     agent_cls = get_algorithm(case.algo).agent_cls
-    with agent_cls(case.env_id, case.config, seed=seed) as agent:
+    with agent_cls(case.env_id, case.config, seed=seed, env_backend=backend) as agent:
         start = time.perf_counter()
         agent.learn(steps)
         return steps_taken(agent.num_steps, time.perf_counter() - start)
@@ -214,6 +232,7 @@ def main() -> None:
     parser.add_argument(
         "--algos", default="", help="comma-separated algorithms to run (default: all), e.g. sac,td3"
     )
+    parser.add_argument("--backends", default="", help="comma-separated env backends (default: all here)")
     args = parser.parse_args()
     configure_torch_cpu(1)
     try:
@@ -225,25 +244,34 @@ def main() -> None:
         f"torch {torch.__version__}, SB3 {stable_baselines3.__version__}, 1 torch thread, "
         f"median of {args.repeats}"
     )
-    header = f"{'case':<32} {'steps':>8} {'rltune sps':>11} {'SB3 sps':>9} {'ratio':>6}"
+    header = f"{'case':<32} {'backend':<9} {'steps':>8} {'rltune sps':>11} {'SB3 sps':>9} {'ratio':>6}"
     print(header)
     print("-" * len(header))
     selected = {name.strip().lower() for name in args.algos.split(",") if name.strip()}
+    wanted = {name.strip().lower() for name in args.backends.split(",") if name.strip()}
     for case in cases():
         if selected and case.algo not in selected:
             continue
-        steps = max(1, int(case.steps * args.steps_scale))
-        ours, theirs = [], []
-        for rep in range(args.repeats):
-            ours.append(run_ours(case, steps, args.seed + rep))
-            if case.sb3:
-                theirs.append(run_sb3(case, steps, args.seed + rep))
-        o = statistics.median(ours)
+        print_case(case, max(1, int(case.steps * args.steps_scale)), args.repeats, args.seed, wanted)
+
+
+def print_case(case: Case, steps: int, repeats: int, seed: int, wanted: set[str]) -> None:
+    """Run ``case`` ``repeats`` times on each backend and SB3, alternating; print a row per backend."""
+    names = backends(case.env_id, wanted)
+    ours: dict[str, list[float]] = {name: [] for name in names}
+    theirs = []
+    for rep in range(repeats):
+        for name in names:
+            ours[name].append(run_ours(case, steps, seed + rep, name))
+        if case.sb3:
+            theirs.append(run_sb3(case, steps, seed + rep))
+    for name in names:
+        o = statistics.median(ours[name])
         if not case.sb3:
-            print(f"{case.name:<32} {steps:>8} {o:>11,.0f} {'-':>9} {'-':>6}", flush=True)
+            print(f"{case.name:<32} {name:<9} {steps:>8} {o:>11,.0f} {'-':>9} {'-':>6}", flush=True)
             continue
         t = statistics.median(theirs)
-        print(f"{case.name:<32} {steps:>8} {o:>11,.0f} {t:>9,.0f} {o / t:>6.2f}", flush=True)
+        print(f"{case.name:<32} {name:<9} {steps:>8} {o:>11,.0f} {t:>9,.0f} {o / t:>6.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from tuner.objective import open_record, seed_config, trial_config, trial_overri
 from tuner.progress import TrainProgress
 from tuner.study import TuneSettings, budget_status, time_left
 from tuner.tracking import FAILED, FINISHED, RunRecorder, RunSignals
-from tuner.train import RunSettings, TrainingMonitor, finish_run
+from tuner.train import RunSettings, TrainingMonitor, finish_run, run_tags
 from tuner.trial_record import TrialOutcome, TrialRecord, TrialSetup, record_sampled
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,14 @@ class PopulationExecutor:
             ahead = worker_share(status.waiting, status.running, settings.n_workers)
             n_seeds = len(setup.seeds)
             n_members = population_size(settings.population, n_seeds, settings.population_trials, ahead)
-            state.population = PopulationPPO(settings_0.env_id, algo_config, n_members, settings_0.env_kwargs)
+            state.population = PopulationPPO(
+                settings_0.env_id,
+                algo_config,
+                n_members,
+                settings_0.env_kwargs,
+                settings_0.env_backend,
+                env_seed=setup.seeds[0],
+            )
             state.structure = _structure_params(trial, setup)
             state.number += 1
         elif structural_fields(algo_config) != structural_fields(state.population.config):
@@ -288,7 +295,7 @@ def _start_trial(
         seed_run = record.open_seed_run(
             seed,
             settings,
-            {"algo": settings.algo, "env_id": settings.env_id, "seed": seed, "population_slot": slot},
+            {**run_tags(settings), "population_slot": slot},
         )
         monitor = TrainingMonitor(None, settings, seed_run, TrainProgress(settings.total_steps, "", False))
         running.seeds.append(SeedRun(slot, seed, settings, config, seed_run, monitor))

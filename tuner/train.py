@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from algorithms import Agent, ConfigError, EvalResult, TrainState, get_algorithm
+from algorithms.common.env_backends import resolve_backend
 from algorithms.common.networks import configure_torch_cpu
 from tuner.app import hydra_app
 from tuner.compose import algorithm_config
@@ -81,6 +82,8 @@ class RunSettings:
     env_name: str
     env_id: str
     env_kwargs: dict[str, Any]
+    env_backend: str
+    """The backend that steps the envs, ``env.backend`` resolved for the env id (``auto`` → a name)."""
     seed: int
     total_steps: int
     torch_threads: int
@@ -110,11 +113,15 @@ class RunSettings:
         if not isinstance(env_kwargs, Mapping):
             raise ConfigError(f"env.kwargs must be a mapping, got {env_kwargs!r}")
         freq = _lookup(config, "env.eval.freq_steps")
+        env_id = _string(config, "env.id")
+        # configs stored before env backends existed ran on Gymnasium's vector envs
+        backend = _string(config, "env.backend") if "backend" in _lookup(config, "env") else "gymnasium"
         return cls(
             algo=_string(config, "algo.name"),
             env_name=_string(config, "env.name"),
-            env_id=_string(config, "env.id"),
+            env_id=env_id,
             env_kwargs=dict(env_kwargs),
+            env_backend=resolve_backend(backend, env_id),
             seed=_integer(config, "seed", 0),
             total_steps=_integer(config, "total_steps", 1),
             torch_threads=_integer(config, "torch_threads", 1),
@@ -128,6 +135,16 @@ class RunSettings:
             log_models=_boolean(config, "tracking.log_models"),
             log_curves=_boolean(config, "tracking.log_curves"),
         )
+
+
+def run_tags(settings: RunSettings) -> dict[str, Any]:
+    """The MLflow tags of a training run: algorithm, env id, the backend that stepped its envs, seed."""
+    return {
+        "algo": settings.algo,
+        "env_id": settings.env_id,
+        "env_backend": settings.env_backend,
+        "seed": settings.seed,
+    }
 
 
 def resolve_config(cfg: DictConfig) -> dict[str, Any]:
@@ -155,7 +172,7 @@ def build_agent(config: Mapping[str, Any], settings: RunSettings) -> Agent:
             "so evaluation seeds differ from training seeds"
         )
     agent_cls = get_algorithm(settings.algo).agent_cls
-    return agent_cls(settings.env_id, algo_config, settings.seed, settings.env_kwargs)
+    return agent_cls(settings.env_id, algo_config, settings.seed, settings.env_kwargs, settings.env_backend)
 
 
 class TrainingMonitor:
@@ -318,7 +335,7 @@ def _train_and_record(
     inside the deferred signal block ``signals``, which lets signals raise only during learning."""
     from tuner.tracking import start_run  # deferred as in run_training: MLflow's import is slow
 
-    tags = {"algo": settings.algo, "env_id": settings.env_id, "seed": settings.seed, **extra_tags}
+    tags = {**run_tags(settings), **extra_tags}
     if HydraConfig.initialized():
         tags["overrides"] = " ".join(HydraConfig.get().overrides.task)
     run_name = run_name or f"{settings.algo}-{settings.env_name}-seed{settings.seed}"

@@ -17,6 +17,7 @@ class SavedAgent(Protocol):
     algorithm: str
     env_id: str
     env_kwargs: dict[str, Any]
+    env_backend: str  # resolved: gymnasium, vector, envpool
     config: Any  # the algorithm's frozen config dataclass
     seed: int
 
@@ -28,11 +29,13 @@ class ConfigClass(Protocol[ConfigT]):
 
 
 def agent_header(agent: SavedAgent) -> dict[str, Any]:
-    """The fields that say which agent a checkpoint holds: algorithm, env id and kwargs, config, seed."""
+    """The fields that say which agent a checkpoint holds: algorithm, env id, kwargs and backend, config,
+    seed."""
     return {
         "algorithm": agent.algorithm,
         "env_id": agent.env_id,
         "env_kwargs": agent.env_kwargs,
+        "env_backend": agent.env_backend,
         "config": dataclasses.asdict(agent.config),
         "seed": agent.seed,
     }
@@ -50,4 +53,5 @@ def read_checkpoint(
     """(payload, its config, the seed to rebuild with: ``seed``, or the saved one when None), loaded
     with ``torch.load(weights_only=True)``."""
     payload = torch.load(path, weights_only=True)
+    payload.setdefault("env_backend", "gymnasium")  # checkpoints from before env backends existed
     return payload, config_cls.from_dict(payload["config"]), payload["seed"] if seed is None else seed

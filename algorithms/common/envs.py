@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.vector import AutoresetMode
 
+from algorithms.common.env_backends import (
+    VECTORIZATION_MODES,
+    backend_for,
+    import_env_module,
+    make_gymnasium_envs,
+    resolve_backend,
+)
 from algorithms.common.errors import ConfigError, UnsupportedSpaceError
 from algorithms.common.types import EvalResult
-
-VECTORIZATION_MODES = ("sync", "async")
 
 
 def make_vec_env(
@@ -23,38 +25,28 @@ def make_vec_env(
     seed: int,
     vectorization: str = "sync",
     env_kwargs: Mapping[str, Any] | None = None,
+    backend: str = "gymnasium",
 ) -> gym.vector.VectorEnv:
     """Create ``n_envs`` copies of ``env_id`` that reset in the same step an episode ends.
 
     ``env_id`` is a registered id, or ``"package.module:EnvName-v0"`` to import the module that
-    registers it first (as ``gymnasium.make`` accepts).
+    registers it first (as ``gymnasium.make`` accepts). ``backend`` is one of
+    :data:`~algorithms.common.env_backends.BACKENDS` (``auto`` resolved for ``env_id``);
+    ``vectorization`` (sync / async) applies to the ``gymnasium`` backend, the others step in-process.
 
     Same-step autoreset puts the last observation of a finished episode in ``info["final_obs"]``,
     which is what bootstrapping through a time-limit truncation needs. Env ``i`` is seeded with
-    ``seed + i``; its action space too, so random actions are reproducible.
+    ``seed + i`` when reset with ``seed``; the action space is seeded too, so random actions are
+    reproducible.
     """
-    if vectorization not in VECTORIZATION_MODES:
-        raise ConfigError(f"vectorization must be one of {VECTORIZATION_MODES}, got {vectorization!r}")
-    if ":" in env_id:  # "package.module:EnvName-v0", as gymnasium.make accepts: import to register
-        module, env_id = env_id.split(":", 1)
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ConfigError(f"cannot import {module!r} to register environment {env_id!r}: {exc}") from exc
-    try:
-        # The passive API checker and order-enforcing wrappers cost a third of CartPole's step time and
-        # check nothing a registered env needs; the time limit (TimeLimit) stays.
-        spec = dataclasses.replace(gym.spec(env_id), disable_env_checker=True, order_enforce=False)
-        envs = gym.make_vec(
-            spec,
-            num_envs=n_envs,
-            vectorization_mode=vectorization,
-            vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
-            **dict(env_kwargs or {}),
-        )
-    except (gym.error.Error, TypeError, ImportError, ModuleNotFoundError) as exc:
-        # unknown id, a missing extra (box2d, mujoco), or kwargs the env does not take
-        raise ConfigError(f"cannot create environment {env_id!r}: {exc}") from exc
+    env_id = import_env_module(env_id)
+    name = resolve_backend(backend, env_id)
+    if name == "gymnasium":
+        envs = make_gymnasium_envs(env_id, n_envs, vectorization, dict(env_kwargs or {}))
+    else:
+        if vectorization not in VECTORIZATION_MODES:
+            raise ConfigError(f"vectorization must be one of {VECTORIZATION_MODES}, got {vectorization!r}")
+        envs = backend_for(name, env_id).make(env_id, n_envs, seed, dict(env_kwargs or {}))
     envs.action_space.seed(seed)
     envs.single_action_space.seed(seed)
     return envs
@@ -118,14 +110,16 @@ def eval_envs(
     n_envs: int,
     seed: int,
     env_kwargs: dict[str, Any],
+    backend: str = "gymnasium",
 ) -> gym.vector.VectorEnv:
-    """Evaluation envs with ``n_envs`` copies: ``current`` when it has that many (kept between
-    evaluations; :func:`evaluate_episodes` reseeds them), else new sync envs, closing ``current``."""
+    """Evaluation envs with ``n_envs`` copies on ``backend``: ``current`` when it has that many (kept
+    between evaluations; :func:`evaluate_episodes` reseeds them), else new (sync) ones, closing
+    ``current``."""
     if current is not None and current.num_envs == n_envs:
         return current
     if current is not None:
         current.close()
-    return make_vec_env(env_id, n_envs, seed, "sync", env_kwargs)
+    return make_vec_env(env_id, n_envs, seed, "sync", env_kwargs, backend)
 
 
 class EvalEpisodes:

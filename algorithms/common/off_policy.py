@@ -31,6 +31,7 @@ from algorithms.common.config import (
     require_net_arch,
     require_positive,
 )
+from algorithms.common.env_backends import resolve_backend
 from algorithms.common.envs import EpisodeTracker, check_spaces, eval_envs, evaluate_episodes, make_vec_env
 from algorithms.common.errors import ConfigError, UnsupportedSpaceError
 from algorithms.common.networks import StackedMLP, activation_fn
@@ -154,7 +155,7 @@ class OffPolicyRunner:
 
     Args:
         algo: display name for error messages (``"SAC"``).
-        env_id, n_envs, seed, vectorization, env_kwargs: as :func:`make_vec_env`.
+        env_id, n_envs, seed, vectorization, env_kwargs, env_backend: as :func:`make_vec_env`.
         action_spaces: the action-space types the algorithm supports.
         buffer_size: replay capacity in transitions.
         store_discounts: the buffer keeps a per-transition bootstrap discount (n-step returns).
@@ -168,6 +169,7 @@ class OffPolicyRunner:
         seed: int,
         vectorization: str,
         env_kwargs: Mapping[str, Any] | None,
+        env_backend: str,
         action_spaces: tuple[type[gym.Space], ...],
         buffer_size: int,
         store_discounts: bool = False,
@@ -175,7 +177,8 @@ class OffPolicyRunner:
         self.env_id = env_id
         self.seed = seed
         self.env_kwargs = dict(env_kwargs or {})
-        self.envs = make_vec_env(env_id, n_envs, seed, vectorization, self.env_kwargs)
+        self.env_backend = env_backend
+        self.envs = make_vec_env(env_id, n_envs, seed, vectorization, self.env_kwargs, env_backend)
         try:
             action_space = self.envs.single_action_space
             if not isinstance(action_space, action_spaces):
@@ -323,7 +326,7 @@ class OffPolicyRunner:
         if n_episodes < 1:
             raise ConfigError(f"n_episodes must be >= 1, got {n_episodes}")
         self._eval_envs = eval_envs(
-            self._eval_envs, self.env_id, min(n_envs, n_episodes), seed, self.env_kwargs
+            self._eval_envs, self.env_id, min(n_envs, n_episodes), seed, self.env_kwargs, self.env_backend
         )
         return evaluate_episodes(self._eval_envs, predict, n_episodes, seed)
 
@@ -347,9 +350,9 @@ class OffPolicyAgent:
     ``load``, ``close`` and the context manager, all delegating to an :class:`OffPolicyRunner`.
 
     A subclass sets :attr:`algorithm`, :attr:`config_cls` and :attr:`action_spaces`, calls
-    :meth:`_setup` first in its constructor (signature ``(env_id, config, seed, env_kwargs)``), and
-    provides the algorithm: ``predict``, ``_explore`` (policy-space actions while training),
-    ``_train(gradient_steps)``, ``_pop_losses()``, and the checkpointed ``_tensors()`` and
+    :meth:`_setup` first in its constructor (signature ``(env_id, config, seed, env_kwargs,
+    env_backend)``), and provides the algorithm: ``predict``, ``_explore`` (policy-space actions while
+    training), ``_train(gradient_steps)``, ``_pop_losses()``, and the checkpointed ``_tensors()`` and
     ``_optimizers()``. Optional hooks: ``_start_learning``, ``_store`` (when :meth:`_custom_store`
     is true) and ``_extra_state`` / ``_restore_extra_state`` for counters beyond the runner's.
     """
@@ -367,6 +370,7 @@ class OffPolicyAgent:
         config: Any,
         seed: int,
         env_kwargs: Mapping[str, Any] | None,
+        env_backend: str = "gymnasium",
         store_discounts: bool = False,
     ) -> None:
         """Record what the agent is bound to and create the runner (envs, buffer, generator)."""
@@ -374,6 +378,7 @@ class OffPolicyAgent:
         self.config = config
         self.seed = seed
         self.env_kwargs = dict(env_kwargs or {})
+        self.env_backend = resolve_backend(env_backend, env_id)
         self.runner = OffPolicyRunner(
             self.algorithm.upper(),
             env_id,
@@ -381,6 +386,7 @@ class OffPolicyAgent:
             seed,
             config.vectorization,
             self.env_kwargs,
+            self.env_backend,
             self.action_spaces,
             config.buffer_size,
             store_discounts,
@@ -487,7 +493,9 @@ class OffPolicyAgent:
     def load(cls, path: str | Path, seed: int | None = None) -> Self:
         """Rebuild an agent saved by :meth:`save` (safe loading: tensors and plain data only)."""
         payload, config, seed = read_checkpoint(path, cls.config_cls, seed)
-        agent = cls(payload["env_id"], config, seed, payload["env_kwargs"])  # type: ignore[call-arg]
+        agent = cls(  # type: ignore[call-arg]
+            payload["env_id"], config, seed, payload["env_kwargs"], payload["env_backend"]
+        )
         with torch.no_grad():  # copy in place: parameter views into the flat buffers stay intact
             for name, tensor in agent._tensors().items():
                 tensor.copy_(payload[name])

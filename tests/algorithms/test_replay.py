@@ -46,7 +46,7 @@ def register() -> None:
 def collect(env_id: str, steps: int, n_envs: int = 1, capacity: int = 100) -> ReplayBuffer:
     """Random-action steps through the shared off-policy loop; returns its replay buffer."""
     register()
-    runner = OffPolicyRunner("SAC", env_id, n_envs, 0, "sync", None, (gym.spaces.Box,), capacity)
+    runner = OffPolicyRunner("SAC", env_id, n_envs, 0, "sync", None, "gymnasium", (gym.spaces.Box,), capacity)
     try:
         runner.learn(
             steps,

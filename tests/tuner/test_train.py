@@ -52,6 +52,14 @@ BAD_INPUTS: dict[str, tuple[tuple[str, ...], str]] = {
         ("algo.batch_size=100000",),
         "batch_size (100000) is larger than a rollout",
     ),
+    "unknown_env_backend": (
+        ("env.backend=threads",),
+        "env.backend must be one of auto, gymnasium, vector, envpool; got 'threads'",
+    ),
+    "backend_without_the_env": (
+        ("env=pendulum", "env.backend=vector"),
+        "env.backend=vector has no 'Pendulum-v1'; it covers CartPole-v0, CartPole-v1",
+    ),
 }
 
 
@@ -112,6 +120,7 @@ def test_tiny_run_records_params_tags_and_finishes(tiny: tuple[CliResult, Run]) 
     assert params["algo.n_envs"] == "8"
     assert params["algo.net_arch"] == "[64, 64]"
     assert params["env.id"] == "CartPole-v1"
+    assert params["env.backend"] == "auto" and run.data.tags["env_backend"] == "vector"  # auto, resolved
     assert params["total_steps"] == "2048"
     assert params["seed"] == "1"
     assert {"algo": "ppo", "env_id": "CartPole-v1", "seed": "1"}.items() <= run.data.tags.items()
