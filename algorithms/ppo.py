@@ -542,7 +542,7 @@ class PPO:
         self.config = config
         self.seed = seed
         self.env_kwargs = dict(env_kwargs or {})
-        self.env_backend = resolve_backend(env_backend, env_id)
+        self.env_backend = resolve_backend(env_backend, env_id, config.n_envs)
         self.envs = make_vec_env(
             env_id, config.n_envs, seed, config.vectorization, self.env_kwargs, self.env_backend
         )

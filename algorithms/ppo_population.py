@@ -184,7 +184,7 @@ class PopulationPPO:
         self.config = config
         self.n_members = n_members
         self.env_kwargs = dict(env_kwargs or {})
-        self.env_backend = resolve_backend(env_backend, env_id)
+        self.env_backend = resolve_backend(env_backend, env_id, n_members * config.n_envs)
         self.envs = make_vec_env(env_id, n_members * config.n_envs, env_seed, config.vectorization,
                                  self.env_kwargs, self.env_backend)  # fmt: skip
         try:

@@ -34,6 +34,7 @@ class SeedResult:
     steps: int
     seconds: float
     sps: float
+    env_backend: str
 
 
 def train_one(overrides: list[str], seed: int) -> SeedResult:
@@ -46,7 +47,8 @@ def train_one(overrides: list[str], seed: int) -> SeedResult:
         state = agent.learn(settings.total_steps)
         elapsed = time.perf_counter() - start
         result = agent.evaluate(settings.eval_episodes, seed=settings.eval_seed)
-    return SeedResult(seed, result.mean_return, result.std_return, state.step, elapsed, state.sps)
+        backend = agent.env_backend
+    return SeedResult(seed, result.mean_return, result.std_return, state.step, elapsed, state.sps, backend)
 
 
 def main() -> None:
@@ -58,22 +60,23 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=ppo_cartpole")
     args = parser.parse_intermixed_args()  # options may follow the Hydra overrides
     cfg = compose_config([*args.overrides, f"paths.root_dir={ROOT}"])
-    backend = RunSettings.from_config(resolve_config(cfg)).env_backend
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     print(
-        f"{cfg.algo.name} on {cfg.env.id} (env backend {backend}), {int(cfg.total_steps):,} env steps, "
-        f"seeds {seeds}, "
+        f"{cfg.algo.name} on {cfg.env.id}, {int(cfg.total_steps):,} env steps, seeds {seeds}, "
         f"eval {cfg.env.eval.n_episodes} episodes on separate envs; "
         f"overrides: {' '.join(args.overrides) or '-'}"
     )
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         results = list(pool.map(train_one, [args.overrides] * len(seeds), seeds))
-    print(f"{'seed':>4} {'final eval return':>18} {'± std':>8} {'env steps':>10} {'sps':>7} {'seconds':>8}")
+    print(
+        f"{'seed':>4} {'final eval return':>18} {'± std':>8} {'env steps':>10} {'sps':>7} {'seconds':>8} "
+        "env backend"
+    )
     for r in results:
         print(
             f"{r.seed:>4} {r.mean_return:>18.1f} {r.std_return:>8.1f} {r.steps:>10,} "
-            f"{r.sps:>7,.0f} {r.seconds:>8.1f}"
+            f"{r.sps:>7,.0f} {r.seconds:>8.1f} {r.env_backend}"
         )
     returns = [r.mean_return for r in results]
     low, high = bootstrap_ci(returns, iqm)  # NaN for one seed

@@ -33,9 +33,14 @@ ENV_IDS = (
 """Env ids this backend creates; tests/algorithms/test_env_backends.py checks each one's spaces, dtypes
 and autoreset against Gymnasium's."""
 
-TESTED_IDS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1", "MountainCarContinuous-v0")
-"""Ids whose dynamics the tests compare with Gymnasium's step by step from the same state (Box2D's
-state cannot be set from outside, so LunarLander is not among them; ``auto`` leaves it on Gymnasium)."""
+TESTED_IDS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1", "MountainCarContinuous-v0", "LunarLander-v3")
+"""Ids the tests compare with Gymnasium's: step by step from the same state, and LunarLander (whose
+Box2D state cannot be set from outside) by the returns of Gymnasium's demonstration policy."""
+
+AUTO_MIN_ENVS = {"Pendulum-v1": 4, "Acrobot-v1": 1, "LunarLander-v3": 2}
+"""Tested id → the fewest envs at which EnvPool steps it faster than Gymnasium's SyncVectorEnv
+(bench/results/env_backends.md); ``env.backend=auto`` picks EnvPool for these. Not CartPole (the
+``vector`` backend is faster still) nor MountainCarContinuous (Gymnasium's is faster at 8 envs)."""
 
 
 class EnvPoolVectorEnv(SameStepVectorEnv):
@@ -94,5 +99,5 @@ def make_envpool_envs(
     return envs
 
 
-BACKEND = EnvBackend("envpool", make_envpool_envs, ENV_IDS, TESTED_IDS, reseeds_subsets=False)
+BACKEND = EnvBackend("envpool", make_envpool_envs, ENV_IDS, TESTED_IDS, AUTO_MIN_ENVS, reseeds_subsets=False)
 """Registered as ``envpool`` in pyproject.toml's ``rltune.env_backends`` entry points."""

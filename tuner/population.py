@@ -295,7 +295,7 @@ def _start_trial(
         seed_run = record.open_seed_run(
             seed,
             settings,
-            {**run_tags(settings), "population_slot": slot},
+            {**run_tags(settings, state.population.env_backend), "population_slot": slot},
         )
         monitor = TrainingMonitor(None, settings, seed_run, TrainProgress(settings.total_steps, "", False))
         running.seeds.append(SeedRun(slot, seed, settings, config, seed_run, monitor))

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from algorithms import Agent, ConfigError, EvalResult, TrainState, get_algorithm
-from algorithms.common.env_backends import resolve_backend
+from algorithms.common.env_backends import check_backend
 from algorithms.common.networks import configure_torch_cpu
 from tuner.app import hydra_app
 from tuner.compose import algorithm_config
@@ -83,7 +83,7 @@ class RunSettings:
     env_id: str
     env_kwargs: dict[str, Any]
     env_backend: str
-    """The backend that steps the envs, ``env.backend`` resolved for the env id (``auto`` → a name)."""
+    """``env.backend``: what steps the envs (``auto`` is resolved by the agent, for its env count)."""
     seed: int
     total_steps: int
     torch_threads: int
@@ -121,7 +121,7 @@ class RunSettings:
             env_name=_string(config, "env.name"),
             env_id=env_id,
             env_kwargs=dict(env_kwargs),
-            env_backend=resolve_backend(backend, env_id),
+            env_backend=check_backend(backend),
             seed=_integer(config, "seed", 0),
             total_steps=_integer(config, "total_steps", 1),
             torch_threads=_integer(config, "torch_threads", 1),
@@ -137,12 +137,13 @@ class RunSettings:
         )
 
 
-def run_tags(settings: RunSettings) -> dict[str, Any]:
-    """The MLflow tags of a training run: algorithm, env id, the backend that stepped its envs, seed."""
+def run_tags(settings: RunSettings, env_backend: str) -> dict[str, Any]:
+    """The MLflow tags of a training run: algorithm, env id, the backend that stepped its envs (``auto``
+    resolved), seed."""
     return {
         "algo": settings.algo,
         "env_id": settings.env_id,
-        "env_backend": settings.env_backend,
+        "env_backend": env_backend,
         "seed": settings.seed,
     }
 
@@ -335,7 +336,7 @@ def _train_and_record(
     inside the deferred signal block ``signals``, which lets signals raise only during learning."""
     from tuner.tracking import start_run  # deferred as in run_training: MLflow's import is slow
 
-    tags = {**run_tags(settings), **extra_tags}
+    tags = {**run_tags(settings, agent.env_backend), **extra_tags}
     if HydraConfig.initialized():
         tags["overrides"] = " ".join(HydraConfig.get().overrides.task)
     run_name = run_name or f"{settings.algo}-{settings.env_name}-seed{settings.seed}"

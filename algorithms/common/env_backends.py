@@ -25,8 +25,8 @@ Backends:
     Registered through the ``rltune.env_backends`` entry point group by an installed package (rltune's
     own ``envbackends.envpool``, installed with the ``envpool`` extra); this package never imports one.
 ``auto``
-    The first backend in :data:`AUTO_ORDER` that is installed and lists the env id among those whose
-    equivalence with Gymnasium the test suite checks; else ``gymnasium``.
+    The first backend in :data:`AUTO_ORDER` that is installed and whose ``auto_min_envs`` lists the env
+    id (equivalence with Gymnasium tested) with at most that many envs; else ``gymnasium``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -73,8 +74,10 @@ class EnvBackend:
         make: ``make(env_id, n_envs, seed, env_kwargs)`` → a same-step-autoreset VectorEnv, reset with
             ``seed`` already (``reset(seed=seed)`` again restarts the same episodes).
         env_ids: the env ids it can create.
-        tested_ids: the ids among those whose equivalence with Gymnasium (step by step from the same
-            state) the test suite checks; ``auto`` picks the backend only for these.
+        tested_ids: the ids among those whose equivalence with Gymnasium the test suite checks.
+        auto_min_envs: tested id → the fewest envs at which this backend steps it faster than
+            Gymnasium's ``SyncVectorEnv`` (bench/results/env_backends.md; a batched call costs more
+            than one plain env step); ``auto`` picks it for these ids only.
         reseeds_subsets: a partial reset honours per-env seeds. EnvPool seeds each env once, when the
             pool is made; a partial reset there continues the env's own random stream.
     """
@@ -83,6 +86,7 @@ class EnvBackend:
     make: MakeEnvs
     env_ids: tuple[str, ...]
     tested_ids: tuple[str, ...]
+    auto_min_envs: Mapping[str, int]
     reseeds_subsets: bool = True
 
 
@@ -224,6 +228,10 @@ class CartPoleVector(SameStepVectorEnv):
 VECTOR_ENV_IDS = ("CartPole-v0", "CartPole-v1")
 """Env ids with a batched implementation in Gymnasium that the ``vector`` backend drives."""
 
+VECTOR_AUTO_MIN_ENVS = 8
+"""From this many envs ``auto`` runs CartPole on ``vector``: level with Gymnasium's at 4, 1.5× at 8
+(bench/results/env_backends.md)."""
+
 
 def make_vector_envs(
     env_id: str, n_envs: int, seed: int, env_kwargs: Mapping[str, Any]
@@ -234,7 +242,13 @@ def make_vector_envs(
     return envs
 
 
-VECTOR_BACKEND = EnvBackend("vector", make_vector_envs, VECTOR_ENV_IDS, VECTOR_ENV_IDS)
+VECTOR_BACKEND = EnvBackend(
+    "vector",
+    make_vector_envs,
+    VECTOR_ENV_IDS,
+    VECTOR_ENV_IDS,
+    dict.fromkeys(VECTOR_ENV_IDS, VECTOR_AUTO_MIN_ENVS),
+)
 
 
 # --- the registry ----------------------------------------------------------------------------------
@@ -265,16 +279,22 @@ def installed_backend(name: str) -> EnvBackend | None:
         return None
 
 
-def resolve_backend(backend: str, env_id: str) -> str:
-    """The concrete backend ``backend`` means for ``env_id`` (``auto`` → the fastest tested one)."""
+def check_backend(backend: str) -> str:
+    """``backend`` when it is a valid ``env.backend`` value; ConfigError naming the choices otherwise."""
     if backend not in BACKENDS:
         raise ConfigError(f"env.backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    if backend != "auto":
+    return backend
+
+
+def resolve_backend(backend: str, env_id: str, n_envs: int) -> str:
+    """The concrete backend ``backend`` means for ``n_envs`` envs of ``env_id`` (``auto`` → the
+    fastest tested one)."""
+    if check_backend(backend) != "auto":
         return backend
     env_id = env_id.split(":", 1)[-1]  # "package.module:EnvName-v0": the id after the module
     for name in AUTO_ORDER:
         found = installed_backend(name)
-        if found is not None and env_id in found.tested_ids:
+        if found is not None and n_envs >= found.auto_min_envs.get(env_id, math.inf):
             return name
     return "gymnasium"
 

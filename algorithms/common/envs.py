@@ -40,7 +40,7 @@ def make_vec_env(
     reproducible.
     """
     env_id = import_env_module(env_id)
-    name = resolve_backend(backend, env_id)
+    name = resolve_backend(backend, env_id, n_envs)
     if name == "gymnasium":
         envs = make_gymnasium_envs(env_id, n_envs, vectorization, dict(env_kwargs or {}))
     else:

@@ -378,7 +378,7 @@ class OffPolicyAgent:
         self.config = config
         self.seed = seed
         self.env_kwargs = dict(env_kwargs or {})
-        self.env_backend = resolve_backend(env_backend, env_id)
+        self.env_backend = resolve_backend(env_backend, env_id, config.n_envs)
         self.runner = OffPolicyRunner(
             self.algorithm.upper(),
             env_id,

@@ -71,6 +71,9 @@ class EvalResult:
 class Agent(Protocol):
     """The surface every agent in ``algorithms.ALGORITHMS`` offers to the tuner and the benchmarks."""
 
+    env_backend: str
+    """The env backend that steps its envs (``auto`` resolved): gymnasium, vector or envpool."""
+
     def learn(self, total_steps: int, callback: Callback | None = None) -> TrainState:
         """Train for ``total_steps`` env steps, calling ``callback`` after each iteration."""
         ...

@@ -163,6 +163,47 @@ def test_envpool_steps_as_gymnasium_from_the_same_state(env_id: str) -> None:
     envs.close()
 
 
+def lander_heuristic(obs: np.ndarray) -> np.ndarray:
+    """Discrete LunarLander actions of Gymnasium's demonstration rule (``lunar_lander.heuristic``),
+    for a batch: tilt toward the pad, hover proportionally to the horizontal offset, damp once a leg
+    touches."""
+    x, y, vx, vy, angle, spin, leg_1, leg_2 = obs.T
+    angle_target = np.clip(0.5 * x + vx, -0.4, 0.4)
+    angle_todo = (angle_target - angle) * 0.5 - spin
+    hover_todo = (0.55 * np.abs(x) - y) * 0.5 - 0.5 * vy
+    landed = (leg_1 > 0) | (leg_2 > 0)
+    angle_todo = np.where(landed, 0.0, angle_todo)
+    hover_todo = np.where(landed, -0.5 * vy, hover_todo)
+    actions = np.zeros(len(obs), dtype=np.int64)
+    actions[angle_todo > 0.05] = 1
+    actions[angle_todo < -0.05] = 3
+    actions[(hover_todo > np.abs(angle_todo)) & (hover_todo > 0.05)] = 2
+    return actions
+
+
+def heuristic_returns(backend: str, n_episodes: int) -> np.ndarray:
+    """Returns of the first ``n_episodes`` LunarLander episodes flown by :func:`lander_heuristic`."""
+    envs = make_vec_env("LunarLander-v3", 8, 0, backend=backend)
+    obs, _ = envs.reset(seed=100)
+    tracker = EpisodeTracker(8)
+    while len(tracker.finished_returns) < n_episodes:
+        obs, reward, terminated, truncated, _ = envs.step(lander_heuristic(obs))
+        tracker.update(reward, terminated | truncated)
+    envs.close()
+    return np.array(tracker.finished_returns[:n_episodes])
+
+
+def test_envpool_lunarlander_lands_the_heuristic_as_gymnasium_s() -> None:
+    """Box2D's state cannot be set from outside, so EnvPool's LunarLander port is compared by outcome:
+    the same demonstration policy over 48 episodes scores alike on both (means within 25, and the
+    landing rate within 15 points)."""
+    assert "LunarLander-v3" in envpool_ids()
+    ours, theirs = heuristic_returns("envpool", 48), heuristic_returns("gymnasium", 48)
+    assert theirs.mean() > 150, "the heuristic flies Gymnasium's lander"
+    assert abs(ours.mean() - theirs.mean()) < 25
+    assert abs((ours > 200).mean() - (theirs > 200).mean()) < 0.15
+
+
 @pytest.mark.parametrize("backend", ["gymnasium", "vector", "envpool"])
 def test_a_truncated_step_is_bootstrapped_from_the_final_observation(backend: str) -> None:
     """PPO's reward at a time-limit truncation is r + γ·V(final observation), not V(the reset one)."""
@@ -249,12 +290,19 @@ def spy_resets(population: PopulationPPO) -> list[np.ndarray]:
 
 
 # --- choosing a backend -----------------------------------------------------------------------------
-def test_auto_picks_a_tested_backend_else_gymnasium() -> None:
-    assert resolve_backend("auto", "CartPole-v1") == "vector"
-    assert resolve_backend("auto", "LunarLander-v3") == "gymnasium"  # EnvPool's is not step-tested
+def test_auto_picks_a_tested_faster_backend_else_gymnasium() -> None:
+    assert resolve_backend("auto", "CartPole-v1", 8) == "vector"
+    assert resolve_backend("auto", "CartPole-v1", 1) == "gymnasium"  # one env: a batched call costs more
+    assert resolve_backend("auto", "CartPole-v1", 4) == "gymnasium"  # level at 4 envs
+    assert resolve_backend("auto", "MountainCarContinuous-v0", 8) == "gymnasium"  # EnvPool's is slower
+    assert resolve_backend("auto", "LunarLanderContinuous-v3", 8) == "gymnasium"  # not compared
     expected = "envpool" if installed_backend("envpool") is not None else "gymnasium"
-    assert resolve_backend("auto", "Pendulum-v1") == expected
-    assert resolve_backend("gymnasium", "CartPole-v1") == "gymnasium"
+    assert resolve_backend("auto", "Pendulum-v1", 8) == expected
+    assert resolve_backend("auto", "LunarLander-v3", 16) == expected
+    assert resolve_backend("auto", "Pendulum-v1", 1) == "gymnasium"
+    assert resolve_backend("gymnasium", "CartPole-v1", 8) == "gymnasium"
+    with PPO("CartPole-v1", PPOConfig(n_envs=8), env_backend="auto") as agent:
+        assert agent.env_backend == "vector" and type(agent.envs).__name__ == "CartPoleVector"
 
 
 @pytest.mark.parametrize(
@@ -294,6 +342,6 @@ def test_a_missing_envpool_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
     try:
         with pytest.raises(ConfigError, match=r"env.backend=envpool needs the 'envpool' extra: pip install"):
             make_vec_env("Pendulum-v1", 2, 0, backend="envpool")
-        assert resolve_backend("auto", "Pendulum-v1") == "gymnasium"
+        assert resolve_backend("auto", "Pendulum-v1", 8) == "gymnasium"
     finally:
         env_backends.plugin_backend.cache_clear()
