@@ -48,7 +48,7 @@ $(ENVPOOL_STAMP): $(STAMP)
 
 install: $(STAMP) ## build .venv (torch CPU first, then rltune with its dev tools); re-run when pyproject changes
 
-install-envpool: $(ENVPOOL_STAMP) ## add the optional EnvPool backend (env.backend=envpool, and auto's first choice)
+install-envpool: $(ENVPOOL_STAMP) ## add the optional EnvPool extra; env.backend = auto (default), gymnasium, vector or envpool
 
 test: install ## fast test suite (unit tests, small real learning runs)
 	$(PYTEST) -m "not slow" $(ARGS)
@@ -82,7 +82,7 @@ benchmark: install ## algorithms × envs × seeds in MLflow (resumable); no ARGS
 report: install ## tables and plots of the newest benchmark from MLflow: make report ARGS="report.benchmark=classic"
 	$(PY) -m tuner.report $(ARGS)
 
-bench: $(BENCH_STAMP) ## throughput against Stable-Baselines3 (same hyperparameters), prints the ratios
+bench: $(BENCH_STAMP) ## throughput against Stable-Baselines3 (same hyperparameters), a row per env backend, prints the ratios
 	$(PY) -m bench.throughput $(ARGS)
 
 bench-envs: $(BENCH_STAMP) ## env steps/s of each env backend (gymnasium, vector, envpool), random actions

@@ -95,7 +95,7 @@ class Member:
         config: the member's full config (its structural fields equal the population's).
         seed: seeds the envs, the network initialisation and the generator.
         total_steps: the member's budget in env steps; it stops rolling out once reached.
-        envs: its block of the population's batched training envs.
+        env_block: its envs' indices in the population's batched training envs.
         rng: action sampling and minibatch order.
         obs: raw observation its next rollout starts from.
         tracker: its finished training episodes.
@@ -110,7 +110,7 @@ class Member:
     config: PPOConfig
     seed: int
     total_steps: int
-    envs: slice
+    env_block: slice
     rng: np.random.Generator
     obs: np.ndarray
     tracker: EpisodeTracker
@@ -273,7 +273,7 @@ class PopulationPPO:
             config=config,
             seed=seed,
             total_steps=total_steps,
-            envs=block,
+            env_block=block,
             obs=self._reset_block(block, seed),
             rng=np.random.default_rng(seed),
             tracker=EpisodeTracker(config.n_envs),
@@ -380,11 +380,11 @@ class PopulationPPO:
             rollout.obs[t, rows], rollout.actions[t, rows] = obs[rows], actions
             rollout.logprobs[t, rows], rollout.values[t, rows] = logprobs, values[rows]
             for i, m in enumerate(members.values()):
-                env_actions[m.envs] = to_env_action(self.dist, actions[i], self.action_space)
+                env_actions[m.env_block] = to_env_action(self.dist, actions[i], self.action_space)
             next_obs, reward, terminated, truncated, infos = self.envs.step(env_actions)
             final_obs = infos.get("final_obs")
             for k, m in members.items():
-                b = m.envs
+                b = m.env_block
                 rollout.rewards[t, k], rollout.dones[t, k] = learning_rewards(
                     reward[b], terminated[b], truncated[b], None if final_obs is None else final_obs[b],
                     m.tracker, m.reward_normalizer, value_fns[k], np.float32(self._gamma[k, 0]),

@@ -14,21 +14,11 @@ from __future__ import annotations
 import statistics
 import time
 
-from algorithms.common.env_backends import installed_backend
+from algorithms.common.env_backends import backends_covering
 from algorithms.common.envs import make_vec_env
 from bench.common import script_parser
 
 DEFAULT_ENVS = "CartPole-v1,Pendulum-v1,Acrobot-v1,MountainCarContinuous-v0,LunarLander-v3"
-
-
-def covering(env_id: str) -> list[str]:
-    """The backends installed here that cover ``env_id``, ``gymnasium`` first."""
-    names = ["gymnasium"]
-    for name in ("vector", "envpool"):
-        found = installed_backend(name)
-        if found is not None and env_id in found.env_ids:
-            names.append(name)
-    return names
 
 
 def steps_per_second(env_id: str, n_envs: int, backend: str, n_steps: int, seed: int) -> float:
@@ -58,7 +48,7 @@ def main() -> None:
     print("-" * len(header))
     for env_id in [e.strip() for e in args.envs.split(",") if e.strip()]:
         for n_envs in [int(n) for n in args.n_envs.split(",")]:
-            names = covering(env_id)
+            names = backends_covering(env_id)
             measured: dict[str, list[float]] = {name: [] for name in names}
             for rep in range(args.repeats):
                 for name in names:

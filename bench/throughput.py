@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from algorithms import ALGORITHMS, PPOConfig, build_config, get_algorithm
-from algorithms.common.env_backends import installed_backend
+from algorithms.common.env_backends import backends_covering
 from algorithms.common.networks import configure_torch_cpu
 from bench.common import ROOT, script_parser
 
@@ -178,16 +178,6 @@ def sb3_dqn_kwargs(config: Any) -> dict[str, Any]:
     )
 
 
-def backends(env_id: str, wanted: set[str]) -> list[str]:
-    """The env backends installed here that cover ``env_id`` (among ``wanted``; all when empty)."""
-    names = ["gymnasium"]
-    for name in ("vector", "envpool"):
-        found = installed_backend(name)
-        if found is not None and env_id in found.env_ids:
-            names.append(name)
-    return [name for name in names if not wanted or name in wanted]
-
-
 def run_ours(case: Case, steps: int, seed: int, backend: str) -> float:
     """rltune's env-steps/s for ``case`` with its envs on ``backend``."""
     agent_cls = get_algorithm(case.algo).agent_cls
@@ -257,7 +247,7 @@ def main() -> None:
 
 def print_case(case: Case, steps: int, repeats: int, seed: int, wanted: set[str]) -> None:
     """Run ``case`` ``repeats`` times on each backend and SB3, alternating; print a row per backend."""
-    names = backends(case.env_id, wanted)
+    names = [name for name in backends_covering(case.env_id) if not wanted or name in wanted]
     ours: dict[str, list[float]] = {name: [] for name in names}
     theirs = []
     for rep in range(repeats):

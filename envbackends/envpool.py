@@ -37,10 +37,12 @@ TESTED_IDS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1", "MountainCarContinuous
 """Ids the tests compare with Gymnasium's: step by step from the same state, and LunarLander (whose
 Box2D state cannot be set from outside) by the returns of Gymnasium's demonstration policy."""
 
-AUTO_MIN_ENVS = {"Pendulum-v1": 4, "Acrobot-v1": 1, "LunarLander-v3": 2}
+AUTO_MIN_ENVS = {"Acrobot-v1": 1, "LunarLander-v3": 2}
 """Tested id → the fewest envs at which EnvPool steps it faster than Gymnasium's SyncVectorEnv
 (bench/results/env_backends.md); ``env.backend=auto`` picks EnvPool for these. Not CartPole (the
-``vector`` backend is faster still) nor MountainCarContinuous (Gymnasium's is faster at 8 envs)."""
+``vector`` backend is faster still), nor MountainCarContinuous (Gymnasium's is faster at 8 envs), nor
+Pendulum: PPO's preset learned less on EnvPool's than on Gymnasium's over 10 seeds (IQM −209 against
+−165; bench/results/env_backends.md) for a reason not found yet, although the steps are equal."""
 
 
 class EnvPoolVectorEnv(SameStepVectorEnv):

@@ -286,6 +286,16 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+def backends_covering(env_id: str) -> list[str]:
+    """The concrete backends that can run here and create ``env_id``, ``gymnasium`` first."""
+    names = ["gymnasium"]
+    for name in ("vector", "envpool"):
+        found = installed_backend(name)
+        if found is not None and env_id in found.env_ids:
+            names.append(name)
+    return names
+
+
 def resolve_backend(backend: str, env_id: str, n_envs: int) -> str:
     """The concrete backend ``backend`` means for ``n_envs`` envs of ``env_id`` (``auto`` → the
     fastest tested one)."""

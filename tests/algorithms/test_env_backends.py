@@ -297,9 +297,9 @@ def test_auto_picks_a_tested_faster_backend_else_gymnasium() -> None:
     assert resolve_backend("auto", "MountainCarContinuous-v0", 8) == "gymnasium"  # EnvPool's is slower
     assert resolve_backend("auto", "LunarLanderContinuous-v3", 8) == "gymnasium"  # not compared
     expected = "envpool" if installed_backend("envpool") is not None else "gymnasium"
-    assert resolve_backend("auto", "Pendulum-v1", 8) == expected
+    assert resolve_backend("auto", "Acrobot-v1", 1) == expected
     assert resolve_backend("auto", "LunarLander-v3", 16) == expected
-    assert resolve_backend("auto", "Pendulum-v1", 1) == "gymnasium"
+    assert resolve_backend("auto", "Pendulum-v1", 8) == "gymnasium"  # a learning gap, not explained yet
     assert resolve_backend("gymnasium", "CartPole-v1", 8) == "gymnasium"
     with PPO("CartPole-v1", PPOConfig(n_envs=8), env_backend="auto") as agent:
         assert agent.env_backend == "vector" and type(agent.envs).__name__ == "CartPoleVector"
@@ -342,6 +342,6 @@ def test_a_missing_envpool_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
     try:
         with pytest.raises(ConfigError, match=r"env.backend=envpool needs the 'envpool' extra: pip install"):
             make_vec_env("Pendulum-v1", 2, 0, backend="envpool")
-        assert resolve_backend("auto", "Pendulum-v1", 8) == "gymnasium"
+        assert resolve_backend("auto", "Acrobot-v1", 8) == "gymnasium"
     finally:
         env_backends.plugin_backend.cache_clear()
