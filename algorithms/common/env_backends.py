@@ -106,9 +106,8 @@ def import_env_module(env_id: str) -> str:
 def make_gymnasium_envs(
     env_id: str, n_envs: int, vectorization: str, env_kwargs: Mapping[str, Any]
 ) -> gym.vector.VectorEnv:
-    """``gymnasium.make_vec`` in same-step autoreset mode (not yet reset)."""
-    if vectorization not in VECTORIZATION_MODES:
-        raise ConfigError(f"vectorization must be one of {VECTORIZATION_MODES}, got {vectorization!r}")
+    """``gymnasium.make_vec`` in same-step autoreset mode (not yet reset); ``vectorization`` is one of
+    :data:`VECTORIZATION_MODES` (checked by the caller)."""
     try:
         # The passive API checker and order-enforcing wrappers cost a third of CartPole's step time and
         # check nothing a registered env needs; the time limit (TimeLimit) stays.
@@ -212,10 +211,10 @@ class CartPoleVector(SameStepVectorEnv):
         return obs, rewards, terminated, truncated
 
     def reset_envs(self, env_ids: np.ndarray, seeds: Sequence[int | None] | None) -> np.ndarray:
+        bound = CARTPOLE_RESET_BOUND
         for j, i in enumerate(env_ids):
             if seeds is not None and seeds[j] is not None:
                 self.rngs[i] = seeding.np_random(int(seeds[j]))[0]
-            bound = CARTPOLE_RESET_BOUND
             self.base.state[:, i] = self.rngs[i].uniform(low=-bound, high=bound, size=(4,))
         self.base.steps[env_ids] = 0
         self.base.prev_done[env_ids] = False
@@ -261,12 +260,15 @@ def plugin_backend(name: str) -> EnvBackend | None:
         try:
             backend = entry.load()
         except ImportError as exc:
-            extra = PLUGIN_EXTRAS.get(name, name)
-            raise ConfigError(
-                f'env.backend={name} needs the {extra!r} extra: pip install -e ".[{extra}]" ({exc})'
-            ) from None
+            raise ConfigError(f"{missing_extra(name)} ({exc})") from None
         return backend if isinstance(backend, EnvBackend) else None
     return None
+
+
+def missing_extra(name: str) -> str:
+    """The message for a plugin backend that cannot run here: the extra that installs it."""
+    extra = PLUGIN_EXTRAS.get(name, name)
+    return f'env.backend={name} needs the {extra!r} extra: pip install -e ".[{extra}]"'
 
 
 def installed_backend(name: str) -> EnvBackend | None:
@@ -313,8 +315,7 @@ def backend_for(name: str, env_id: str) -> EnvBackend:
     """The installed backend ``name``, checked to cover ``env_id``; ConfigError naming the choices."""
     found = VECTOR_BACKEND if name == "vector" else plugin_backend(name)
     if found is None:
-        extra = PLUGIN_EXTRAS.get(name, name)
-        raise ConfigError(f'env.backend={name} needs the {extra!r} extra: pip install -e ".[{extra}]"')
+        raise ConfigError(missing_extra(name))
     if env_id not in found.env_ids:
         raise ConfigError(
             f"env.backend={name} has no {env_id!r}; it covers {', '.join(found.env_ids)} "

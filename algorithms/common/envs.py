@@ -39,13 +39,13 @@ def make_vec_env(
     ``seed + i`` when reset with ``seed``; the action space is seeded too, so random actions are
     reproducible.
     """
+    if vectorization not in VECTORIZATION_MODES:
+        raise ConfigError(f"vectorization must be one of {VECTORIZATION_MODES}, got {vectorization!r}")
     env_id = import_env_module(env_id)
     name = resolve_backend(backend, env_id, n_envs)
     if name == "gymnasium":
         envs = make_gymnasium_envs(env_id, n_envs, vectorization, dict(env_kwargs or {}))
     else:
-        if vectorization not in VECTORIZATION_MODES:
-            raise ConfigError(f"vectorization must be one of {VECTORIZATION_MODES}, got {vectorization!r}")
         envs = backend_for(name, env_id).make(env_id, n_envs, seed, dict(env_kwargs or {}))
     envs.action_space.seed(seed)
     envs.single_action_space.seed(seed)
