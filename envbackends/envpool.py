@@ -41,8 +41,8 @@ AUTO_MIN_ENVS = {"Acrobot-v1": 1, "LunarLander-v3": 2}
 """Tested id → the fewest envs at which EnvPool steps it faster than Gymnasium's SyncVectorEnv
 (bench/results/env_backends.md); ``env.backend=auto`` picks EnvPool for these. Not CartPole (the
 ``vector`` backend is faster still), nor MountainCarContinuous (Gymnasium's is faster at 8 envs), nor
-Pendulum: PPO's preset learned less on EnvPool's than on Gymnasium's over 10 seeds (IQM −209 against
-−165; bench/results/env_backends.md) for a reason not found yet, although the steps are equal."""
+Pendulum, whose dynamics differ at the speed limit (EnvPool advances the angle by the speed before
+clipping it, as Gymnasium's old Pendulum-v0 did; tests/algorithms/test_env_backends.py)."""
 
 
 class EnvPoolVectorEnv(SameStepVectorEnv):
