@@ -8,6 +8,7 @@ epochs of clipped-surrogate minibatch steps on it. Names follow CleanRL (``b_adv
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,11 +23,14 @@ from torch import nn
 from algorithms.common import distributions as D
 from algorithms.common.checkpoint import agent_header, read_checkpoint, write_checkpoint
 from algorithms.common.config import (
+    Schedule,
+    check_schedule,
     config_from_mapping,
     require_choice,
     require_in_range,
     require_non_negative,
     require_positive,
+    schedule_value,
 )
 from algorithms.common.env_backends import resolve_backend
 from algorithms.common.envs import EpisodeTracker, check_spaces, eval_envs, evaluate_episodes, make_vec_env
@@ -51,8 +55,10 @@ class PPOConfig:
     WARMUP_FIELD: ClassVar[str | None] = None
     """The field of env steps collected before the first update (None: none)."""
 
-    learning_rate: float = 3e-4
-    """Adam step size. Typical 1e-5 … 2e-3 (log scale)."""
+    learning_rate: float | Schedule = 3e-4
+    """Adam step size. Typical 1e-5 … 2e-3 (log scale). This and the other fields of
+    :data:`SCHEDULABLE_FIELDS` also take a piecewise-constant schedule over the env steps trained, a
+    list of ``[from_step, value]`` pairs from step 0 (what population-based training exports)."""
     n_envs: int = 1
     """Parallel environments stepped per rollout step. Typical 1 … 64."""
     n_steps: int = 2048
@@ -62,20 +68,20 @@ class PPOConfig:
     """Minibatch size for the gradient steps; at most ``n_envs * n_steps``. Typical 32 … 1024."""
     n_epochs: int = 10
     """Passes over each rollout. Typical 1 … 20."""
-    gamma: float = 0.99
+    gamma: float | Schedule = 0.99
     """Discount factor in [0, 1]. Typical 0.9 … 0.9999."""
-    gae_lambda: float = 0.95
+    gae_lambda: float | Schedule = 0.95
     """GAE λ in [0, 1]: 0 is one-step TD, 1 is Monte Carlo. Typical 0.8 … 0.99."""
-    clip_range: float = 0.2
+    clip_range: float | Schedule = 0.2
     """Clipping ε of the probability ratio, > 0. Typical 0.1 … 0.4."""
     clip_range_vf: float | None = None
     """Clip the value update to ±this around the old value (None: no clipping). Note that it is in
     the units of the (possibly normalised) return."""
-    ent_coef: float = 0.0
+    ent_coef: float | Schedule = 0.0
     """Weight of the entropy bonus, ≥ 0. Typical 0 … 0.1 (log scale from 1e-8)."""
-    vf_coef: float = 0.5
+    vf_coef: float | Schedule = 0.5
     """Weight of the value loss, > 0. Typical 0.2 … 1."""
-    max_grad_norm: float = 0.5
+    max_grad_norm: float | Schedule = 0.5
     """Global gradient-norm clip, > 0. Typical 0.3 … 5."""
     target_kl: float | None = None
     """Stop the epochs of an update early once the approximate KL exceeds 1.5 × this (None: never).
@@ -112,7 +118,7 @@ class PPOConfig:
     """How the training envs run: ``sync`` (one process) or ``async`` (one subprocess per env)."""
 
     def __post_init__(self) -> None:
-        require_positive("learning_rate", self.learning_rate)
+        check_schedule("learning_rate", self.learning_rate, require_positive)
         for name in ("n_envs", "n_steps", "batch_size", "n_epochs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -123,14 +129,14 @@ class PPOConfig:
                 f"batch_size ({self.batch_size}) is larger than a rollout "
                 f"(n_envs * n_steps = {self.n_envs} * {self.n_steps} = {rollout})"
             )
-        require_in_range("gamma", self.gamma, 0.0, 1.0)
-        require_in_range("gae_lambda", self.gae_lambda, 0.0, 1.0)
-        require_positive("clip_range", self.clip_range)
+        check_schedule("gamma", self.gamma, lambda name, v: require_in_range(name, v, 0.0, 1.0))
+        check_schedule("gae_lambda", self.gae_lambda, lambda name, v: require_in_range(name, v, 0.0, 1.0))
+        check_schedule("clip_range", self.clip_range, require_positive)
         if self.clip_range_vf is not None:
             require_positive("clip_range_vf", self.clip_range_vf)
-        require_non_negative("ent_coef", self.ent_coef)
-        require_positive("vf_coef", self.vf_coef)
-        require_positive("max_grad_norm", self.max_grad_norm)
+        check_schedule("ent_coef", self.ent_coef, require_non_negative)
+        check_schedule("vf_coef", self.vf_coef, require_positive)
+        check_schedule("max_grad_norm", self.max_grad_norm, require_positive)
         if self.target_kl is not None:
             require_positive("target_kl", self.target_kl)
         require_positive("obs_clip", self.obs_clip)
@@ -148,6 +154,33 @@ class PPOConfig:
     def from_dict(cls, values: dict[str, Any]) -> PPOConfig:
         """Build from a mapping (e.g. a Hydra node), naming any unknown key."""
         return config_from_mapping(cls, values)
+
+    @property
+    def has_schedules(self) -> bool:
+        """Whether any field of :data:`SCHEDULABLE_FIELDS` holds a schedule rather than a constant."""
+        return any(isinstance(getattr(self, name), tuple) for name in SCHEDULABLE_FIELDS)
+
+    def at_step(self, step: int) -> PPOConfig:
+        """This config with every scheduled field replaced by its value at env step ``step`` (itself when
+        nothing is scheduled): the constants an iteration that starts at ``step`` trains with."""
+        if not self.has_schedules:
+            return self
+        return dataclasses.replace(
+            self, **{name: schedule_value(getattr(self, name), step) for name in SCHEDULABLE_FIELDS}
+        )
+
+
+SCHEDULABLE_FIELDS = (
+    "learning_rate",
+    "clip_range",
+    "gae_lambda",
+    "gamma",
+    "ent_coef",
+    "vf_coef",
+    "max_grad_norm",
+)
+"""PPOConfig fields that may change during training: a constant or a :data:`Schedule`. They are also
+the hyperparameters each member of a population sets for itself (:mod:`algorithms.ppo_population`)."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -559,13 +592,14 @@ class PPO:
             raise
         # One flat tensor for all weights: clipping and Adam become single-tensor operations.
         self.flat_params = flatten_parameters(self.policy.parameters())
+        first = config.at_step(0)  # scheduled hyperparameters are set again before each iteration
         self.optimizer = FlatAdam(
-            self.flat_params, lr=config.learning_rate, eps=config.adam_eps, max_grad_norm=config.max_grad_norm
+            self.flat_params, lr=first.learning_rate, eps=config.adam_eps, max_grad_norm=first.max_grad_norm
         )
         self.rng = np.random.default_rng(seed)  # action sampling and minibatch order
         self.obs_normalizer = ObsNormalizer((obs_dim,), config.obs_clip) if config.normalize_obs else None
         self.reward_normalizer = (
-            RewardNormalizer(config.n_envs, config.gamma, config.reward_clip)
+            RewardNormalizer(config.n_envs, first.gamma, config.reward_clip)
             if config.normalize_reward
             else None
         )
@@ -608,17 +642,18 @@ class PPO:
         start_steps, start_time = self.num_steps, time.perf_counter()
 
         while self.num_steps < start_steps + total_steps and not state.stop_requested:
+            hp = self._hyperparameters_at(self.num_steps)
             # --- collect a rollout with the current policy, then its advantages ---
-            next_obs = self._collect_rollout(rollout, tracker)
+            next_obs = self._collect_rollout(rollout, tracker, hp.gamma)
             _, last_values = self.policy.act_numpy(next_obs)
             advantages, returns = compute_gae(
-                rollout.rewards, rollout.values, rollout.dones, last_values, cfg.gamma, cfg.gae_lambda
+                rollout.rewards, rollout.values, rollout.dones, last_values, hp.gamma, hp.gae_lambda
             )
             # --- optimise the clipped surrogate on the rollout ---
-            lr, clip = annealed(cfg, progress_remaining(self.num_steps - start_steps, total_steps))
+            lr, clip = annealed(hp, progress_remaining(self.num_steps - start_steps, total_steps))
             self.optimizer.lr = lr
             samples = rollout.samples(advantages, returns)
-            loss_means = self._update(samples, clip)
+            loss_means = self._update(samples, clip, hp)
 
             state.step = self.num_steps
             state.iteration += 1
@@ -631,8 +666,18 @@ class PPO:
                 callback(state)
         return state
 
-    def _collect_rollout(self, rollout: Rollout, tracker: EpisodeTracker) -> np.ndarray:
-        """Fill ``rollout`` with ``n_steps`` steps of every training env under the current policy.
+    def _hyperparameters_at(self, step: int) -> PPOConfig:
+        """The config's constants at env step ``step``, with the optimizer's gradient clip and the reward
+        normaliser's discount set to them (they change only where the config schedules them)."""
+        hp = self.config.at_step(step)
+        self.optimizer.max_grad_norm = hp.max_grad_norm
+        if self.reward_normalizer is not None:
+            self.reward_normalizer.gamma = hp.gamma
+        return hp
+
+    def _collect_rollout(self, rollout: Rollout, tracker: EpisodeTracker, gamma: float) -> np.ndarray:
+        """Fill ``rollout`` with ``n_steps`` steps of every training env under the current policy
+        (``gamma`` discounts the bootstrap of a time-limit truncation).
 
         Returns the observation after the last step, as the network sees it (for V's bootstrap).
         """
@@ -642,7 +687,7 @@ class PPO:
             action, logprob = self.policy.sample(head, self.rng)
             next_obs, reward, done = step_envs(
                 self.envs, self._to_env_action(action), tracker, self.reward_normalizer,
-                self._value_of_raw_obs, self.config.gamma,
+                self._value_of_raw_obs, gamma,
             )  # fmt: skip
             rollout.obs[t], rollout.actions[t], rollout.logprobs[t] = obs, action, logprob
             rollout.rewards[t], rollout.dones[t], rollout.values[t] = reward, done, value
@@ -655,22 +700,24 @@ class PPO:
         """V of raw observations (normaliser statistics used, not updated)."""
         return self.policy.act_numpy(self._normalize_obs(obs, update=False))[1]
 
-    def _update(self, samples: RolloutSamples, clip: float) -> list[float] | None:
-        """``n_epochs`` passes of minibatch steps on one flattened rollout.
+    def _update(self, samples: RolloutSamples, clip: float, hp: PPOConfig) -> list[float] | None:
+        """``n_epochs`` passes of minibatch steps on one flattened rollout, with the loss weights of
+        ``hp`` (the config at this iteration's step).
 
         Returns the mean of each loss term over the steps taken (None when the first step was over
         the KL limit).
         """
         stats: list[torch.Tensor] = []  # per minibatch step: the stacked loss terms
         for _epoch in range(self.config.n_epochs):
-            if not self._update_epoch(samples, clip, stats):
+            if not self._update_epoch(samples, clip, hp, stats):
                 break
         return torch.stack(stats).mean(0).tolist() if stats else None
 
-    def _update_epoch(self, samples: RolloutSamples, clip: float, stats: list[torch.Tensor]) -> bool:
+    def _update_epoch(
+        self, samples: RolloutSamples, clip: float, cfg: PPOConfig, stats: list[torch.Tensor]
+    ) -> bool:
         """One pass of minibatch steps over the shuffled rollout, appending each step's loss terms to
         ``stats``; False when the KL limit ended the update."""
-        cfg = self.config
         batch = samples.obs.shape[0]
         # Shuffle once per epoch; each minibatch is then a contiguous slice (a view, no copy).
         epoch = samples.select(torch.from_numpy(self.rng.permutation(batch)))

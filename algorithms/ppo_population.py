@@ -44,6 +44,7 @@ from algorithms.common.types import EvalResult, TrainState
 from algorithms.ppo import (
     LOSS_KEYS,
     PPO,
+    SCHEDULABLE_FIELDS,
     ActorCritic,
     PPOConfig,
     Rollout,
@@ -61,17 +62,10 @@ from algorithms.ppo import (
     update_diagnostics,
 )
 
-MEMBER_HYPERPARAMETERS = (
-    "learning_rate",
-    "clip_range",
-    "gae_lambda",
-    "gamma",
-    "ent_coef",
-    "vf_coef",
-    "max_grad_norm",
-)
-"""PPOConfig fields each member sets for itself. Every other field (n_envs, n_steps, batch_size,
-n_epochs, net_arch, normalisation, ...) is structural: shared by the whole population."""
+MEMBER_HYPERPARAMETERS = SCHEDULABLE_FIELDS
+"""PPOConfig fields each member sets for itself (each a constant or a schedule). Every other field
+(n_envs, n_steps, batch_size, n_epochs, net_arch, normalisation, ...) is structural: shared by the whole
+population."""
 
 WRITE_GRADS_MIN_WEIGHTS = 1 << 18
 """Populations whose networks hold at least this many weights in all (1 MiB of float32, the size of a
@@ -262,13 +256,6 @@ class PopulationPPO:
         with torch.no_grad():
             self.log_std[slot] = fresh.log_std
         self.optimizer.reset_member(slot)
-        self.optimizer.lr[slot] = config.learning_rate
-        self.optimizer.max_grad_norm[slot] = config.max_grad_norm
-        self._gamma[slot] = config.gamma
-        self._gae_lambda[slot] = config.gae_lambda
-        self._clip[slot] = config.clip_range
-        self._ent_coef[slot] = config.ent_coef
-        self._vf_coef[slot] = config.vf_coef
         self.members[slot] = Member(
             config=config,
             seed=seed,
@@ -284,6 +271,21 @@ class PopulationPPO:
                 else None
             ),
         )
+        self._apply_hyperparameters(slot, config.at_step(0))
+
+    def _apply_hyperparameters(self, slot: int, hp: PPOConfig) -> None:
+        """Make member ``slot`` train with the constants of ``hp`` (its config at the current step):
+        the rows of the per-member arrays the rollout, the advantages and the update read."""
+        self.optimizer.lr[slot] = hp.learning_rate
+        self.optimizer.max_grad_norm[slot] = hp.max_grad_norm
+        self._gamma[slot] = hp.gamma
+        self._gae_lambda[slot] = hp.gae_lambda
+        self._clip[slot] = hp.clip_range
+        self._ent_coef[slot] = hp.ent_coef
+        self._vf_coef[slot] = hp.vf_coef
+        member = self.members[slot]
+        if member is not None and member.reward_normalizer is not None:
+            member.reward_normalizer.gamma = hp.gamma
 
     def _reset_block(self, block: slice, seed: int) -> np.ndarray:
         """New episodes in the envs of ``block`` only, env i of it seeded ``seed + i``; their first
@@ -303,6 +305,36 @@ class PopulationPPO:
             member.close()
             self.members[slot] = None
 
+    # --- population-based training: exploit and explore ----------------------------------------
+    def exploit(self, target: int, source: int) -> None:
+        """Make member ``target`` continue from member ``source``'s learning state: weights (actor,
+        critic, log-std), Adam moments and step count, normaliser statistics, its place in training (env
+        steps and iterations done, which set the schedules' and the annealing's position) and its
+        hyperparameters. ``target`` keeps its own envs and their running episodes, random generator,
+        seed, budget and evaluation envs; ``source`` is not changed."""
+        src, dst = self._member(source), self._member(target)
+        if target == source:
+            return
+        self.optimizer.copy_member(target, source)  # the flat buffer's row: every trained weight
+        with torch.no_grad():
+            self.log_std[target] = self.log_std[source]  # a constant (categorical) is not in the buffer
+        if src.obs_normalizer is not None and dst.obs_normalizer is not None:
+            dst.obs_normalizer.rms.load_state(src.obs_normalizer.rms.state())
+        if src.reward_normalizer is not None and dst.reward_normalizer is not None:
+            # The statistics move; the running returns stay, they belong to the target's own episodes.
+            dst.reward_normalizer.rms.load_state(src.reward_normalizer.rms.state())
+        dst.config = src.config
+        dst.num_steps, dst.iteration = src.num_steps, src.iteration
+        self._apply_hyperparameters(target, dst.config.at_step(dst.num_steps))
+
+    def set_hyperparameters(self, slot: int, values: Mapping[str, Any]) -> None:
+        """Explore: member ``slot`` trains on with ``values`` (names from
+        :data:`MEMBER_HYPERPARAMETERS`, each a constant or a schedule; the others keep theirs) from its
+        next iteration. ConfigError for any other name or an invalid value."""
+        member = self._member(slot)
+        member.config = member_configs(member.config, [values])[0]
+        self._apply_hyperparameters(slot, member.config.at_step(member.num_steps))
+
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.n_members:
             raise ConfigError(f"slot must be in 0 … {self.n_members - 1}, got {slot}")
@@ -321,6 +353,9 @@ class PopulationPPO:
             return IterationResult({}, {})
         cfg = self.config
         members = {k: self._member(k) for k in slots}
+        hps = {k: m.config.at_step(m.num_steps) for k, m in members.items()}
+        for k, hp in hps.items():
+            self._apply_hyperparameters(k, hp)
         rollout = Rollout.allocate(
             cfg.n_steps, (self.n_members, cfg.n_envs), self.obs_dim, self.dist, self.action_space
         )
@@ -334,7 +369,7 @@ class PopulationPPO:
         lr = self.optimizer.lr.clone()
         clip = self._clip.clone()
         for k, m in members.items():
-            lr[k], clip[k] = annealed(m.config, progress_remaining(m.num_steps, m.total_steps))
+            lr[k], clip[k] = annealed(hps[k], progress_remaining(m.num_steps, m.total_steps))
         self.optimizer.lr = lr
         active = torch.zeros(self.n_members, dtype=torch.bool)
         active[slots] = True

@@ -280,9 +280,9 @@ class StackedMLP(nn.Module):
 
     def _numpy_weights(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
         """Zero-copy numpy views of the weights, so optimizer steps are seen at once."""
-        if self._numpy_layers is None or self._numpy_ptr != self.weights[0].data_ptr():
+        if self._numpy_layers is None or self._numpy_ptr != self._layers[0][0].data_ptr():
             self._numpy_layers = tuple((w.detach().numpy(), b.detach().numpy()) for w, b in self._layers)
-            self._numpy_ptr = self.weights[0].data_ptr()
+            self._numpy_ptr = self._layers[0][0].data_ptr()
         return self._numpy_layers
 
     def forward_numpy(self, x: np.ndarray, members: slice | None = None) -> np.ndarray:

@@ -193,6 +193,17 @@ class MemberAdam:
         self.exp_avg_sq[member] = 0.0
         self.steps[member] = 0.0
 
+    @torch.no_grad()
+    def copy_member(self, target: int, source: int) -> None:
+        """Give member ``target`` member ``source``'s weights, moments, step count, learning rate and
+        gradient clip (population-based training's exploit); ``source`` is not changed."""
+        self.rows[target] = self.rows[source]
+        self.exp_avg[target] = self.exp_avg[source]
+        self.exp_avg_sq[target] = self.exp_avg_sq[source]
+        self.steps[target] = self.steps[source]
+        self.lr[target] = self.lr[source]
+        self.max_grad_norm[target] = self.max_grad_norm[source]
+
     def grad_norms(self) -> torch.Tensor:
         """The L2 norm of each member's gradient, shape (K,)."""
         return torch.linalg.vector_norm(self.grad_rows, dim=1)
