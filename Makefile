@@ -26,7 +26,7 @@ TORCH_PIN := torch==2.13.0
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-envpool test test-presets test-full sweep worker train replay benchmark report bench bench-envs bench-sweep bench-footprint bench-ceiling bench-population bench-scores ui tracking-server dashboard ui-screens lint format clean
+.PHONY: help install install-envpool test test-presets test-full sweep worker train replay benchmark report bench bench-envs bench-sweep bench-footprint bench-ceiling bench-population bench-scores bench-pbt ui tracking-server dashboard ui-screens lint format clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -99,6 +99,9 @@ bench-ceiling: $(BENCH_STAMP) ## one PPO structure's trial time (SB3, rltune, po
 
 bench-population: install ## K population members vs K single agents, same preset: final-return IQMs and CIs
 	$(PY) -m bench.population_check $(ARGS)
+
+bench-pbt: $(BENCH_STAMP) ## PBT vs TPE, random search and Ray Tune's PBT at equal env steps (held-out IQM, wall time)
+	$(PY) -m bench.pbt $(ARGS)
 
 bench-scores: install ## final eval return over 5 seeds for a preset: make bench-scores ARGS="experiment=ppo_cartpole"
 	$(PY) -m bench.scores $(ARGS)

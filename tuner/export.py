@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 import yaml
 
-from tuner.trial_record import OVERRIDES_ATTR, SEED_RETURNS_ATTR, VALUES_ATTR
+from tuner.trial_record import OVERRIDES_ATTR, SEED_RETURNS_ATTR
 
 
 def preset_name(config: Mapping[str, Any]) -> str:
@@ -22,13 +22,13 @@ def preset_name(config: Mapping[str, Any]) -> str:
 def preset_text(
     trial: optuna.trial.FrozenTrial, config: Mapping[str, Any], study_name: str, seed: int, name: str
 ) -> str:
-    """YAML of a ``# @package _global_`` preset that trains ``trial``'s config with ``seed``.
+    """YAML of a ``# @package _global_`` preset that trains ``config`` (``trial``'s training config, its
+    tuned values applied: :func:`tuner.objective.trial_config`) with ``seed``.
 
-    The whole algo node is written (base values and sampled ones), so the preset does not depend on
-    the presets or overrides the study was started with.
+    The whole algo node is written (base values and tuned ones, schedules as ``[[from_step, value],
+    …]`` lists), so the preset does not depend on the presets or overrides the study was started with.
     """
     algo = dict(config["algo"])
-    algo.update(trial.user_attrs.get(VALUES_ATTR, {}))
     algo_name = algo.pop("name")
     body: dict[str, Any] = {
         "defaults": [{"override /algo": algo_name}, {"override /env": config["env"]["name"]}],

@@ -190,6 +190,11 @@ class Lineages:
         """One history per member, starting at step 0 with its initial values."""
         return cls([[(0, dict(values))] for values in initial])
 
+    def add(self, values: Mapping[str, Any]) -> int:
+        """A new member starting at step 0 with ``values``; its index."""
+        self.histories.append([(0, dict(values))])
+        return len(self.histories) - 1
+
     def record(self, event: ExploitEvent) -> None:
         """Apply ``event``: the target inherits the source's history and continues with its new values."""
         self.histories[event.target] = [*self.histories[event.source], (event.step, dict(event.new))]
@@ -197,6 +202,35 @@ class Lineages:
     def current(self, member: int) -> dict[str, Any]:
         """The values member ``member`` trains with now."""
         return dict(self.histories[member][-1][1])
+
+
+def plan_decision(
+    scores: Sequence[float],
+    lineages: Lineages,
+    specs: Sequence[ParamSpec],
+    settings: PBTSettings,
+    step: int,
+    rng: np.random.Generator,
+) -> list[ExploitEvent]:
+    """The exploits and explores of one decision at env ``step`` (member ``i`` scored ``scores[i]``),
+    not yet applied: each bottom member, its source, and the source's values explored."""
+    return [
+        ExploitEvent(step, target, source, lineages.current(target),
+                     explore(lineages.current(source), specs, settings, rng))
+        for target, source in exploit_pairs(scores, settings.quantile, rng)
+    ]  # fmt: skip
+
+
+def apply_event(
+    population: PopulationPPO, slots: Sequence[Sequence[int]], event: ExploitEvent, lineages: Lineages
+) -> None:
+    """Carry out ``event`` (member ``i`` trains in the population slots ``slots[i]``, one per seed): the
+    target's slots exploit the matching slots of the source, then take the new values; the lineage
+    records it."""
+    for target_slot, source_slot in zip(slots[event.target], slots[event.source], strict=True):
+        population.exploit(target_slot, source_slot)
+        population.set_hyperparameters(target_slot, event.new)
+    lineages.record(event)
 
 
 def pbt_step(
@@ -209,18 +243,11 @@ def pbt_step(
     step: int,
     rng: np.random.Generator,
 ) -> list[ExploitEvent]:
-    """One PBT decision at env ``step``: member ``i`` trains in the population slots ``slots[i]`` (one
-    per seed) and scored ``scores[i]``. Each bottom member's slots exploit the matching slots of its
-    source, then take explored values; the events are recorded in ``lineages`` and returned."""
-    events = []
-    for target, source in exploit_pairs(scores, settings.quantile, rng):
-        new = explore(lineages.current(source), specs, settings, rng)
-        for target_slot, source_slot in zip(slots[target], slots[source], strict=True):
-            population.exploit(target_slot, source_slot)
-            population.set_hyperparameters(target_slot, new)
-        event = ExploitEvent(step, target, source, lineages.current(target), new)
-        lineages.record(event)
-        events.append(event)
+    """One whole PBT decision at env ``step``: :func:`plan_decision`, then :func:`apply_event` for each
+    of its events, which are returned."""
+    events = plan_decision(scores, lineages, specs, settings, step, rng)
+    for event in events:
+        apply_event(population, slots, event, lineages)
     return events
 
 

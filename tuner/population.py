@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,7 +139,7 @@ class PopulationExecutor:
         return bool(self.state.trials)
 
     def advance(self, signals: RunSignals) -> None:
-        _iterate(self.state, signals, self.report)
+        iterate(self.state, signals, self.report)
 
     def settle(self) -> bool:
         """A drained population retires, and a deferred trial starts the next one; whether there is
@@ -279,19 +279,40 @@ def _start_trial(
     setup: TrialSetup,
     state: PopulationState,
 ) -> RunningTrial:
-    """Open the trial's MLflow run and its seeds' runs, and start a member per seed."""
+    """Open the trial's MLflow run and its seeds' runs in free slots, and start a member per seed."""
+    assert state.population is not None
+    slots = state.free_slots(state.population.n_members)[: len(setup.seeds)]
+    running = open_trial(study, trial, values, setup, state, slots)
+    for seed in running.seeds:
+        _, algo_config = algorithm_config(seed.config["algo"])
+        state.population.start_member(seed.slot, algo_config, seed.seed, seed.settings.total_steps)
+    return running
+
+
+def open_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    values: Mapping[str, Any],
+    setup: TrialSetup,
+    state: PopulationState,
+    slots: Sequence[int],
+    tags: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] | None = None,
+) -> RunningTrial:
+    """Open the trial's MLflow run (with ``tags``, and ``overrides`` that replay it, by default those
+    of ``values``) and a run per seed, seed ``i`` in ``slots[i]``, and make it one of the running
+    trials; the slots' members are the caller's to start (or to keep)."""
     assert state.population is not None
     trial.set_user_attr(POPULATION_ATTR, state.number)
     record = TrialRecord.open(
-        study, trial, setup, values, trial_overrides(setup, values), tags={"population": state.number}
-    )
-    slots = state.free_slots(state.population.n_members)
+        study, trial, setup, values, overrides or trial_overrides(setup, values),
+        tags={"population": state.number, **(tags or {})},
+    )  # fmt: skip
     running = RunningTrial(record, dict(values), seeds=[])
     state.trials[trial.number] = running  # from here on, an error ends its runs with the others
-    for slot, seed in zip(slots, setup.seeds, strict=False):
+    for slot, seed in zip(slots, setup.seeds, strict=True):
         config = seed_config(setup, values, seed)
         settings = RunSettings.from_config(config)
-        _, algo_config = algorithm_config(config["algo"])
         seed_run = record.open_seed_run(
             seed,
             settings,
@@ -301,16 +322,17 @@ def _start_trial(
         running.seeds.append(SeedRun(slot, seed, settings, config, seed_run, monitor))
         seed_run.log_params(config)
         seed_run.log_text(OmegaConf.to_yaml(config), "config.yaml")
-        state.population.start_member(slot, algo_config, seed, settings.total_steps)
     return running
 
 
-def _iterate(
+def iterate(
     state: PopulationState,
     signals: RunSignals,
     finished: Callable[[TrialOutcome], None],
-) -> None:
-    """One iteration of every member, then the evaluations due, the reports and the trials that end."""
+    prune: bool = True,
+) -> dict[int, float]:
+    """One iteration of every member, then the evaluations due, the reports and the trials that end
+    (``prune``: as the pruner decides). Returns the objective each trial reported, by trial number."""
     population = state.population
     assert population is not None
     with signals.allowed():
@@ -321,7 +343,7 @@ def _iterate(
     for slot, error in result.diverged.items():
         trial = by_slot[slot][0]
         if trial.record.trial.number in state.trials:
-            finished(_end_trial(state, trial, TrialState.FAIL, f"training diverged: {error}"))
+            finished(end_trial(state, trial, TrialState.FAIL, f"training diverged: {error}"))
 
     # Evaluate every seed that passed an evaluation point or its budget, all members at once.
     due: dict[int, tuple[RunningTrial, SeedRun]] = {}
@@ -332,8 +354,9 @@ def _iterate(
                 continue
             if member.finished or seed.monitor.eval_due(member.num_steps):
                 due[seed.slot] = (trial, seed)
+    reported: dict[int, float] = {}
     if not due:
-        return
+        return reported
     n_episodes = next(iter(due.values()))[1].settings.eval_episodes
     with signals.allowed():
         results = population.evaluate(
@@ -357,18 +380,24 @@ def _iterate(
         if len(trial.evals.get(step, {})) < len(trial.seeds):
             continue  # seeds report together; they always reach a step together
         value = sum(trial.evals[step].values()) / len(trial.seeds)
-        should_prune = trial.record.report(value, step)
+        reported[trial.record.trial.number] = value
+        should_prune = trial.record.report(value, step) and prune
         if all(seed.final is not None for seed in trial.seeds):
-            finished(_end_trial(state, trial, TrialState.COMPLETE))
+            finished(end_trial(state, trial, TrialState.COMPLETE))
         elif should_prune:
-            finished(_end_trial(state, trial, TrialState.PRUNED))
+            finished(end_trial(state, trial, TrialState.PRUNED))
+    return reported
 
 
-def _end_trial(
-    state: PopulationState, trial: RunningTrial, outcome: TrialState, reason: str = ""
+def end_trial(
+    state: PopulationState,
+    trial: RunningTrial,
+    outcome: TrialState,
+    reason: str = "",
+    keep_members: bool = False,
 ) -> TrialOutcome:
     """End the trial's seed runs and then the trial itself as ``outcome`` (``reason``: why it failed),
-    and free its slots."""
+    and free its slots (``keep_members``: its members stay, to train on as another trial)."""
     population, number = state.population, trial.record.trial.number
     assert population is not None
     try:
@@ -383,7 +412,8 @@ def _end_trial(
             ended = trial.record.fail(reason)
     finally:
         for seed in trial.seeds:
-            population.stop_member(seed.slot)
+            if not keep_members:
+                population.stop_member(seed.slot)
         _stop_heartbeat(state, number)
     del state.trials[number]  # only now: on an error it is still running, for the worker to retry
     return ended
@@ -429,8 +459,13 @@ def _stop_heartbeat(state: PopulationState, number: int) -> None:
         heartbeat.close()
 
 
-def check_population(settings: TuneSettings, algo: str, multi_objective: bool) -> None:
-    """ConfigError when population mode cannot run this sweep, naming what to change."""
+def check_population(
+    settings: TuneSettings, algo: str, multi_objective: bool, run_settings: RunSettings
+) -> None:
+    """ConfigError when population mode (or population-based training) cannot run this sweep, naming
+    what to change; ``run_settings`` are a trial's (its evaluation schedule)."""
+    if settings.method == "pbt":
+        _check_pbt(settings, algo, run_settings)
     if not settings.population:
         return
     if algo != "ppo":
@@ -441,4 +476,22 @@ def check_population(settings: TuneSettings, algo: str, multi_objective: bool) -
         raise ConfigError(
             f"tune.population ({settings.population}) must be >= tune.n_seeds ({settings.n_seeds}): "
             "a trial's seeds train side by side"
+        )
+
+
+def _check_pbt(settings: TuneSettings, algo: str, run_settings: RunSettings) -> None:
+    """What population-based training needs beyond population mode (ConfigError naming the key)."""
+    assert settings.pbt is not None
+    if algo != "ppo":
+        raise ConfigError(f"tune.method=pbt trains PPO only; got algo={algo} (set tune.method=search)")
+    if settings.n_workers != 1:
+        raise ConfigError(
+            f"tune.method=pbt trains one population in one process; got tune.n_workers={settings.n_workers} "
+            "(set tune.n_workers=1)"
+        )
+    freq = run_settings.eval_freq_steps
+    if not freq or freq > settings.pbt.interval_steps:
+        raise ConfigError(
+            f"pbt.interval_steps ({settings.pbt.interval_steps}) must be at least env.eval.freq_steps "
+            f"({freq}): members are ranked by their evaluations"
         )

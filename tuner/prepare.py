@@ -41,7 +41,7 @@ from tuner.trial_record import TrialSetup
 
 JOIN_POLL_S = 2.0  # seconds between two looks at a study a worker waits for
 # Config nodes that are not part of a training run.
-TUNE_GROUPS = ("tune", "search", "sampler", "pruner", "storage", "worker")
+TUNE_GROUPS = ("tune", "pbt", "search", "sampler", "pruner", "storage", "worker")
 NOT_FORWARDED = ("hydra", "seed", "total_steps", *TUNE_GROUPS)  # overrides the trials set themselves
 
 
@@ -65,7 +65,7 @@ def prepare(cfg: DictConfig, create: bool) -> Prepared:
     """Validate the whole sweep config, check both stores and open the study (create it, if ``create``);
     raises ConfigError before anything is created, StoreMissing when not creating and there is no study."""
     config = resolve_config(cfg)
-    settings = TuneSettings.from_config(config["tune"])
+    settings = TuneSettings.from_config(config["tune"], config.get("pbt"))
     algo, _ = algorithm_config(config["algo"])  # names a bad value by its key, before the space uses it
     space = SearchSpace.from_config(config["search"], algo, base=config["algo"])
     space = space.for_budget(settings.budget_steps, base=config["algo"])
@@ -77,7 +77,7 @@ def prepare(cfg: DictConfig, create: bool) -> Prepared:
     build_agent(base_config, RunSettings.from_config(base_config)).close()
 
     sampler = build_sampler(cfg.sampler, seed_offset=worker_index(cfg.get("worker")) or 0)
-    check_population(settings, algo, is_multi_objective(sampler))
+    check_population(settings, algo, is_multi_objective(sampler), RunSettings.from_config(base_config))
     pruner = build_pruner(cfg.pruner)
     tracking = {
         "uri": str(config["tracking"]["uri"]),
@@ -140,7 +140,8 @@ def join_study(cfg: DictConfig, who: str) -> Prepared:
 
     Prints one line when it has to wait; nothing is created meanwhile.
     """
-    timeout_s = TuneSettings.from_config(resolve_config(cfg)["tune"]).join_timeout
+    config = resolve_config(cfg)
+    timeout_s = TuneSettings.from_config(config["tune"], config.get("pbt")).join_timeout
     deadline = time.monotonic() + timeout_s
     waiting = _Waiting(who, timeout_s)
     while True:  # until the storage and the study exist

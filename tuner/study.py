@@ -12,6 +12,7 @@ retry does.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import threading
 import time
@@ -28,6 +29,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from algorithms import ConfigError
+from tuner.pbt import PBTSettings
 from tuner.postgres import advisory_lock, ensure_database, maintenance_url, schema_lock, study_lock_key
 from tuner.secrets import mask_secrets
 from tuner.stores import StoreMissing, check_server, check_sqlite, lock_if_sqlite, sqlite_lock, sqlite_path
@@ -40,6 +42,7 @@ TRIAL_RUN_ATTR = "mlflow_run_id"  # trial user attr: the trial's MLflow run
 FAIL_REASON_ATTR = "fail_reason"  # trial user attr: why a trial ended FAIL
 HEARTBEAT_LOST = "worker stopped sending heartbeats; retried"  # the reason of a stale trial
 INTERRUPTED = "interrupted; retried"  # the reason of a trial whose worker was stopped (Ctrl-C, SIGTERM)
+METHODS = ("search", "pbt")  # tune.method
 
 
 @dataclass(frozen=True)
@@ -69,10 +72,15 @@ class TuneSettings:
     """Trials one population starts before it retires and the next samples a new structure."""
     join_timeout: float = 600.0
     """Seconds a worker waits for the sweep command to create the study and enqueue its trials."""
+    method: str = "search"
+    """``search`` (the sampler proposes every trial) or ``pbt`` (population-based training)."""
+    pbt: PBTSettings | None = None
+    """The ``pbt`` node, validated, when ``method`` is ``pbt``."""
 
     @classmethod
-    def from_config(cls, tune: Mapping[str, Any]) -> TuneSettings:
-        """Read and check ``cfg.tune``; ConfigError naming the key for a bad value."""
+    def from_config(cls, tune: Mapping[str, Any], pbt: Mapping[str, Any] | None = None) -> TuneSettings:
+        """Read and check ``cfg.tune`` (and ``cfg.pbt`` for ``tune.method=pbt``); ConfigError naming the
+        key for a bad value."""
         timeout, join_timeout = _timeouts(tune)
         storage = tune.get("storage")
         if not isinstance(storage, str) or not storage:
@@ -88,7 +96,7 @@ class TuneSettings:
         name = tune.get("study_name")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"tune.study_name must be a non-empty string, got {name!r}")
-        return cls(
+        settings = cls(
             study_name=name,
             storage=storage,
             n_trials=_tune_int(tune, "n_trials", 1),
@@ -109,6 +117,28 @@ class TuneSettings:
             population_trials=population_trials,
             join_timeout=join_timeout,
         )
+        method = tune.get("method", "search")
+        if method not in METHODS:
+            raise ConfigError(f"tune.method must be one of {', '.join(METHODS)}; got {method!r}")
+        return settings if method == "search" else _pbt_settings(settings, pbt or {})
+
+
+def _pbt_settings(settings: TuneSettings, pbt: Mapping[str, Any]) -> TuneSettings:
+    """``settings`` for population-based training: its members fill the population (each member's
+    seeds side by side), one trial per member to start with, all in one population."""
+    n_members = settings.population // settings.n_seeds
+    if n_members < 2:
+        raise ConfigError(
+            f"tune.method=pbt needs at least 2 members: tune.population ({settings.population}) // "
+            f"tune.n_seeds ({settings.n_seeds}) = {n_members}; set tune.population >= {2 * settings.n_seeds}"
+        )
+    return dataclasses.replace(
+        settings,
+        method="pbt",
+        pbt=PBTSettings.from_mapping(pbt, settings.budget_steps),
+        n_trials=n_members,
+        population_trials=n_members,
+    )
 
 
 def _tune_bool(tune: Mapping[str, Any], key: str) -> bool:
@@ -413,10 +443,13 @@ def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
     return trial._trial_id
 
 
-def claim_trial(study: optuna.Study, storage: RDBStorage) -> optuna.Trial | None:
-    """Take a WAITING trial for this worker (atomic RUNNING compare-and-set); None when none is left."""
+def claim_trial(study: optuna.Study, storage: RDBStorage, number: int | None = None) -> optuna.Trial | None:
+    """Take a WAITING trial for this worker (atomic RUNNING compare-and-set), the oldest or the one
+    numbered ``number``; None when there is none to take."""
     with _claim_lock(storage.url):
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if number is not None and frozen.number != number:
+                continue
             try:
                 if storage.set_trial_state_values(trial_id(frozen), state=TrialState.RUNNING):
                     # Re-read through the study so its trial cache knows the claimed trial's new state.

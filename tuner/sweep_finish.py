@@ -10,6 +10,7 @@ from rich.console import Console
 from tuner.display import console_table, describe_values
 from tuner.export import export_preset
 from tuner.objective import trial_config
+from tuner.pbt_population import describe_lineage, events_table, lineage_values
 from tuner.prepare import Prepared
 from tuner.study import best_trial, budget_status
 from tuner.sweep_report import (
@@ -19,6 +20,7 @@ from tuner.sweep_report import (
     validation_footnote,
     validation_table,
     write_optuna_plots,
+    write_pbt_events_table,
     write_trials_table,
     write_validation_table,
 )
@@ -37,8 +39,12 @@ def finish_sweep(prepared: Prepared, sweep: RunRecorder, console: Console) -> No
     study, settings = prepared.study, prepared.settings
     status = budget_status(study)
     table = trials_table(study)
+    events = events_table(study)
     with tempfile.TemporaryDirectory() as tmp:
-        for path in [*write_trials_table(table, tmp), *write_optuna_plots(study, tmp)]:
+        written = [*write_trials_table(table, tmp), *write_optuna_plots(study, tmp)]
+        if not events.empty:
+            written += write_pbt_events_table(events, tmp)
+        for path in written:
             sweep.log_artifact(path)
     sweep.log_metrics(
         {
@@ -82,6 +88,12 @@ def _export_and_validate(prepared: Prepared, sweep: RunRecorder, console: Consol
     console.print(
         f"best trial {best.number}: mean return {best.values[0]:.2f} with {describe_values(values)}"
     )
+    schedule = lineage_values(best)
+    if schedule is not None:  # population-based training: the winner's whole lineage is the result
+        console.print(
+            f"its lineage (population-based training), exported as schedules:\n{describe_lineage(best)}"
+        )
+        values = schedule
 
     tuned_config = trial_config(prepared.setup, values, settings.seeds[0])
     if settings.export:

@@ -35,6 +35,8 @@ PlotTarget = Callable[[FrozenTrial], float] | None
 
 TRIALS_CSV = "trials.csv"
 TRIALS_MD = "trials.md"
+PBT_EVENTS_CSV = "pbt_events.csv"
+PBT_EVENTS_MD = "pbt_events.md"
 VALIDATION_CSV = "validation.csv"
 VALIDATION_MD = "validation.md"
 MIN_COMPLETE_TRIALS_FOR_PLOTS = 2
@@ -133,6 +135,12 @@ def write_trials_table(df: pd.DataFrame, directory: str | Path) -> list[Path]:
     The folder is created if needed. Returns the paths written.
     """
     return _write_csv_and_markdown(df, Path(directory), TRIALS_CSV, TRIALS_MD)
+
+
+def write_pbt_events_table(df: pd.DataFrame, directory: str | Path) -> list[Path]:
+    """Write population-based training's exploit events (one row per exploit: step, members, trials,
+    each value before and after) as ``pbt_events.csv`` and ``pbt_events.md`` into ``directory``."""
+    return _write_csv_and_markdown(df, Path(directory), PBT_EVENTS_CSV, PBT_EVENTS_MD)
 
 
 def write_optuna_plots(study: optuna.Study, directory: str | Path) -> list[Path]:

@@ -244,6 +244,15 @@ class TrainingMonitor:
         freq = self.settings.eval_freq_steps
         return bool(freq) and self._next_eval <= step < self.settings.total_steps
 
+    def start_at(self, step: int, last_result: EvalResult | None) -> None:
+        """Monitor a run that starts at env ``step`` from another's state (a population member that
+        continues another's training): the next evaluation point is the first after ``step``, and
+        ``last_result`` stands as the latest evaluation until this run has its own."""
+        freq = self.settings.eval_freq_steps
+        if freq:
+            self._next_eval = (step // freq + 1) * freq
+        self.last_result = last_result
+
     def record_eval(self, step: int, result: EvalResult) -> bool:
         """Schedule the next evaluation after one during training and ask the hook; True: stop here."""
         freq = self.settings.eval_freq_steps

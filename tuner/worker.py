@@ -19,6 +19,7 @@ from optuna.storages import RDBStorage
 
 from tuner.app import hydra_app
 from tuner.objective import run_trial
+from tuner.pbt_population import PBTExecutor
 from tuner.population import PopulationExecutor
 from tuner.prepare import Prepared, join_study
 from tuner.study import (
@@ -130,11 +131,13 @@ def run_worker(
         if on_outcome is not None:
             on_outcome(outcome)
 
-    executor: TrialExecutor = (
-        PopulationExecutor(study, setup, settings, report)
-        if settings.population
-        else SequentialExecutor(study, setup, report)
-    )
+    executor: TrialExecutor
+    if settings.method == "pbt":
+        executor = PBTExecutor(study, setup, settings, report, storage)
+    elif settings.population:
+        executor = PopulationExecutor(study, setup, settings, report)
+    else:
+        executor = SequentialExecutor(study, setup, report)
     # Signals raise only while trials learn or the worker sleeps (signals.allowed()); during claims,
     # reports and MLflow writes they wait, so that no database write is cut off halfway.
     with interrupts_raise() as signals, contextlib.closing(executor):

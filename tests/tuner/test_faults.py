@@ -65,17 +65,18 @@ UNREACHABLE = f"postgresql://alice:{SECRET}@127.0.0.1:1/rltune"  # nothing liste
 # ---------------------------------------------------------------------------------------------------
 SAC = ("algo=sac", "env=pendulum")
 NUMBER = "must be a number, got"
+SCHEDULABLE = "must be a number or a list of [from_step, value] pairs, got"  # PPO's member hyperparameters
 # name -> (command, overrides, what the one error line says)
 WRONG_TYPES: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "train_lr": ("tuner.train", ("algo.learning_rate=abc",), f"algo.learning_rate {NUMBER} 'abc'"),
-    "train_gamma": ("tuner.train", ("algo.gamma=abc",), f"algo.gamma {NUMBER} 'abc'"),
-    "train_clip_range": ("tuner.train", ("algo.clip_range=abc",), f"algo.clip_range {NUMBER} 'abc'"),
-    "train_ent_coef": ("tuner.train", ("algo.ent_coef=abc",), f"algo.ent_coef {NUMBER} 'abc'"),
-    "train_null": ("tuner.train", ("algo.learning_rate=null",), f"algo.learning_rate {NUMBER} None"),
+    "train_lr": ("tuner.train", ("algo.learning_rate=abc",), f"algo.learning_rate {SCHEDULABLE} 'abc'"),
+    "train_gamma": ("tuner.train", ("algo.gamma=abc",), f"algo.gamma {SCHEDULABLE} 'abc'"),
+    "train_clip_range": ("tuner.train", ("algo.clip_range=abc",), f"algo.clip_range {SCHEDULABLE} 'abc'"),
+    "train_ent_coef": ("tuner.train", ("algo.ent_coef=abc",), f"algo.ent_coef {SCHEDULABLE} 'abc'"),
+    "train_null": ("tuner.train", ("algo.learning_rate=null",), f"algo.learning_rate {SCHEDULABLE} None"),
     "train_sac_gamma": ("tuner.train", (*SAC, "algo.gamma=abc"), f"algo.gamma {NUMBER} 'abc'"),
     "train_sac_lr": ("tuner.train", (*SAC, "algo.learning_rate=abc"), f"algo.learning_rate {NUMBER} 'abc'"),
     "train_progress": ("tuner.train", ("progress=abc",), "progress must be true or false, got 'abc'"),
-    "tune_lr": ("tuner.tune", ("algo.learning_rate=abc",), f"algo.learning_rate {NUMBER} 'abc'"),
+    "tune_lr": ("tuner.tune", ("algo.learning_rate=abc",), f"algo.learning_rate {SCHEDULABLE} 'abc'"),
     "tune_sac_gamma": ("tuner.tune", (*SAC, "algo.gamma=abc"), f"algo.gamma {NUMBER} 'abc'"),
     "tune_export": ("tuner.tune", ("tune.export=abc",), "tune.export must be true or false, got 'abc'"),
     "replay_trial": (

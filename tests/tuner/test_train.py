@@ -47,7 +47,10 @@ BAD_INPUTS: dict[str, tuple[tuple[str, ...], str]] = {
     "typo_key": (("algo.learning_rat=1",), "Could not override 'algo.learning_rat'"),
     "bad_override_syntax": (("algo.net_arch=[64",), "cannot parse the override 'algo.net_arch=[64'"),
     "negative_learning_rate": (("algo.learning_rate=-1",), "learning_rate must be > 0"),
-    "wrong_type": (("algo.learning_rate=fast",), "algo.learning_rate must be a number, got 'fast'"),
+    "wrong_type": (
+        ("algo.learning_rate=fast",),
+        "algo.learning_rate must be a number or a list of [from_step, value] pairs, got 'fast'",
+    ),
     "batch_larger_than_rollout": (
         ("algo.batch_size=100000",),
         "batch_size (100000) is larger than a rollout",
