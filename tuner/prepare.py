@@ -153,6 +153,11 @@ def join_study(cfg: DictConfig, who: str) -> Prepared:
                 raise
             waiting.say(str(exc))
         time.sleep(JOIN_POLL_S)
+    if prepared.settings.method == "pbt":
+        raise ConfigError(
+            f"study {prepared.study.study_name!r} is tuned with tune.method=pbt, whose population trains "
+            "in its sweep command's process; a worker cannot join it"
+        )
     name = prepared.study.study_name
     while True:  # then only re-read the study, not the whole config, agent and storage
         sweep_run_id = prepared.study.user_attrs.get(SWEEP_RUN_ATTR)

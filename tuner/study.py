@@ -43,6 +43,7 @@ FAIL_REASON_ATTR = "fail_reason"  # trial user attr: why a trial ended FAIL
 HEARTBEAT_LOST = "worker stopped sending heartbeats; retried"  # the reason of a stale trial
 INTERRUPTED = "interrupted; retried"  # the reason of a trial whose worker was stopped (Ctrl-C, SIGTERM)
 METHODS = ("search", "pbt")  # tune.method
+METHOD_ATTR = "method"  # study user attr: the tune.method that tunes it
 
 
 @dataclass(frozen=True)
@@ -369,7 +370,27 @@ def open_study(
             f"study {settings.study_name!r} was created with directions {found}, but sampler "
             f"{type(sampler).__name__} needs {directions}; use another tune.study_name"
         )
+    _check_method(study, settings.method, create)
     return study
+
+
+def _check_method(study: optuna.Study, method: str, create: bool) -> None:
+    """Record a new study's ``tune.method``; ConfigError when a study is resumed with another one (a
+    PBT sweep cannot continue a search's trials, nor the other way round)."""
+    recorded = study.user_attrs.get(METHOD_ATTR)
+    if recorded is None:
+        if study.get_trials(deepcopy=False):
+            recorded = "search"  # a study from before tune.method existed
+        elif create:
+            study.set_user_attr(METHOD_ATTR, method)
+            return
+        else:
+            return
+    if recorded != method:
+        raise ConfigError(
+            f"study {study.study_name!r} is tuned with tune.method={recorded}, not {method}; "
+            "use another tune.study_name"
+        )
 
 
 def retried_numbers(trials: list[FrozenTrial]) -> set[int]:

@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tests.helpers import ROOT, command, counted, load, one_error_line, run_tune, runs_by_name
+from tests.helpers import ROOT, TINY, command, counted, load, one_error_line, run_tune, runs_by_name
 from tuner.compose import compose_config
 from tuner.export import export_preset
 from tuner.pbt_population import (
@@ -146,3 +146,28 @@ def test_pbt_is_for_ppo_only(tmp_path: Path) -> None:
         one_error_line(sac) == "error: tune.method=pbt trains PPO only; got algo=sac (set tune.method=search)"
     )
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_study_keeps_its_method(tmp_path: Path) -> None:
+    """Resuming a search study as PBT (same tune.study_name) is one clear error that changes nothing."""
+    search = run_tune(tmp_path, "tune.n_trials=1")
+    assert search.returncode == 0, search.stderr
+    pbt = run_tune(tmp_path, *PBT, "pbt.interval_steps=512", timeout=60)
+    assert pbt.returncode == 2
+    assert one_error_line(pbt) == (
+        "error: study 'ppo_cartpole' is tuned with tune.method=search, not pbt; use another tune.study_name"
+    )
+    assert len(load(tmp_path).trials) == 1
+
+
+def test_a_worker_cannot_join_a_pbt_study(tmp_path: Path) -> None:
+    pbt = run_tune(tmp_path, *PBT, "pbt.interval_steps=512", "tune.validate_seeds=0")
+    assert pbt.returncode == 0, pbt.stderr
+    worker = command(
+        "tuner.worker", *TINY, *PBT, "pbt.interval_steps=512", f"paths.runs_dir={tmp_path}", timeout=60
+    )
+    assert worker.returncode == 2
+    assert one_error_line(worker) == (
+        "error: study 'ppo_cartpole' is tuned with tune.method=pbt, whose population trains in its sweep "
+        "command's process; a worker cannot join it"
+    )
