@@ -66,15 +66,18 @@ class PBTSettings:
                 raise ConfigError(f"pbt.{key} must be {what}, got {shown!r}")
 
     @classmethod
-    def from_mapping(cls, node: Mapping[str, Any], budget_steps: int) -> PBTSettings:
-        """Build from the ``pbt`` node; ``interval_steps: null`` means a tenth of ``budget_steps``."""
+    def from_mapping(
+        cls, node: Mapping[str, Any], budget_steps: int, eval_freq_steps: int = 0
+    ) -> PBTSettings:
+        """Build from the ``pbt`` node; ``interval_steps: null`` means a tenth of ``budget_steps``, or
+        ``eval_freq_steps`` if that is longer (members are ranked by their evaluations)."""
         known = {"interval_steps", "last_n_evals", "quantile", "resample_probability", "perturb_factors"}
         unknown = sorted(set(node) - known)
         if unknown:
             raise ConfigError(f"unknown setting pbt.{unknown[0]}; valid settings: {', '.join(sorted(known))}")
         values = dict(node)
         if values.get("interval_steps") is None:
-            values["interval_steps"] = max(1, budget_steps // 10)
+            values["interval_steps"] = max(1, budget_steps // 10, eval_freq_steps)
         if isinstance(values.get("perturb_factors"), list | tuple):
             values["perturb_factors"] = tuple(values["perturb_factors"])
         return cls(**values)

@@ -65,7 +65,7 @@ def prepare(cfg: DictConfig, create: bool) -> Prepared:
     """Validate the whole sweep config, check both stores and open the study (create it, if ``create``);
     raises ConfigError before anything is created, StoreMissing when not creating and there is no study."""
     config = resolve_config(cfg)
-    settings = TuneSettings.from_config(config["tune"], config.get("pbt"))
+    settings = TuneSettings.from_config(config["tune"], config.get("pbt"), _eval_freq(config))
     algo, _ = algorithm_config(config["algo"])  # names a bad value by its key, before the space uses it
     space = SearchSpace.from_config(config["search"], algo, base=config["algo"])
     space = space.for_budget(settings.budget_steps, base=config["algo"])
@@ -102,6 +102,13 @@ def prepare(cfg: DictConfig, create: bool) -> Prepared:
         trial_artifacts=settings.trial_artifacts,
     )
     return Prepared(settings, storage, study, setup, config)
+
+
+def _eval_freq(config: dict[str, Any]) -> int:
+    """The trials' evaluation period in env steps (0 when unset or not a positive integer; the training
+    settings check it)."""
+    freq = config.get("env", {}).get("eval", {}).get("freq_steps")
+    return freq if isinstance(freq, int) and not isinstance(freq, bool) and freq > 0 else 0
 
 
 class StaleTrialRunCloser:
@@ -141,7 +148,7 @@ def join_study(cfg: DictConfig, who: str) -> Prepared:
     Prints one line when it has to wait; nothing is created meanwhile.
     """
     config = resolve_config(cfg)
-    timeout_s = TuneSettings.from_config(config["tune"], config.get("pbt")).join_timeout
+    timeout_s = TuneSettings.from_config(config["tune"], config.get("pbt"), _eval_freq(config)).join_timeout
     deadline = time.monotonic() + timeout_s
     waiting = _Waiting(who, timeout_s)
     while True:  # until the storage and the study exist

@@ -79,9 +79,12 @@ class TuneSettings:
     """The ``pbt`` node, validated, when ``method`` is ``pbt``."""
 
     @classmethod
-    def from_config(cls, tune: Mapping[str, Any], pbt: Mapping[str, Any] | None = None) -> TuneSettings:
-        """Read and check ``cfg.tune`` (and ``cfg.pbt`` for ``tune.method=pbt``); ConfigError naming the
-        key for a bad value."""
+    def from_config(
+        cls, tune: Mapping[str, Any], pbt: Mapping[str, Any] | None = None, eval_freq_steps: int = 0
+    ) -> TuneSettings:
+        """Read and check ``cfg.tune`` (and, for ``tune.method=pbt``, ``cfg.pbt``, whose default interval
+        is at least ``eval_freq_steps``, the trials' evaluation period); ConfigError naming the key for
+        a bad value."""
         timeout, join_timeout = _timeouts(tune)
         storage = tune.get("storage")
         if not isinstance(storage, str) or not storage:
@@ -121,10 +124,10 @@ class TuneSettings:
         method = tune.get("method", "search")
         if method not in METHODS:
             raise ConfigError(f"tune.method must be one of {', '.join(METHODS)}; got {method!r}")
-        return settings if method == "search" else _pbt_settings(settings, pbt or {})
+        return settings if method == "search" else _pbt_settings(settings, pbt or {}, eval_freq_steps)
 
 
-def _pbt_settings(settings: TuneSettings, pbt: Mapping[str, Any]) -> TuneSettings:
+def _pbt_settings(settings: TuneSettings, pbt: Mapping[str, Any], eval_freq_steps: int) -> TuneSettings:
     """``settings`` for population-based training: its members fill the population (each member's
     seeds side by side), one trial per member to start with, all in one population."""
     n_members = settings.population // settings.n_seeds
@@ -136,7 +139,7 @@ def _pbt_settings(settings: TuneSettings, pbt: Mapping[str, Any]) -> TuneSetting
     return dataclasses.replace(
         settings,
         method="pbt",
-        pbt=PBTSettings.from_mapping(pbt, settings.budget_steps),
+        pbt=PBTSettings.from_mapping(pbt, settings.budget_steps, eval_freq_steps),
         n_trials=n_members,
         population_trials=n_members,
     )

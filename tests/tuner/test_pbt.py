@@ -108,9 +108,13 @@ def test_bad_pbt_settings_are_one_clear_error(node: dict, message: str) -> None:
     assert str(caught.value) == message
 
 
-def test_the_default_interval_is_a_tenth_of_the_budget() -> None:
-    settings = PBTSettings.from_mapping({"interval_steps": None, "perturb_factors": [0.8, 1.2]}, 50_000)
-    assert settings == PBTSettings(interval_steps=5_000)
+def test_the_default_interval_is_a_tenth_of_the_budget_or_the_evaluation_period() -> None:
+    node = {"interval_steps": None, "perturb_factors": [0.8, 1.2]}
+    assert PBTSettings.from_mapping(node, 50_000) == PBTSettings(interval_steps=5_000)
+    assert PBTSettings.from_mapping(node, 50_000, eval_freq_steps=10_000) == PBTSettings(
+        interval_steps=10_000
+    )
+    assert PBTSettings.from_mapping(node, 500_000, eval_freq_steps=10_000).interval_steps == 50_000
 
 
 def test_a_lineage_becomes_schedules() -> None:
