@@ -1,6 +1,8 @@
-"""Statistics for comparing RL results over seeds: IQM, bootstrap confidence intervals, default vs tuned.
+"""Statistics for comparing RL results over seeds: IQM, bootstrap confidence intervals, default vs tuned,
+normalised scores, the probability of improvement, and hyperparameter importances with intervals.
 
-Everything is computed with :mod:`scipy.stats`; this module only fixes the conventions:
+The IQM and its intervals are computed with :mod:`scipy.stats`, importances with Optuna's evaluators;
+this module only fixes the conventions:
 
 * the interquartile mean (IQM) is the mean of the middle 50 % (``trim_mean`` with 25 % cut on each
   side), the aggregate recommended by rliable (Agarwal et al., 2021) for few-seed RL results;
@@ -11,6 +13,11 @@ Everything is computed with :mod:`scipy.stats`; this module only fixes the conve
   the range of the bootstrap distribution, needs no jackknife, and is what rliable uses;
 * two groups (default config vs tuned config, each trained on its own seeds) are independent, so
   the bootstrap of their difference resamples each group separately (stratified by group).
+
+* the probability of improvement P(X > Y) counts ties as one half and averages over tasks; its
+  interval comes from resampling every task's two samples on their own;
+* an importance's interval comes from refitting the evaluator on resamples of the trials, and its
+  rank stability is the share of resamples that keep its rank.
 
 Results are deterministic given ``seed``. Non-finite values are rejected: a crashed or diverged
 seed must be dealt with explicitly by the caller, not averaged in as NaN.
@@ -24,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import optuna
 from scipy import stats as sps
 
 IQM_CUT = 0.25  # proportion trimmed from each end
@@ -144,6 +152,139 @@ def performance_profile(scores: npt.ArrayLike, thresholds: npt.ArrayLike) -> np.
     sample = _as_sample(scores)
     taus = np.asarray(thresholds, dtype=float)
     return (sample[None, :] > taus.reshape(-1, 1)).mean(axis=1).reshape(taus.shape)
+
+
+def normalized_score(value: float, random_score: float, reference: float) -> float:
+    """``(value − random_score) / (reference − random_score)``: 0 for a random policy, 1 for the
+    reference score (rliable's and Atari's normalisation). ValueError when the two scores are equal."""
+    if reference == random_score:
+        raise ValueError(
+            f"the reference score equals the random score ({reference}): nothing to normalise by"
+        )
+    return (value - random_score) / (reference - random_score)
+
+
+def probability_of_improvement(
+    candidates: Sequence[npt.ArrayLike], baselines: Sequence[npt.ArrayLike]
+) -> float:
+    """P(X > Y) averaged over tasks (Agarwal et al., NeurIPS 2021): for each task, the share of
+    (candidate run, baseline run) pairs in which the candidate scores higher, ties counting one half
+    (the Mann–Whitney U statistic over n·m); then the mean over tasks. Identical samples give 0.5,
+    samples where every candidate beats every baseline give 1.
+
+    Args:
+        candidates: per task, the candidate's scores (e.g. the tuned config's held-out returns).
+        baselines: per task, the baseline's scores, in the same task order.
+    """
+    pairs = _task_pairs(candidates, baselines)
+    return float(np.mean([_poi_along(x, y) for x, y in pairs]))
+
+
+def probability_of_improvement_ci(
+    candidates: Sequence[npt.ArrayLike],
+    baselines: Sequence[npt.ArrayLike],
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of :func:`probability_of_improvement`, stratified: every task's
+    candidate and baseline samples are resampled on their own (rliable's stratified bootstrap)."""
+    pairs = _task_pairs(candidates, baselines)
+    _check_settings(confidence, n_resamples)
+    if all(x.size == 1 and y.size == 1 for x, y in pairs):
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    resampled = np.zeros(n_resamples)
+    for x, y in pairs:  # each sample drawn with replacement, n_resamples times at once
+        xs = x[rng.integers(x.size, size=(n_resamples, x.size))]
+        ys = y[rng.integers(y.size, size=(n_resamples, y.size))]
+        resampled += _poi_along(xs, ys)
+    resampled /= len(pairs)
+    tail = (1 - confidence) / 2
+    return (float(np.quantile(resampled, tail)), float(np.quantile(resampled, 1 - tail)))
+
+
+def _poi_along(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """P(X > Y) + ½ P(X = Y) over the last axis of ``x`` (n) and ``y`` (m); leading axes are batches."""
+    greater = (x[..., :, None] > y[..., None, :]).mean(axis=(-2, -1))
+    equal = (x[..., :, None] == y[..., None, :]).mean(axis=(-2, -1))
+    return greater + 0.5 * equal
+
+
+def _task_pairs(
+    candidates: Sequence[npt.ArrayLike], baselines: Sequence[npt.ArrayLike]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    if len(candidates) != len(baselines) or not candidates:
+        raise ValueError(
+            f"expected the same number (>= 1) of candidate and baseline tasks, got {len(candidates)} "
+            f"and {len(baselines)}"
+        )
+    return [(_as_sample(x), _as_sample(y)) for x, y in zip(candidates, baselines, strict=True)]
+
+
+@dataclass(frozen=True)
+class ImportanceInterval:
+    """One hyperparameter's importance with a bootstrap interval, and how stable its rank is."""
+
+    name: str
+    importance: float
+    """Optuna's importance of the parameter on all the trials (they sum to 1 over parameters)."""
+    low: float
+    high: float
+    """Percentile bootstrap interval of the importance over resamples of the trials."""
+    rank: int
+    """Its rank on all the trials (1: the most important)."""
+    rank_held: float
+    """Share of the resamples in which the parameter has that same rank."""
+    ranked_first: float
+    """Share of the resamples in which it is the most important."""
+
+
+def importance_intervals(
+    trials: Sequence[optuna.trial.FrozenTrial],
+    evaluator: Callable[[int], optuna.importance.BaseImportanceEvaluator] | None = None,
+    confidence: float = 0.95,
+    n_resamples: int = 200,
+    seed: int = DEFAULT_SEED,
+) -> list[ImportanceInterval]:
+    """Hyperparameter importances of completed ``trials`` with bootstrap intervals: Optuna's evaluator
+    (``evaluator(seed)``, default fANOVA) refitted on ``n_resamples`` resamples of the trials drawn with
+    replacement. Sorted by importance on all the trials, most important first."""
+    _check_settings(confidence, n_resamples)
+    if len(trials) < 2:
+        raise ValueError(f"expected at least 2 completed trials, got {len(trials)}")
+    make = evaluator or (lambda s: optuna.importance.FanovaImportanceEvaluator(seed=s))
+    full = _importances(trials, make(seed))
+    names = list(full)  # most important first
+    rng = np.random.default_rng(seed)
+    draws = np.zeros((n_resamples, len(names)))
+    for b in range(n_resamples):
+        resample = [trials[i] for i in rng.integers(len(trials), size=len(trials))]
+        importances = _importances(resample, make(seed + 1 + b))
+        draws[b] = [importances.get(name, 0.0) for name in names]
+    ranks = (-draws).argsort(axis=1).argsort(axis=1) + 1  # 1 = most important in that resample
+    tail = (1 - confidence) / 2
+    return [
+        ImportanceInterval(
+            name=name,
+            importance=full[name],
+            low=float(np.quantile(draws[:, j], tail)),
+            high=float(np.quantile(draws[:, j], 1 - tail)),
+            rank=j + 1,
+            rank_held=float(np.mean(ranks[:, j] == j + 1)),
+            ranked_first=float(np.mean(ranks[:, j] == 1)),
+        )
+        for j, name in enumerate(names)
+    ]
+
+
+def _importances(
+    trials: Sequence[optuna.trial.FrozenTrial], evaluator: optuna.importance.BaseImportanceEvaluator
+) -> dict[str, float]:
+    """Optuna's importances of the trials' params, most important first (a fresh in-memory study)."""
+    study = optuna.create_study(direction="maximize")
+    study.add_trials(trials)
+    return dict(optuna.importance.get_param_importances(study, evaluator=evaluator, normalize=True))
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ import dataclasses
 import math
 
 import numpy as np
+import optuna
 import pytest
 
 from tuner import stats
@@ -142,3 +143,56 @@ def test_comparison_is_frozen() -> None:
     result = stats.compare([1, 2, 3], [2, 3, 4], n_resamples=100)
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.significant = True  # type: ignore[misc]
+
+
+# --- normalisation, probability of improvement, importance intervals ----------------------------------
+def test_normalized_score_by_hand() -> None:
+    assert stats.normalized_score(150.0, random_score=20.0, reference=500.0) == pytest.approx(130 / 480)
+    assert stats.normalized_score(-1200.0, random_score=-1200.0, reference=-150.0) == 0.0
+    assert stats.normalized_score(-150.0, random_score=-1200.0, reference=-150.0) == 1.0
+    with pytest.raises(ValueError, match="equals the random score"):
+        stats.normalized_score(1.0, random_score=5.0, reference=5.0)
+
+
+def test_probability_of_improvement_by_hand() -> None:
+    # x=[1,2,3] vs y=[2,2]: 1 loses twice, 2 ties twice (1/2 each), 3 wins twice → (0 + 1 + 2) / 6.
+    assert stats.probability_of_improvement([[1, 2, 3]], [[2, 2]]) == pytest.approx(0.5)
+    # [3, 4] vs [1, 3.5]: three of four pairs won → 0.75; with a second, fully separated task → mean.
+    assert stats.probability_of_improvement([[3, 4]], [[1, 3.5]]) == pytest.approx(0.75)
+    assert stats.probability_of_improvement([[3, 4], [9, 8]], [[1, 3.5], [1, 2]]) == pytest.approx(0.875)
+
+
+def test_probability_of_improvement_on_known_samples() -> None:
+    same = [[-200.0, -180.0, -150.0, -210.0, -190.0]]
+    assert stats.probability_of_improvement(same, same) == 0.5
+    low, high = stats.probability_of_improvement_ci(same, same, n_resamples=2000)
+    assert low < 0.5 < high
+    separated = ([[10.0, 11.0, 12.0], [5.0, 6.0]], [[1.0, 2.0, 3.0], [0.0, 1.0]])
+    assert stats.probability_of_improvement(*separated) == 1.0
+    assert stats.probability_of_improvement_ci(*separated, n_resamples=2000) == (1.0, 1.0)
+    reversed_low, reversed_high = stats.probability_of_improvement_ci(separated[1], separated[0])
+    assert reversed_low == reversed_high == 0.0
+    with pytest.raises(ValueError, match="same number"):
+        stats.probability_of_improvement([[1.0]], [[1.0], [2.0]])
+
+
+def test_importance_intervals_find_the_one_parameter_that_matters() -> None:
+    """A study whose objective depends on x only: x ranks first in at least 95 % of the resamples and
+    its interval lies above the others'."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(
+        lambda t: -((t.suggest_float("x", 0, 1) - 0.3) ** 2) + 0 * t.suggest_float("y", 0, 1)
+        + 0 * t.suggest_float("z", 0, 1),
+        n_trials=60,
+    )  # fmt: skip
+    intervals = stats.importance_intervals(
+        study.trials,
+        evaluator=lambda seed: optuna.importance.FanovaImportanceEvaluator(n_trees=16, seed=seed),
+        n_resamples=100,
+    )
+    first, *others = intervals
+    assert first.name == "x" and first.rank == 1
+    assert first.ranked_first >= 0.95 and first.rank_held == first.ranked_first
+    assert all(first.low > other.high for other in others)
+    assert sum(i.importance for i in intervals) == pytest.approx(1.0)
