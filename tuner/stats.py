@@ -249,19 +249,26 @@ def importance_intervals(
 ) -> list[ImportanceInterval]:
     """Hyperparameter importances of completed ``trials`` with bootstrap intervals: Optuna's evaluator
     (``evaluator(seed)``, default fANOVA) refitted on ``n_resamples`` resamples of the trials drawn with
-    replacement. Sorted by importance on all the trials, most important first."""
+    replacement (a resample whose objective values are all equal is left out). Sorted by importance on
+    all the trials, most important first. ValueError when the objective does not vary."""
     _check_settings(confidence, n_resamples)
     if len(trials) < 2:
         raise ValueError(f"expected at least 2 completed trials, got {len(trials)}")
     make = evaluator or (lambda s: optuna.importance.FanovaImportanceEvaluator(seed=s))
     full = _importances(trials, make(seed))
+    if full is None:
+        raise ValueError("the trials' objective does not vary: no parameter has an importance")
     names = list(full)  # most important first
     rng = np.random.default_rng(seed)
-    draws = np.zeros((n_resamples, len(names)))
+    rows = []
     for b in range(n_resamples):
         resample = [trials[i] for i in rng.integers(len(trials), size=len(trials))]
         importances = _importances(resample, make(seed + 1 + b))
-        draws[b] = [importances.get(name, 0.0) for name in names]
+        if importances is not None:  # a resample of equal objectives ranks nothing: left out
+            rows.append([importances.get(name, 0.0) for name in names])
+    if not rows:
+        raise ValueError("no resample of the trials has a varying objective")
+    draws = np.array(rows)
     ranks = (-draws).argsort(axis=1).argsort(axis=1) + 1  # 1 = most important in that resample
     tail = (1 - confidence) / 2
     return [
@@ -280,8 +287,11 @@ def importance_intervals(
 
 def _importances(
     trials: Sequence[optuna.trial.FrozenTrial], evaluator: optuna.importance.BaseImportanceEvaluator
-) -> dict[str, float]:
-    """Optuna's importances of the trials' params, most important first (a fresh in-memory study)."""
+) -> dict[str, float] | None:
+    """Optuna's importances of the trials' params, most important first (a fresh in-memory study);
+    None when their objective values are all equal (fANOVA has nothing to apportion)."""
+    if len({t.values[0] for t in trials}) < 2:
+        return None
     study = optuna.create_study(direction="maximize")
     study.add_trials(trials)
     return dict(optuna.importance.get_param_importances(study, evaluator=evaluator, normalize=True))

@@ -12,6 +12,7 @@ from tuner.export import export_preset
 from tuner.objective import trial_config
 from tuner.pbt_population import describe_lineage, events_table, lineage_values
 from tuner.prepare import Prepared
+from tuner.report_card import CARD_MD, build_card, card_summary, write_card
 from tuner.study import best_trial, budget_status
 from tuner.sweep_report import (
     TRIALS_MD,
@@ -107,6 +108,22 @@ def _export_and_validate(prepared: Prepared, sweep: RunRecorder, console: Consol
         _validate(prepared, sweep, console, tuned_config)
 
 
+def env_name(config: dict) -> str:
+    """The env config's name (``cartpole``), the card's row label."""
+    return str(config["env"].get("name") or config["env"]["id"])
+
+
+def reference_scores(config: dict) -> dict[str, tuple[float, float]] | None:
+    """env → (random score, reference score of the tuned algorithm) from the env config, or None when
+    either is missing (the card then has no normalised aggregate)."""
+    env = config["env"]
+    random_score = env.get("random_score")
+    reference = (env.get("reference") or {}).get(config["algo"]["name"], {}).get("score")
+    if random_score is None or reference is None or reference == random_score:
+        return None
+    return {env_name(config): (float(random_score), float(reference))}
+
+
 def _validate(prepared: Prepared, sweep: RunRecorder, console: Console, tuned_config: dict) -> None:
     """Default vs tuned on the held-out seeds, nested under the sweep run, with the table printed."""
     settings, setup = prepared.settings, prepared.setup
@@ -134,8 +151,12 @@ def _validate(prepared: Prepared, sweep: RunRecorder, console: Console, tuned_co
                 run.log_metric("validation/seed_return", value, index)
     table = validation_table(comparison)
     footnote = validation_footnote(comparison.confidence)
+    card = build_card(
+        {env_name(prepared.config): scores["default"]}, {env_name(prepared.config): scores["tuned"]},
+        prepared.study, len(settings.seeds), settings.budget_steps, reference_scores(prepared.config),
+    )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        for path in write_validation_table(table, Path(tmp), footnote):
+        for path in [*write_validation_table(table, Path(tmp), footnote), *write_card(card, tmp)]:
             sweep.log_artifact(path)
     sweep.log_metrics(
         {
@@ -150,3 +171,4 @@ def _validate(prepared: Prepared, sweep: RunRecorder, console: Console, tuned_co
     droppable = ("std", "mean")
     console.print(console_table(table, title, console.width, droppable, f"{VALIDATION_MD} on the sweep run"))
     console.print(footnote)
+    console.print(f"{card_summary(card)}\n(the whole card: {CARD_MD} on the sweep run)")
