@@ -48,7 +48,7 @@ from tuner.pbt import (
 )
 from tuner.population import PopulationExecutor, RunningTrial, end_trial, iterate, open_trial
 from tuner.search import ParamSpec
-from tuner.study import Heartbeat, TuneSettings, claim_trial, trial_id
+from tuner.study import TuneSettings, claim_trial, heartbeat
 from tuner.tracking import RunSignals
 from tuner.trial_record import VALUES_ATTR, TrialOutcome, TrialSetup, record_sampled
 
@@ -173,7 +173,7 @@ class PBTExecutor(PopulationExecutor):
         pbt.scores[event.target] = list(pbt.scores[event.source])
         values = {**target.values, **event.new}
         trial = self._claim_segment(event.new)
-        state.heartbeats[trial.number] = _heartbeat(self.storage, trial, self.settings.heartbeat_interval)
+        state.heartbeats[trial.number] = heartbeat(self.storage, trial, self.settings.heartbeat_interval)
         history = pbt.lineages.histories[event.target]
         # Replaying the segment (tuner.replay, overrides.txt) trains its whole lineage as schedules.
         overrides = trial_overrides(self.setup, {**values, **lineage_schedule(history)})
@@ -235,12 +235,6 @@ def _event_record(event: ExploitEvent, source_trial: int, ended_trial: int, new_
         "old": event.old,
         "new": event.new,
     }
-
-
-def _heartbeat(storage: RDBStorage, trial: optuna.Trial, interval: float) -> contextlib.ExitStack:
-    stack = contextlib.ExitStack()
-    stack.enter_context(Heartbeat(storage, trial_id(trial), interval))
-    return stack
 
 
 # --- after the sweep ----------------------------------------------------------------------------------

@@ -569,3 +569,10 @@ class Heartbeat:
                 self.storage.record_heartbeat(self.trial_id)
             except Exception:  # a transient database error must not kill the trial; the next beat retries
                 continue
+
+
+def heartbeat(storage: RDBStorage, trial: optuna.Trial, interval: float) -> contextlib.ExitStack:
+    """A running :class:`Heartbeat` of ``trial``, stopped by closing the stack."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(Heartbeat(storage, trial_id(trial), interval))
+    return stack

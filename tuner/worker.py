@@ -23,13 +23,12 @@ from tuner.pbt_population import PBTExecutor
 from tuner.population import PopulationExecutor
 from tuner.prepare import Prepared, join_study
 from tuner.study import (
-    Heartbeat,
     TuneSettings,
     budget_status,
     claim_trial,
     fail_and_retry,
+    heartbeat,
     time_left,
-    trial_id,
 )
 from tuner.tracking import RunSignals, interrupts_raise
 from tuner.trial_record import TrialOutcome, TrialSetup
@@ -167,13 +166,6 @@ def _nothing_left(study: optuna.Study, settings: TuneSettings) -> bool:
     """Whether the worker is done: no trial waits or runs anywhere, or ``tune.timeout`` has passed."""
     status = budget_status(study)
     return (status.waiting == 0 and status.running == 0) or not time_left(study, settings.timeout)
-
-
-def heartbeat(storage: RDBStorage, trial: optuna.Trial, interval: float) -> contextlib.ExitStack:
-    """A running :class:`~tuner.study.Heartbeat` of ``trial``, stopped by closing the stack."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(Heartbeat(storage, trial_id(trial), interval))
-    return stack
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
