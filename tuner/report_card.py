@@ -23,7 +23,9 @@ from matplotlib.figure import Figure
 from optuna.trial import TrialState
 
 from tuner import stats
+from tuner.curves import normalize
 from tuner.study import best_trial
+from tuner.trial_record import SEED_RETURNS_ATTR
 
 CARD_MD = "report_card.md"
 PROFILE_PNG = "performance_profile.png"
@@ -90,7 +92,7 @@ def build_card(
     normalised = {"default": dict(default), "tuned": dict(tuned)}
     if scores is not None and all(env in scores for env in envs):
         normalised = {
-            label: {env: [stats.normalized_score(v, *scores[env]) for v in values[env]] for env in envs}
+            label: {env: normalize(values[env], *scores[env]).tolist() for env in envs}
             for label, values in (("default", default), ("tuned", tuned))
         }
         for label, by_env in (("default", default_by_env), ("tuned", tuned_by_env)):
@@ -121,17 +123,12 @@ def _iqm_interval(values: Sequence[float]) -> Interval:
 
 def _gap(study: optuna.Study, held_out: Sequence[float]) -> Interval | None:
     """Best trial's mean over its tuning seeds minus the tuned config's held-out mean, with the
-    bootstrap interval of that difference of means (each sample resampled on its own)."""
+    bootstrap interval of that difference of means."""
     best = best_trial(study)
-    tuning = best.user_attrs.get("seed_returns", []) if best is not None else []
+    tuning = best.user_attrs.get(SEED_RETURNS_ATTR, []) if best is not None else []
     if not tuning or not held_out:
         return None
-    rng = np.random.default_rng(0)
-    a, b = np.asarray(tuning, dtype=float), np.asarray(held_out, dtype=float)
-    draws = a[rng.integers(a.size, size=(10_000, a.size))].mean(axis=1) - b[
-        rng.integers(b.size, size=(10_000, b.size))
-    ].mean(axis=1)
-    return Interval(float(a.mean() - b.mean()), *(float(q) for q in np.quantile(draws, [0.025, 0.975])))
+    return Interval(float(np.mean(tuning) - np.mean(held_out)), *stats.mean_difference_ci(tuning, held_out))
 
 
 def study_cost(study: optuna.Study, n_seeds: int, budget_steps: int) -> StudyCost:

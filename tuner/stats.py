@@ -1,5 +1,5 @@
 """Statistics for comparing RL results over seeds: IQM, bootstrap confidence intervals, default vs tuned,
-normalised scores, the probability of improvement, and hyperparameter importances with intervals.
+the probability of improvement, and hyperparameter importances with intervals.
 
 The IQM and its intervals are computed with :mod:`scipy.stats`, importances with Optuna's evaluators;
 this module only fixes the conventions:
@@ -154,16 +154,6 @@ def performance_profile(scores: npt.ArrayLike, thresholds: npt.ArrayLike) -> np.
     return (sample[None, :] > taus.reshape(-1, 1)).mean(axis=1).reshape(taus.shape)
 
 
-def normalized_score(value: float, random_score: float, reference: float) -> float:
-    """``(value − random_score) / (reference − random_score)``: 0 for a random policy, 1 for the
-    reference score (rliable's and Atari's normalisation). ValueError when the two scores are equal."""
-    if reference == random_score:
-        raise ValueError(
-            f"the reference score equals the random score ({reference}): nothing to normalise by"
-        )
-    return (value - random_score) / (reference - random_score)
-
-
 def probability_of_improvement(
     candidates: Sequence[npt.ArrayLike], baselines: Sequence[npt.ArrayLike]
 ) -> float:
@@ -202,6 +192,26 @@ def probability_of_improvement_ci(
     resampled /= len(pairs)
     tail = (1 - confidence) / 2
     return (float(np.quantile(resampled, tail)), float(np.quantile(resampled, 1 - tail)))
+
+
+def mean_difference_ci(
+    first: npt.ArrayLike,
+    second: npt.ArrayLike,
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(``first``) − mean(``second``), each sample resampled on its
+    own; a single value in one sample stays fixed while the other varies (e.g. the generalisation gap:
+    the best trial's tuning seeds against the tuned config's held-out seeds)."""
+    a, b = _as_sample(first), _as_sample(second)
+    _check_settings(confidence, n_resamples)
+    rng = np.random.default_rng(seed)
+    draws = a[rng.integers(a.size, size=(n_resamples, a.size))].mean(axis=1) - b[
+        rng.integers(b.size, size=(n_resamples, b.size))
+    ].mean(axis=1)
+    tail = (1 - confidence) / 2
+    return (float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail)))
 
 
 def _poi_along(x: np.ndarray, y: np.ndarray) -> np.ndarray:
