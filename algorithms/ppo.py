@@ -515,6 +515,12 @@ LOSS_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
 """Names of the update's loss diagnostics, in :class:`SurrogateLosses` field order."""
 
 
+def one_minibatch(batch: int, batch_size: int) -> bool:
+    """Whether one minibatch holds the whole rollout: then the epoch is not shuffled, as the losses are
+    means over the minibatch and the order of its samples cannot change them."""
+    return batch_size >= batch
+
+
 def progress_remaining(steps_done: int, total_steps: int) -> float:
     """The fraction of a ``learn`` budget still to go, in [0, 1]: the clock of the annealing schedules."""
     return max(0.0, 1.0 - steps_done / total_steps)
@@ -720,7 +726,11 @@ class PPO:
         ``stats``; False when the KL limit ended the update."""
         batch = samples.obs.shape[0]
         # Shuffle once per epoch; each minibatch is then a contiguous slice (a view, no copy).
-        epoch = samples.select(torch.from_numpy(self.rng.permutation(batch)))
+        epoch = (
+            samples
+            if one_minibatch(batch, cfg.batch_size)
+            else samples.select(torch.from_numpy(self.rng.permutation(batch)))
+        )
         for start in range(0, batch, cfg.batch_size):
             minibatch = epoch.select(slice(start, start + cfg.batch_size))
             head, newvalue = self.policy(minibatch.obs)

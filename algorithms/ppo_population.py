@@ -55,6 +55,7 @@ from algorithms.ppo import (
     compute_gae,
     deterministic_actions,
     learning_rewards,
+    one_minibatch,
     progress_remaining,
     resolve_policy_dist,
     sample_actions,
@@ -497,16 +498,11 @@ class PopulationPPO:
         """
         cfg = self.config
         n_members, batch = samples.obs.shape[:2]
-        members_idx = torch.arange(n_members)[:, None]
         stats = torch.zeros(len(LOSS_KEYS), n_members)
         counts = torch.zeros(n_members)
         diverged: dict[int, NonFiniteLossError] = {}
         for _epoch in range(cfg.n_epochs):
-            # Each member shuffles with its own generator, as a single PPO would.
-            perm = np.tile(np.arange(batch), (n_members, 1))
-            for k, m in members.items():
-                perm[k] = m.rng.permutation(batch)
-            epoch = samples.select((members_idx, torch.from_numpy(perm)))
+            epoch = samples if one_minibatch(batch, cfg.batch_size) else self._shuffled(samples, members)
             for start in range(0, batch, cfg.batch_size):
                 minibatch = epoch.select((slice(None), slice(start, start + cfg.batch_size)))
                 head, newvalue = self._forward(minibatch.obs)
@@ -525,6 +521,16 @@ class PopulationPPO:
             if not bool(active.any()):
                 break
         return stats, counts, diverged
+
+    @staticmethod
+    def _shuffled(samples: RolloutSamples, members: Mapping[int, Member]) -> RolloutSamples:
+        """Every member's rollout in a new order, each shuffled with its member's generator as a single
+        PPO would shuffle it (the other rows keep theirs)."""
+        n_members, batch = samples.obs.shape[:2]
+        perm = np.tile(np.arange(batch), (n_members, 1))
+        for k, m in members.items():
+            perm[k] = m.rng.permutation(batch)
+        return samples.select((torch.arange(n_members)[:, None], torch.from_numpy(perm)))
 
     def _minibatch_step(
         self,

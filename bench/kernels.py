@@ -1,7 +1,5 @@
 """The kernel choices in algorithms/common, each timed against the plain PyTorch call it replaces.
 
-- ``fast_tanh`` (numpy's SIMD tanh inside an autograd function) against ``torch.tanh``, forward and
-  backward, on a (2, 256, 256) hidden layer (PPO's actor and critic, minibatch 256, 256 units).
 - ``narrow_linear`` (transposed products) against ``torch.baddbmm`` for a value head, (2, 256, 256) @
   (2, 256, 1), forward and backward.
 - ``FlatAdam`` (one flat buffer, ATen's fused Adam) against ``torch.optim.Adam`` with gradient-norm
@@ -23,7 +21,7 @@ import gymnasium as gym
 import torch
 
 from algorithms import PPOConfig
-from algorithms.common.networks import configure_torch_cpu, fast_tanh, make_twin_critic, narrow_linear
+from algorithms.common.networks import configure_torch_cpu, make_twin_critic, narrow_linear
 from algorithms.common.optim import FlatAdam, flatten_parameters
 from algorithms.ppo import ActorCritic
 from bench.common import script_parser
@@ -40,20 +38,6 @@ def per_call_seconds(fn: Callable[[], object], calls: int, rounds: int) -> float
             fn()
         times.append((time.perf_counter() - start) / calls)
     return statistics.median(times)
-
-
-def tanh_case(rounds: int) -> tuple[float, float]:
-    """(torch.tanh, fast_tanh) seconds per forward + backward of a (2, 256, 256) layer."""
-    x = torch.randn(2, 256, 256, requires_grad=True)
-
-    def step(tanh: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
-        def run() -> None:
-            tanh(x).sum().backward()
-            x.grad = None
-
-        return run
-
-    return per_call_seconds(step(torch.tanh), 300, rounds), per_call_seconds(step(fast_tanh), 300, rounds)
 
 
 def narrow_head_case(rounds: int) -> tuple[float, float]:
@@ -101,7 +85,6 @@ def main() -> None:
     configure_torch_cpu(1)
     ppo = ActorCritic(4, gym.spaces.Discrete(2), PPOConfig())
     cases = {
-        "tanh fwd+bwd, (2, 256, 256)": ("torch.tanh", "fast_tanh", tanh_case(args.rounds)),
         "value head fwd+bwd, (2,256,256)@(2,256,1)": (
             "baddbmm",
             "narrow_linear",

@@ -1,10 +1,8 @@
 """Networks shared by the algorithms: plain MLPs and a stack of independent MLPs run as one.
 
-Small networks on a CPU spend more time in per-operation overhead than in arithmetic, so two things
-here exist for speed: ``StackedMLP`` evaluates several same-shaped MLPs (PPO's actor and critic, or a
-population of agents) with one batched matmul per layer, and large ``tanh`` calls go through numpy's
-SIMD tanh, which was faster than torch's CPU tanh kernel on the machines it was written on (not on
-every CPU: bench/kernels.py times it, bench/results/kernels.md).
+Small networks on a CPU spend more time in per-operation overhead than in arithmetic, so
+``StackedMLP`` evaluates several same-shaped MLPs (PPO's actor and critic, or a population of agents)
+with one batched matmul per layer, and acts through numpy, whose per-call cost is a fraction of torch's.
 """
 
 from __future__ import annotations
@@ -20,36 +18,8 @@ from torch.nn import functional as F
 
 from algorithms.common.errors import ConfigError
 
-
-class _Tanh(torch.autograd.Function):
-    """tanh computed by numpy's vectorised kernel, with the usual derivative 1 − tanh²."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        y = torch.from_numpy(np.tanh(x.detach().numpy()))
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        (y,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return torch.ops.aten.tanh_backward(grad, y)
-
-
-# Below this many elements the autograd.Function overhead costs more than the faster kernel saves.
-_FAST_TANH_MIN_NUMEL = 4096
-
-
-def fast_tanh(x: torch.Tensor) -> torch.Tensor:
-    """Hyperbolic tangent, equal to ``torch.tanh`` to within 1e-6; numpy's SIMD kernel for large CPU
-    batches (faster than torch's on some CPUs, see bench/results/kernels.md)."""
-    if x.numel() < _FAST_TANH_MIN_NUMEL or x.dtype != torch.float32 or x.device.type != "cpu":
-        return torch.tanh(x)
-    return _Tanh.apply(x)
-
-
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "tanh": fast_tanh,
+    "tanh": torch.tanh,
     "relu": torch.relu,
     "elu": F.elu,
     "gelu": F.gelu,

@@ -179,3 +179,31 @@ def test_module_prefixed_env_id_imports_the_registering_module() -> None:
         PPO("tests.algorithms.toy_envs:rltune_test/DictObs-v0", PPOConfig(), seed=0)
     with pytest.raises(ConfigError, match="no_such_module"):
         PPO("no_such_module:Foo-v0", PPOConfig(), seed=0)
+
+
+class CountingGenerator:
+    """A numpy Generator that counts the permutations drawn from it."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.n_permutations = 0
+
+    def permutation(self, n: int) -> np.ndarray:
+        self.n_permutations += 1
+        return self.rng.permutation(n)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.rng, name)
+
+
+@pytest.mark.parametrize(("batch_size", "n_permutations"), [(128, 0), (32, 3)])
+def test_an_epoch_is_shuffled_only_when_it_has_several_minibatches(
+    batch_size: int, n_permutations: int
+) -> None:
+    # One minibatch of the whole rollout: the losses are means over it, so a shuffle would cost an index
+    # of every tensor per epoch and change nothing but the order of a float sum.
+    config = PPOConfig(n_envs=2, n_steps=64, batch_size=batch_size, n_epochs=3)
+    with PPO("CartPole-v1", config, seed=3) as agent:
+        agent.rng = CountingGenerator(agent.rng)  # type: ignore[assignment]
+        agent.learn(128)  # one rollout, three epochs
+        assert agent.rng.n_permutations == n_permutations
