@@ -150,10 +150,10 @@ def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in trials if t.number not in retried]
 
 
-def runs_by_name(tmp_path: Path) -> dict[str, list]:
-    """The MLflow runs of experiment ``ppo_cartpole`` under ``tmp_path``, by run name."""
+def runs_by_name(tmp_path: Path, experiment_name: str = "ppo_cartpole") -> dict[str, list]:
+    """The MLflow runs of experiment ``experiment_name`` under ``tmp_path``, by run name."""
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    experiment = client.get_experiment_by_name("ppo_cartpole")
+    experiment = client.get_experiment_by_name(experiment_name)
     out: dict[str, list] = {}
     for run in client.search_runs([experiment.experiment_id], max_results=1000):
         out.setdefault(run.info.run_name, []).append(run)

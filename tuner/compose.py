@@ -13,11 +13,22 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from algorithms import ALGORITHMS, ConfigError, build_config
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def envs_label(env_name: str, envs: Sequence[str] | None) -> str:
+    """What a study is named after: its envs joined by ``-`` (``tune.envs``), else its one env's name.
+
+    conf/tune.yaml's default study and export names call it as ``${rltune.envs:${env.name},${tune.envs}}``.
+    """
+    return "-".join(envs) if envs else env_name
+
+
+OmegaConf.register_new_resolver("rltune.envs", envs_label, replace=True)
 
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,34 +20,51 @@ def preset_name(config: Mapping[str, Any]) -> str:
 
 
 def preset_text(
-    trial: optuna.trial.FrozenTrial, config: Mapping[str, Any], study_name: str, seed: int, name: str
+    trial: optuna.trial.FrozenTrial,
+    config: Mapping[str, Any],
+    study_name: str,
+    seed: int,
+    name: str,
+    envs: Sequence[str] = (),
 ) -> str:
     """YAML of a ``# @package _global_`` preset that trains ``config`` (``trial``'s training config, its
     tuned values applied: :func:`tuner.objective.trial_config`) with ``seed``.
 
     The whole algo node is written (base values and tuned ones, schedules as ``[[from_step, value],
     …]`` lists), so the preset does not depend on the presets or overrides the study was started with.
+    A config tuned on several ``envs`` is a preset of the shared hyperparameters alone: no env, no
+    budget (the env picked with ``env=<name>`` brings its own).
     """
     algo = dict(config["algo"])
     algo_name = algo.pop("name")
-    body: dict[str, Any] = {
-        "defaults": [{"override /algo": algo_name}, {"override /env": config["env"]["name"]}],
-        "seed": seed,
-        "total_steps": config["total_steps"],
-        "algo": algo,
-    }
-    if any(o.startswith(("env.", "+env.")) for o in trial.user_attrs.get(OVERRIDES_ATTR, [])):
+    body: dict[str, Any] = {"defaults": [{"override /algo": algo_name}]}
+    if not envs:
+        body["defaults"].append({"override /env": config["env"]["name"]})
+        body["total_steps"] = config["total_steps"]
+    body = {"defaults": body["defaults"], "seed": seed, **body, "algo": algo}
+    if not envs and any(o.startswith(("env.", "+env.")) for o in trial.user_attrs.get(OVERRIDES_ATTR, [])):
         body["env"] = {k: v for k, v in config["env"].items() if k != "name"}
+    return _header(trial, study_name, name, envs) + yaml.safe_dump(body, sort_keys=False)
+
+
+def _header(trial: optuna.trial.FrozenTrial, study_name: str, name: str, envs: Sequence[str]) -> str:
+    """The preset's comment lines: where it comes from, its score, and how to train it."""
     value = trial.values[0] if trial.values else float("nan")
     seed_returns = trial.user_attrs.get(SEED_RETURNS_ATTR, [])
-    header = (
-        "# @package _global_\n"
+    first = f"{seed_returns[0] if seed_returns else float('nan'):.2f}"
+    origin = (
         f"# Tuned by rltune on {dt.date.today().isoformat()}: study {study_name!r}, trial {trial.number}, "
-        f"mean final eval return {value:.2f} over seeds (first seed's: "
-        f"{seed_returns[0] if seed_returns else float('nan'):.2f}).\n"
-        f"#   python -m tuner.train experiment={name}\n"
     )
-    return header + yaml.safe_dump(body, sort_keys=False)
+    if envs:
+        return (
+            f"# @package _global_\n{origin}normalised IQM {value:.2f} over envs {', '.join(envs)} × seeds.\n"
+            "# One config for all of them; pick the env:\n"
+            f"#   python -m tuner.train experiment={name} env={envs[0]}\n"
+        )
+    return (
+        f"# @package _global_\n{origin}mean final eval return {value:.2f} over seeds "
+        f"(first seed's: {first}).\n#   python -m tuner.train experiment={name}\n"
+    )
 
 
 def export_preset(
@@ -57,11 +74,13 @@ def export_preset(
     seed: int,
     directory: str | Path,
     name: str,
+    envs: Sequence[str] = (),
 ) -> Path:
-    """Write the preset of ``trial`` to ``directory/<name>.yaml`` and return its path."""
+    """Write the preset of ``trial`` (tuned on ``envs``, for a multi-env study) to
+    ``directory/<name>.yaml`` and return its path."""
     path = Path(directory) / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # its own: two sweep commands may export at once
-    tmp.write_text(preset_text(trial, config, study_name, seed, name))
+    tmp.write_text(preset_text(trial, config, study_name, seed, name, envs))
     tmp.replace(path)  # atomic: never a half-written preset
     return path

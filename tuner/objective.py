@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from algorithms import ConfigError, NonFiniteLossError, UnsupportedSpaceError
 from tuner.compose import algorithm_config
+from tuner.multienv import EnvTask, aggregate_score
 from tuner.search import to_overrides
 from tuner.tracking import RunSignals
 from tuner.train import run_training
@@ -46,20 +47,28 @@ class PruningReporter:
         return False
 
 
-def trial_config(setup: TrialSetup, values: Mapping[str, Any], seed: int) -> dict[str, Any]:
-    """The training config of one seed of a trial: base config + sampled algo values + seed + budget."""
+def trial_config(
+    setup: TrialSetup, values: Mapping[str, Any], seed: int, task: EnvTask | None = None
+) -> dict[str, Any]:
+    """The training config of one seed of a trial: base config + sampled algo values + seed + budget
+    (on ``task``'s env and budget, for one env of a multi-env study)."""
     config = OmegaConf.to_container(OmegaConf.create(dict(setup.base_config)), resolve=True)
     assert isinstance(config, dict)
     config["algo"].update(values)
     config["seed"] = seed
     config["total_steps"] = setup.budget_steps
+    if task is not None:
+        config["env"] = OmegaConf.to_container(OmegaConf.create(dict(task.env)))
+        config["total_steps"] = task.budget_steps
     return config
 
 
-def seed_config(setup: TrialSetup, values: Mapping[str, Any], seed: int) -> dict[str, Any]:
+def seed_config(
+    setup: TrialSetup, values: Mapping[str, Any], seed: int, task: EnvTask | None = None
+) -> dict[str, Any]:
     """:func:`trial_config` as a tuning seed trains it: keeping its model and learning curve only if
     ``tune.trial_artifacts`` says so (the held-out validation runs and exported presets keep theirs)."""
-    config = trial_config(setup, values, seed)
+    config = trial_config(setup, values, seed, task)
     config["tracking"] = {
         **config["tracking"],
         "log_models": setup.trial_artifacts,
@@ -69,9 +78,11 @@ def seed_config(setup: TrialSetup, values: Mapping[str, Any], seed: int) -> dict
 
 
 def trial_overrides(setup: TrialSetup, values: Mapping[str, Any]) -> list[str]:
-    """Hydra overrides that make ``python -m tuner.train`` train this trial's config on its first seed."""
+    """Hydra overrides that make ``python -m tuner.train`` train this trial's config on its first seed
+    (and, for a multi-env study, its first env)."""
     return [
         *setup.base_overrides,
+        *([f"env={setup.tasks[0].name}"] if setup.tasks else []),
         *to_overrides(values),
         f"total_steps={setup.budget_steps}",
         f"seed={setup.seeds[0]}",
@@ -101,6 +112,8 @@ def run_trial(
     started = time.perf_counter()
     with open_record(study, trial, setup, values) as record:
         try:
+            if setup.tasks:
+                return _train_envs(record, values, signals, started)
             scores, pruned_at = _train_seeds(record, values, signals)
         except NonFiniteLossError as exc:
             return record.fail(f"training diverged: {exc}")
@@ -139,3 +152,35 @@ def _train_seeds(
         scores.append(result.mean_return)
         record.seed_finished(index, result.mean_return)
     return scores, None
+
+
+def _train_envs(
+    record: TrialRecord, values: Mapping[str, Any], signals: RunSignals, started: float
+) -> TrialOutcome:
+    """Train the trial's seeds on every env of a multi-env study, in the study's order, and end the trial.
+
+    After each env the trial reports its objective so far (the IQM of the normalised returns of the envs
+    done) at the env steps a seed has trained by then, and the pruner may stop it before the next env;
+    every trial reports at the same steps in the same order, so the pruner compares like with like.
+    """
+    setup = record.setup
+    returns_by_env: dict[str, list[float]] = {}
+    steps_done = 0
+    for task in setup.tasks:
+        returns_by_env[task.name] = [
+            run_training(
+                OmegaConf.create(seed_config(setup, values, seed, task)),
+                parent_run_id=record.run.run_id,
+                run_name=record.seed_run_name(seed, task.name),
+                signals=signals,
+            ).mean_return
+            for seed in setup.seeds
+        ]
+        steps_done += task.budget_steps
+        record.env_finished(task.name, returns_by_env[task.name])
+        if setup.multi_objective:  # Optuna takes no intermediate values for several objectives
+            continue
+        stop = record.report(aggregate_score(setup.tasks, returns_by_env), steps_done)
+        if stop and task is not setup.tasks[-1]:
+            return record.prune(steps_done, [], returns_by_env)
+    return record.complete([], time.perf_counter() - started, returns_by_env)

@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial
 
 from algorithms import ConfigError
 from tuner.compose import algorithm_config, override_key
+from tuner.multienv import EnvTask, load_tasks
 from tuner.population import check_population
 from tuner.search import SearchSpace
 from tuner.secrets import mask_secrets
@@ -67,14 +68,23 @@ def prepare(cfg: DictConfig, create: bool) -> Prepared:
     config = resolve_config(cfg)
     settings = TuneSettings.from_config(config["tune"], config.get("pbt"), _eval_freq(config))
     algo, _ = algorithm_config(config["algo"])  # names a bad value by its key, before the space uses it
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    tasks = _env_tasks(settings, config, overrides)
+    if tasks:  # the first env is the base config's: the trials table, replay and the population use it
+        config["env"] = dict(tasks[0].env)
+        settings = replace(settings, budget_steps=tasks[0].budget_steps)
     space = SearchSpace.from_config(config["search"], algo, base=config["algo"])
-    space = space.for_budget(settings.budget_steps, base=config["algo"])
+    space = space.for_budget(
+        min([settings.budget_steps, *(t.budget_steps for t in tasks)]), base=config["algo"]
+    )
     base_config = {k: v for k, v in config.items() if k not in TUNE_GROUPS}
     base_config["total_steps"] = settings.budget_steps
-    # Build the agent once on the base config: an unknown env id, a missing extra or an unsupported
-    # space is reported now, not as a failure of every trial.
+    # Build the agent once on the base config (each env's, for several): an unknown env id, a missing
+    # extra or an unsupported space is reported now, not as a failure of every trial.
     base_config["seed"] = settings.seeds[0]
-    build_agent(base_config, RunSettings.from_config(base_config)).close()
+    for env in [task.env for task in tasks] or [base_config["env"]]:
+        checked = {**base_config, "env": env}
+        build_agent(checked, RunSettings.from_config(checked)).close()
 
     sampler = build_sampler(cfg.sampler, seed_offset=worker_index(cfg.get("worker")) or 0)
     check_population(settings, algo, is_multi_objective(sampler), RunSettings.from_config(base_config))
@@ -89,7 +99,6 @@ def prepare(cfg: DictConfig, create: bool) -> Prepared:
     check_tracking_store(tracking["uri"], tracking["experiment"])
     storage = make_storage(settings, StaleTrialRunCloser(tracking["uri"]), create=create)
     study = open_study(settings, storage, sampler, pruner, create=create)
-    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
     setup = TrialSetup(
         base_config=base_config,
         base_overrides=training_overrides(overrides),
@@ -100,8 +109,25 @@ def prepare(cfg: DictConfig, create: bool) -> Prepared:
         sweep_run_id=study.user_attrs.get(SWEEP_RUN_ATTR),
         multi_objective=is_multi_objective(sampler),
         trial_artifacts=settings.trial_artifacts,
+        tasks=tasks,
     )
     return Prepared(settings, storage, study, setup, config)
+
+
+def _env_tasks(
+    settings: TuneSettings, config: dict[str, Any], overrides: Sequence[str]
+) -> tuple[EnvTask, ...]:
+    """The envs of ``tune.envs``, composed as this sweep's (none for a one-env study)."""
+    if not settings.envs:
+        return ()
+    if settings.population or settings.method != "search":
+        raise ConfigError(
+            "tune.envs trains each trial's envs one after another; population mode and tune.method=pbt "
+            "take one env: set tune.population=0 and tune.method=search, or drop tune.envs"
+        )
+    return load_tasks(
+        settings.envs, settings.env_budgets, config["algo"]["name"], overrides, config["paths"]["root_dir"]
+    )
 
 
 def _eval_freq(config: dict[str, Any]) -> int:

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from tuner import stats
 from tuner.curves import normalize
+from tuner.multienv import NORMALIZED_ATTR
 from tuner.study import best_trial
 from tuner.trial_record import SEED_RETURNS_ATTR
 
@@ -110,7 +111,11 @@ def build_card(
         default_by_env,
         tuned_by_env,
         improvement,
-        _gap(study, [v for env in envs for v in tuned[env]]),
+        _gap(
+            study,
+            [v for env in envs for v in tuned[env]],
+            [v for env in envs for v in normalised["tuned"][env]],
+        ),
         study_cost(study, n_seeds, budget_steps),
         _importances(complete),
         {label: {env: list(v) for env, v in by_env.items()} for label, by_env in normalised.items()},
@@ -121,11 +126,14 @@ def _iqm_interval(values: Sequence[float]) -> Interval:
     return Interval(stats.iqm(values), *stats.bootstrap_ci(values))
 
 
-def _gap(study: optuna.Study, held_out: Sequence[float]) -> Interval | None:
-    """Best trial's mean over its tuning seeds minus the tuned config's held-out mean, with the
-    bootstrap interval of that difference of means."""
+def _gap(study: optuna.Study, held_out: Sequence[float], normalised: Sequence[float]) -> Interval | None:
+    """Best trial's mean over its tuning seeds minus the tuned config's held-out mean (``held_out``), with
+    the bootstrap interval of that difference of means; in normalised scores (``normalised``, the
+    held-out ones) for a multi-env study, whose envs' returns are on different scales."""
     best = best_trial(study)
     tuning = best.user_attrs.get(SEED_RETURNS_ATTR, []) if best is not None else []
+    if best is not None and NORMALIZED_ATTR in best.user_attrs:
+        tuning, held_out = best.user_attrs[NORMALIZED_ATTR], normalised
     if not tuning or not held_out:
         return None
     return Interval(float(np.mean(tuning) - np.mean(held_out)), *stats.mean_difference_ci(tuning, held_out))

@@ -29,6 +29,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from algorithms import ConfigError
+from tuner.multienv import env_budgets, env_names
 from tuner.pbt import PBTSettings
 from tuner.postgres import advisory_lock, ensure_database, maintenance_url, schema_lock, study_lock_key
 from tuner.secrets import mask_secrets
@@ -36,6 +37,8 @@ from tuner.stores import StoreMissing, check_server, check_sqlite, lock_if_sqlit
 
 MULTI_OBJECTIVE_SAMPLERS = ("NSGAIISampler", "NSGAIIISampler")
 OBJECTIVE_NAMES = ("mean_return", "train_seconds")  # what the study's objectives are (plots, tables)
+MULTI_ENV_OBJECTIVE = "normalized_iqm"  # the first objective's name with tune.envs
+ENVS_ATTR = "envs"  # study user attr: the tune.envs it is tuned on (absent: one env)
 STUDY_STARTED_ATTR = "started_at"  # study user attr: when the latest sweep command started (tune.timeout)
 SWEEP_RUN_ATTR = "mlflow_sweep_run_id"  # study user attr: the MLflow parent run of the sweep
 TRIAL_RUN_ATTR = "mlflow_run_id"  # trial user attr: the trial's MLflow run
@@ -77,6 +80,10 @@ class TuneSettings:
     """``search`` (the sampler proposes every trial) or ``pbt`` (population-based training)."""
     pbt: PBTSettings | None = None
     """The ``pbt`` node, validated, when ``method`` is ``pbt``."""
+    envs: tuple[str, ...] = ()
+    """``tune.envs``: the env configs a trial trains on (empty: the env group's one env)."""
+    env_budgets: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """Env steps ``tune.budget_steps`` sets per env of ``envs`` (the others: their config's budget)."""
 
     @classmethod
     def from_config(
@@ -97,6 +104,14 @@ class TuneSettings:
                 f"tune.grace_period ({grace}) must exceed tune.heartbeat_interval ({heartbeat})"
             )
         population, population_trials = _population_settings(tune)
+        envs = env_names(tune.get("envs"))
+        # With several envs, tune.budget_steps may also be a mapping env -> steps, or null; budget_steps
+        # is then the first env's, set once the envs are composed (tuner.prepare).
+        budget_steps = (
+            0
+            if envs and not isinstance(tune.get("budget_steps"), int)
+            else _tune_int(tune, "budget_steps", 1)
+        )
         name = tune.get("study_name")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"tune.study_name must be a non-empty string, got {name!r}")
@@ -107,7 +122,7 @@ class TuneSettings:
             timeout=timeout,
             n_seeds=len(seeds),
             seeds=seeds,
-            budget_steps=_tune_int(tune, "budget_steps", 1),
+            budget_steps=budget_steps,
             n_workers=_tune_int(tune, "n_workers", 1),
             heartbeat_interval=heartbeat,
             grace_period=grace,
@@ -120,6 +135,8 @@ class TuneSettings:
             population=population,
             population_trials=population_trials,
             join_timeout=join_timeout,
+            envs=envs,
+            env_budgets=env_budgets(tune.get("budget_steps"), envs) if envs else {},
         )
         method = tune.get("method", "search")
         if method not in METHODS:
@@ -367,14 +384,36 @@ def open_study(
     if create and found == directions and not study.metric_names:
         with warnings.catch_warnings():  # set_metric_names is experimental in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(list(OBJECTIVE_NAMES[: len(directions)]))
+            names = [MULTI_ENV_OBJECTIVE, *OBJECTIVE_NAMES[1:]] if settings.envs else OBJECTIVE_NAMES
+            study.set_metric_names(list(names[: len(directions)]))
     if found != directions:
         raise ConfigError(
             f"study {settings.study_name!r} was created with directions {found}, but sampler "
             f"{type(sampler).__name__} needs {directions}; use another tune.study_name"
         )
     _check_method(study, settings.method, create)
+    _check_envs(study, settings.envs, create)
     return study
+
+
+def _check_envs(study: optuna.Study, envs: tuple[str, ...], create: bool) -> None:
+    """Record a new study's ``tune.envs``; ConfigError when a study is resumed on other envs (its trials'
+    scores would not compare)."""
+    recorded = tuple(study.user_attrs.get(ENVS_ATTR, ()))
+    if create and not recorded and envs and not study.get_trials(deepcopy=False):
+        study.set_user_attr(ENVS_ATTR, list(envs))
+        return
+    if recorded != envs:
+        raise ConfigError(
+            f"study {study.study_name!r} is tuned on tune.envs={list(recorded) or None}, not "
+            f"{list(envs) or None}; use another tune.study_name"
+        )
+
+
+def objective_label(study: optuna.Study) -> str:
+    """What a study's (first) objective is, in words: ``normalised IQM`` with several envs, else
+    ``mean return``."""
+    return "normalised IQM" if study.user_attrs.get(ENVS_ATTR) else "mean return"
 
 
 def _check_method(study: optuna.Study, method: str, create: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
 
 from tuner.display import console_table, describe_values
@@ -12,8 +13,9 @@ from tuner.export import export_preset
 from tuner.objective import trial_config
 from tuner.pbt_population import describe_lineage, events_table, lineage_values
 from tuner.prepare import Prepared
-from tuner.report_card import CARD_MD, build_card, card_summary, write_card
-from tuner.study import best_trial, budget_status
+from tuner.report_card import AGGREGATE, CARD_MD, build_card, card_summary, write_card
+from tuner.stats import Comparison, compare
+from tuner.study import best_trial, budget_status, objective_label
 from tuner.sweep_report import (
     TRIALS_MD,
     VALIDATION_MD,
@@ -56,14 +58,14 @@ def finish_sweep(prepared: Prepared, sweep: RunRecorder, console: Console) -> No
         0,
     )
     columns = [c for c in CONSOLE_COLUMNS if c in table.columns] + [
-        c for c in table.columns if c.startswith("value")
+        c for c in table.columns if c.startswith(("value", "return_"))
     ]
     console.print(
         console_table(
             table.head(TOP_TRIALS)[list(dict.fromkeys(columns))],
             f"top {TOP_TRIALS} trials of {study.study_name}",
             console.width,
-            [c for c in columns if c.startswith("value_")] + ["duration_s", "pruned_step"],
+            [c for c in columns if c.startswith(("value_", "return_"))] + ["duration_s", "pruned_step"],
             f"{TRIALS_MD} on the sweep run",
         )
     )
@@ -87,7 +89,8 @@ def _export_and_validate(prepared: Prepared, sweep: RunRecorder, console: Consol
     sweep.log_metrics({"best/value": best.values[0], "best/trial": best.number}, 0)
     sweep.set_tags({f"best.{k}": v for k, v in values.items()} | {"best.trial": best.number})
     console.print(
-        f"best trial {best.number}: mean return {best.values[0]:.2f} with {describe_values(values)}"
+        f"best trial {best.number}: {objective_label(study)} {best.values[0]:.2f} "
+        f"with {describe_values(values)}"
     )
     schedule = lineage_values(best)
     if schedule is not None:  # population-based training: the winner's whole lineage is the result
@@ -98,14 +101,34 @@ def _export_and_validate(prepared: Prepared, sweep: RunRecorder, console: Consol
 
     tuned_config = trial_config(prepared.setup, values, settings.seeds[0])
     if settings.export:
+        envs = [task.name for task in prepared.setup.tasks]
         path = export_preset(
-            best, tuned_config, study.study_name, settings.seeds[0], settings.export_dir, settings.export_name
+            best,
+            tuned_config,
+            study.study_name,
+            settings.seeds[0],
+            settings.export_dir,
+            settings.export_name,
+            envs,
         )
-        console.print(f"exported to {path}: python -m tuner.train experiment={path.stem}")
+        env_choice = f" env={envs[0]} (or {', '.join(envs[1:])})" if envs else ""
+        console.print(f"exported to {path}: python -m tuner.train experiment={path.stem}{env_choice}")
         sweep.log_artifact(path)
 
     if settings.validate_seeds:
-        _validate(prepared, sweep, console, tuned_config)
+        _validate(prepared, sweep, console, values)
+
+
+def validation_configs(prepared: Prepared, values: dict) -> dict[str, tuple[dict, dict]]:
+    """env → (default config, tuned config: ``values`` applied) of the held-out validation: every env of
+    a multi-env study, else the one env."""
+    setup, seed = prepared.setup, prepared.settings.validate_seeds[0]
+    if setup.tasks:
+        return {
+            task.name: (trial_config(setup, {}, seed, task), trial_config(setup, values, seed, task))
+            for task in setup.tasks
+        }
+    return {env_name(prepared.config): (trial_config(setup, {}, seed), trial_config(setup, values, seed))}
 
 
 def env_name(config: dict) -> str:
@@ -124,49 +147,86 @@ def reference_scores(config: dict) -> dict[str, tuple[float, float]] | None:
     return {env_name(config): (float(random_score), float(reference))}
 
 
-def _validate(prepared: Prepared, sweep: RunRecorder, console: Console, tuned_config: dict) -> None:
-    """Default vs tuned on the held-out seeds, nested under the sweep run, with the table printed."""
+def _validate(prepared: Prepared, sweep: RunRecorder, console: Console, values: dict) -> None:
+    """Default vs tuned (``values``) on the held-out seeds of every env, nested under the sweep run, with
+    the table and the report card's short form printed."""
     settings, setup = prepared.settings, prepared.setup
-    default_config = trial_config(setup, {}, settings.validate_seeds[0])
+    configs = validation_configs(prepared, values)
+    budgets = ", ".join(f"{c[0]['total_steps']}" for c in configs.values())
     console.print(
         f"held-out validation: default and tuned configs on seeds {list(settings.validate_seeds)} "
-        f"({settings.budget_steps} env steps each)"
+        f"({budgets} env steps each{' on ' + ', '.join(configs) if setup.tasks else ''})"
     )
-    parents: dict[str, str | None] = {}
-    runs = {}
-    for label in ("default", "tuned"):
-        runs[label] = start_run(
+    runs = {
+        label: start_run(
             **setup.tracking,
             run_name=f"validation-{label}",
             tags={"kind": "validation", "config": label},
             parent_run_id=sweep.run_id,
         )
+        for label in ("default", "tuned")
+    }
+    comparisons, scores = {}, {}
     with runs["default"] as default_run, runs["tuned"] as tuned_run:
         parents = {"default": default_run.run_id, "tuned": tuned_run.run_id}
-        comparison, scores = run_validation(
-            default_config, tuned_config, settings.validate_seeds, parents, settings.n_workers
+        for env, (default_config, tuned_config) in configs.items():
+            comparisons[env], scores[env] = run_validation(
+                default_config, tuned_config, settings.validate_seeds, parents, settings.n_workers,
+                env if setup.tasks else None,
+            )  # fmt: skip
+            metric = f"validation/{env}/seed_return" if setup.tasks else "validation/seed_return"
+            for label, run in (("default", default_run), ("tuned", tuned_run)):
+                for index, value in enumerate(scores[env][label]):
+                    run.log_metric(metric, value, index)
+    _record_validation(prepared, sweep, console, comparisons, scores)
+
+
+def _record_validation(
+    prepared: Prepared,
+    sweep: RunRecorder,
+    console: Console,
+    comparisons: dict[str, Comparison],
+    scores: dict[str, dict[str, list[float]]],
+) -> None:
+    """The validation table (a row per env and config, and the normalised aggregate of several envs),
+    the report card and the sweep run's validation metrics."""
+    settings, tasks = prepared.settings, prepared.setup.tasks
+    references = {t.name: (t.random_score, t.reference_score) for t in tasks} or reference_scores(
+        prepared.config
+    )
+    if tasks:
+        pooled = {
+            label: [s for t in tasks for s in t.normalize(scores[t.name][label])]
+            for label in ("default", "tuned")
+        }
+        overall = compare(pooled["default"], pooled["tuned"], seed=0)
+        table = pd.concat(
+            [validation_table(c).assign(env=env) for env, c in comparisons.items()]
+            + [validation_table(overall).assign(env=AGGREGATE)],
+            ignore_index=True,
         )
-        for label, run in (("default", default_run), ("tuned", tuned_run)):
-            for index, value in enumerate(scores[label]):
-                run.log_metric("validation/seed_return", value, index)
-    table = validation_table(comparison)
-    footnote = validation_footnote(comparison.confidence)
+        table = table[["env", *table.columns[:-1]]]
+    else:
+        overall = next(iter(comparisons.values()))
+        table = validation_table(overall)
+    footnote = validation_footnote(overall.confidence)
+    budget = sum(t.budget_steps for t in tasks) or settings.budget_steps
     card = build_card(
-        {env_name(prepared.config): scores["default"]}, {env_name(prepared.config): scores["tuned"]},
-        prepared.study, len(settings.seeds), settings.budget_steps, reference_scores(prepared.config),
+        {env: s["default"] for env, s in scores.items()}, {env: s["tuned"] for env, s in scores.items()},
+        prepared.study, len(settings.seeds), budget, references,
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for path in [*write_validation_table(table, Path(tmp), footnote), *write_card(card, tmp)]:
             sweep.log_artifact(path)
     sweep.log_metrics(
         {
-            "validation/default_iqm": comparison.baseline_iqm,
-            "validation/tuned_iqm": comparison.candidate_iqm,
-            "validation/difference": comparison.difference,
+            "validation/default_iqm": overall.baseline_iqm,
+            "validation/tuned_iqm": overall.candidate_iqm,
+            "validation/difference": overall.difference,
         },
         0,
     )
-    sweep.set_tags({"validation.significant": comparison.significant})
+    sweep.set_tags({"validation.significant": overall.significant})
     title = "held-out validation: default vs tuned"
     droppable = ("std", "mean")
     console.print(console_table(table, title, console.width, droppable, f"{VALIDATION_MD} on the sweep run"))

@@ -24,6 +24,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.display import display_value, is_missing
+from tuner.multienv import ENV_RETURNS_ATTR
 from tuner.stats import Comparison
 from tuner.study import FAIL_REASON_ATTR, fail_reason, retried_numbers
 from tuner.trial_record import VALUES_ATTR
@@ -55,8 +56,9 @@ _STATE_ORDER = (
 def trials_table(study: optuna.Study) -> pd.DataFrame:
     """One row per trial of ``study``, best finished trials first.
 
-    Columns, in order: ``number``, ``state`` (``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``, ...),
-    the objective value(s), the trial's config values under the config's own names (``n_steps=128``,
+    Columns, in order: ``number``, ``state`` (``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``, ...), the
+    objective value(s), in a multi-env study each env's mean return (``return_<env>``, empty for an env a
+    pruned trial did not reach), the trial's config values under the config's own names (``n_steps=128``,
     ``gamma=0.998``, from the trial's ``config_values``), then the sampled parameters whose Optuna name or
     value is not a config value's (a reparameterised ``log2_n_steps=7``, ``one_minus_gamma``; every
     parameter of a study that records no config values), ``duration_s`` (empty while running),
@@ -78,10 +80,12 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         dict.fromkeys(name for trial in trials for name in trial.user_attrs.get(VALUES_ATTR, {}))
     )
     search_names = _search_only_params(trials)
+    env_columns = _env_return_columns(trials)
     reserved = {
         "number",
         "state",
         *value_columns,
+        *env_columns.values(),
         *config_names,
         "duration_s",
         "pruned_step",
@@ -95,6 +99,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         config = trial.user_attrs.get(VALUES_ATTR, {})
         row: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
         row.update(zip(value_columns, values, strict=True))
+        env_returns = trial.user_attrs.get(ENV_RETURNS_ATTR, {})
+        row.update({column: _mean(env_returns.get(env)) for env, column in env_columns.items()})
         row.update({name: _cell_value(config.get(name)) for name in config_names})
         row.update({search_columns[name]: trial.params.get(name) for name in search_names})
         row["duration_s"] = trial.duration.total_seconds() if trial.duration is not None else math.nan
@@ -102,14 +108,35 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         row[FAIL_REASON_ATTR] = fail_reason(trial, retried)
         rows.append(row)
 
-    columns = ["number", "state", *value_columns, *config_names, *search_columns.values()]
+    columns = [
+        "number",
+        "state",
+        *value_columns,
+        *env_columns.values(),
+        *config_names,
+        *search_columns.values(),
+    ]
     table = pd.DataFrame(rows, columns=[*columns, "duration_s", "pruned_step", FAIL_REASON_ATTR])
     table["number"] = table["number"].astype(int)
     table["pruned_step"] = table["pruned_step"].astype("Int64")
-    floats = [*value_columns, "duration_s"]
+    floats = [*value_columns, *env_columns.values(), "duration_s"]
     table[floats] = table[floats].astype(float)
     table[FAIL_REASON_ATTR] = table[FAIL_REASON_ATTR].astype(object)
     return table
+
+
+def _env_return_columns(trials: Sequence[FrozenTrial]) -> dict[str, str]:
+    """env → the column of a multi-env study's mean return on that env (``return_<env>``), in the order
+    the trials trained them; empty for a one-env study."""
+    envs: dict[str, None] = {}
+    for trial in trials:
+        envs.update(dict.fromkeys(trial.user_attrs.get(ENV_RETURNS_ATTR, {})))
+    return {env: f"return_{env}" for env in envs}
+
+
+def _mean(values: Sequence[float] | None) -> float:
+    """The mean of ``values``; NaN for none (an env a pruned trial did not reach)."""
+    return sum(values) / len(values) if values else math.nan
 
 
 def _search_only_params(trials: Sequence[FrozenTrial]) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from tuner.multienv import ENV_RETURNS_ATTR, NORMALIZED_ATTR, EnvTask, aggregate_score, normalized_scores
 from tuner.search import SearchSpace
 from tuner.secrets import mask_secrets
 from tuner.study import FAIL_REASON_ATTR, TRIAL_RUN_ATTR
@@ -45,6 +46,8 @@ class TrialSetup:
         sweep_run_id: the MLflow run the trial runs nest under.
         multi_objective: report (mean return, wall-clock seconds) instead of the return alone.
         trial_artifacts: each seed's run keeps its model.pt and learning_curve.png.
+        tasks: the envs of a multi-environment study (``tune.envs``), in the order trials train them;
+            empty when the study tunes on one env (``base_config``'s).
     """
 
     base_config: Mapping[str, Any]
@@ -56,6 +59,7 @@ class TrialSetup:
     sweep_run_id: str | None
     multi_objective: bool
     trial_artifacts: bool = False
+    tasks: tuple[EnvTask, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,9 +120,10 @@ class TrialRecord:
             self.abandon(exc)
 
     # --- seeds and intermediate values -------------------------------------------------------------
-    def seed_run_name(self, seed: int) -> str:
-        """The name of the trial's run for ``seed`` (nested under the trial's run)."""
-        return f"trial-{self.trial.number}-seed{seed}"
+    def seed_run_name(self, seed: int, env: str | None = None) -> str:
+        """The name of the trial's run for ``seed`` (on ``env``, in a multi-env study), nested under the
+        trial's run."""
+        return f"trial-{self.trial.number}-{f'{env}-' if env else ''}seed{seed}"
 
     def open_seed_run(self, seed: int, settings: RunSettings, tags: Mapping[str, Any]) -> RunRecorder:
         """Create the run of one seed under the trial's run, in the tracking store of the seed's
@@ -136,31 +141,62 @@ class TrialRecord:
         """Log the final evaluation return of the trial's ``index``-th seed (``trial/seed_return``)."""
         self.run.log_metric("trial/seed_return", mean_return, index)
 
+    def env_finished(self, env: str, seed_returns: Sequence[float]) -> None:
+        """Log the mean final evaluation return of a multi-env trial's seeds on ``env``
+        (``trial/<env>/mean_return``)."""
+        self.run.log_metric(f"trial/{env}/mean_return", sum(seed_returns) / len(seed_returns), 0)
+
     def report(self, value: float, step: int) -> bool:
         """Report the running objective at ``step`` to Optuna; whether the pruner stops the trial."""
         self.trial.report(value, step)
         return self.trial.should_prune()
 
     # --- ends ----------------------------------------------------------------------------------------
-    def complete(self, seed_returns: Sequence[float], wall_time_s: float) -> TrialOutcome:
-        """End COMPLETE: the objective (mean of ``seed_returns``) in MLflow and Optuna; with a
-        multi-objective study the wall time in seconds is the second objective."""
-        objective = sum(seed_returns) / len(seed_returns)
+    def complete(
+        self,
+        seed_returns: Sequence[float],
+        wall_time_s: float,
+        env_returns: Mapping[str, Sequence[float]] | None = None,
+    ) -> TrialOutcome:
+        """End COMPLETE: the objective (mean of ``seed_returns``; for a multi-env study, the IQM of the
+        normalised ``env_returns``: env → seed returns) in MLflow and Optuna; with a multi-objective study
+        the wall time in seconds is the second objective."""
+        if env_returns is not None:
+            self._keep_env_returns(env_returns)
+            objective = aggregate_score(self.setup.tasks, env_returns)
+        else:
+            objective = sum(seed_returns) / len(seed_returns)
+            self.trial.set_user_attr(SEED_RETURNS_ATTR, list(seed_returns))
         self.run.log_metrics({"trial/objective": objective, "trial/wall_time_s": wall_time_s}, 0)
         self.run.set_tags({"optuna_state": TrialState.COMPLETE.name})
         self.run.end(FINISHED)
-        self.trial.set_user_attr(SEED_RETURNS_ATTR, list(seed_returns))
         self.study.tell(self.trial, [objective, wall_time_s] if self.setup.multi_objective else objective)
         return TrialOutcome(self.trial.number, TrialState.COMPLETE, objective)
 
-    def prune(self, step: int, seed_returns: Sequence[float]) -> TrialOutcome:
+    def prune(
+        self,
+        step: int,
+        seed_returns: Sequence[float],
+        env_returns: Mapping[str, Sequence[float]] | None = None,
+    ) -> TrialOutcome:
         """End PRUNED at env step ``step`` (the latest report); ``seed_returns`` are the final returns of
-        the seeds that finished before. The run ends FINISHED: it ran as asked, the pruner stopped it."""
+        the seeds that finished before (``env_returns``, of the envs that did, for a multi-env study).
+        The run ends FINISHED: it ran as asked, the pruner stopped it."""
         self.run.set_tags({"optuna_state": TrialState.PRUNED.name, "pruned_step": step})
         self.run.end(FINISHED)
-        self.trial.set_user_attr(SEED_RETURNS_ATTR, list(seed_returns))
+        if env_returns is not None:
+            self._keep_env_returns(env_returns)
+        else:
+            self.trial.set_user_attr(SEED_RETURNS_ATTR, list(seed_returns))
         self.study.tell(self.trial, state=TrialState.PRUNED)
         return TrialOutcome(self.trial.number, TrialState.PRUNED, None)
+
+    def _keep_env_returns(self, env_returns: Mapping[str, Sequence[float]]) -> None:
+        """A multi-env trial's returns as user attrs: env → seed returns, every seed's return in env order
+        (``seed_returns``) and their normalised scores."""
+        self.trial.set_user_attr(ENV_RETURNS_ATTR, {env: list(r) for env, r in env_returns.items()})
+        self.trial.set_user_attr(SEED_RETURNS_ATTR, [r for returns in env_returns.values() for r in returns])
+        self.trial.set_user_attr(NORMALIZED_ATTR, normalized_scores(self.setup.tasks, env_returns))
 
     def fail(self, reason: str) -> TrialOutcome:
         """End FAIL with ``reason`` (the run's ``failure_reason``, the trial's ``fail_reason``); the

@@ -49,6 +49,7 @@ from tuner.study import (
     budget_status,
     fail_reason,
     mark_started,
+    objective_label,
     retried_numbers,
     study_lock,
     top_up_budget,
@@ -101,7 +102,7 @@ class SweepProgress:
         for trial in trials:
             if trial.state.is_finished() and trial.number not in self._reported:
                 self._reported.add(trial.number)
-                self.console.print(describe_trial(trial, retried))
+                self.console.print(describe_trial(trial, retried, objective_label(self.study)))
         status = budget_status(self.study)
         best = best_value(self.study)
         shown = "-" if best is None else f"{best:.1f}"
@@ -114,11 +115,11 @@ class SweepProgress:
         self.refresh()
 
 
-def describe_trial(trial: optuna.trial.FrozenTrial, retried: set[int]) -> str:
-    """One line for a finished trial: number, state, value or reason (``retried``: the numbers of
-    retried attempts, :func:`tuner.study.retried_numbers`), duration."""
+def describe_trial(trial: optuna.trial.FrozenTrial, retried: set[int], label: str = "mean return") -> str:
+    """One line for a finished trial: number, state, value (called ``label``) or reason (``retried``:
+    the numbers of retried attempts, :func:`tuner.study.retried_numbers`), duration."""
     seconds = trial.duration.total_seconds() if trial.duration else float("nan")
-    value = f" mean return {trial.values[0]:.2f}" if trial.values else ""
+    value = f" {label} {trial.values[0]:.2f}" if trial.values else ""
     reason = fail_reason(trial, retried)
     return (
         f"trial {trial.number} {trial.state.name}{value}{f' ({reason})' if reason else ''} in {seconds:.0f} s"

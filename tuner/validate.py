@@ -27,6 +27,7 @@ class ValidationJob:
     config: Mapping[str, Any]
     seed: int
     parent_run_id: str | None
+    env: str | None = None  # the env config's name, in a multi-env study's run names
 
 
 def _train(job: ValidationJob) -> float:
@@ -39,7 +40,7 @@ def _train(job: ValidationJob) -> float:
     result = run_training(
         OmegaConf.create(config),
         parent_run_id=job.parent_run_id,
-        run_name=f"validation-{job.label}-seed{job.seed}",
+        run_name=f"validation-{job.label}-{f'{job.env}-' if job.env else ''}seed{job.seed}",
     )
     return result.mean_return
 
@@ -50,10 +51,12 @@ def run_validation(
     seeds: Sequence[int],
     parent_run_ids: Mapping[str, str | None],
     n_workers: int,
+    env: str | None = None,
 ) -> tuple[Comparison, dict[str, list[float]]]:
-    """Train both configs on every seed (``n_workers`` processes) and compare tuned against default."""
+    """Train both configs on every seed (``n_workers`` processes) and compare tuned against default
+    (``env``: the env's name in the run names, for one env of a multi-env study)."""
     jobs = [
-        ValidationJob(label, config, seed, parent_run_ids.get(label))
+        ValidationJob(label, config, seed, parent_run_ids.get(label), env)
         for label, config in (("default", default_config), ("tuned", tuned_config))
         for seed in seeds
     ]

@@ -1,0 +1,150 @@
+"""One config tuned on several environments (tune.envs): the normalised objective, its records, its
+errors, and real tiny studies through `python -m tuner.tune`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from algorithms import ConfigError
+from tests.helpers import command, counted, one_error_line, run_tune, runs_by_name
+from tuner.multienv import EnvTask, aggregate_score, env_budgets, env_names, normalized_scores
+
+TWO_ENVS = ["tune.envs=[cartpole,acrobot]", "tune.budget_steps={cartpole:512,acrobot:768}"]
+STUDY = "ppo_cartpole-acrobot"
+
+
+def _task(name: str, random_score: float, reference: float) -> EnvTask:
+    return EnvTask(name, {"name": name}, 1000, random_score, reference)
+
+
+def test_the_objective_is_the_iqm_of_returns_normalised_per_env_by_hand() -> None:
+    tasks = [_task("cartpole", 20.0, 500.0), _task("acrobot", -500.0, -100.0)]
+    returns = {"cartpole": [500.0, 260.0, 20.0, 140.0], "acrobot": [-100.0, -300.0, -500.0, -200.0]}
+    # cartpole: (r - 20) / 480 -> 1, 0.5, 0, 0.25; acrobot: (r + 500) / 400 -> 1, 0.5, 0, 0.75
+    assert normalized_scores(tasks, returns) == [1.0, 0.5, 0.0, 0.25, 1.0, 0.5, 0.0, 0.75]
+    # IQM of 8 values: drop the two lowest (0, 0) and the two highest (1, 1): mean of 0.25, 0.5, 0.5, 0.75
+    assert aggregate_score(tasks, returns) == pytest.approx(0.5)
+    # After the first env only (a trial reports after each env): its own IQM, 0.5 / 4 values -> 0.375
+    assert aggregate_score(tasks, {"cartpole": returns["cartpole"]}) == pytest.approx((0.5 + 0.25) / 2)
+
+
+def test_env_names_and_budgets_are_checked() -> None:
+    assert env_names(None) == ()
+    assert env_names(["cartpole", "acrobot"]) == ("cartpole", "acrobot")
+    with pytest.raises(ConfigError, match="unknown env 'cartpol'; choose from acrobot, cartpole"):
+        env_names(["cartpol"])
+    with pytest.raises(ConfigError, match="names an env twice"):
+        env_names(["cartpole", "cartpole"])
+    assert env_budgets(5000, ["cartpole", "acrobot"]) == {"cartpole": 5000, "acrobot": 5000}
+    assert env_budgets({"acrobot": 7}, ["cartpole", "acrobot"]) == {"acrobot": 7}
+    assert env_budgets(None, ["cartpole"]) == {}
+    with pytest.raises(ConfigError, match=r"names envs that tune.envs does not: \['pendulum'\]"):
+        env_budgets({"pendulum": 7}, ["cartpole"])
+    with pytest.raises(ConfigError, match=r"tune\.budget_steps\.acrobot must be an integer >= 1, got 0"):
+        env_budgets({"acrobot": 0}, ["cartpole", "acrobot"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["env.random_score=null"], "tune.envs: env 'cartpole' has no random_score"),
+        (["env.reference.ppo=null"], "tune.envs: env 'cartpole' has no reference.ppo.score"),
+        (["tune.envs=[cartpole,cartpol]"], "tune.envs: unknown env 'cartpol'; choose from"),
+        (["tune.budget_steps={pendulum:512}"], "tune.budget_steps names envs that tune.envs does not"),
+        (["tune.population=2"], "tune.envs trains each trial's envs one after another"),
+    ],
+)
+def test_bad_multi_env_input_is_one_line_and_creates_nothing(
+    tmp_path: Path, overrides: list[str], fragment: str
+) -> None:
+    result = run_tune(tmp_path, "tune.envs=[cartpole,acrobot]", *overrides, "tune.n_trials=2", timeout=120)
+    assert result.returncode == 2
+    assert fragment in one_error_line(result)
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_two_env_study_with_two_workers_records_every_env_and_resumes(tmp_path: Path) -> None:
+    first = run_tune(tmp_path, *TWO_ENVS, "tune.n_trials=3", "tune.n_workers=2", timeout=400)
+    assert first.returncode == 0, first.stderr
+    second = run_tune(tmp_path, *TWO_ENVS, "tune.n_trials=5", "tune.n_workers=2", timeout=400)
+    assert second.returncode == 0, second.stderr
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/optuna.db")
+    trials = counted(study)
+    assert sorted(t.number for t in trials) == list(range(5))  # exactly the budget, across the resume
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert study.metric_names == ["normalized_iqm"] and study.user_attrs["envs"] == ["cartpole", "acrobot"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = runs_by_name(tmp_path, STUDY)
+    for trial in trials:
+        env_returns = trial.user_attrs["env_returns"]
+        assert list(env_returns) == ["cartpole", "acrobot"] and all(len(r) == 1 for r in env_returns.values())
+        scores = [(env_returns["cartpole"][0] - 22.0) / 478.0, (env_returns["acrobot"][0] + 500.0) / 426.5]
+        assert trial.user_attrs["normalized_scores"] == pytest.approx(scores)
+        assert trial.value == pytest.approx(np.mean(scores))  # the IQM of two values is their mean
+        # Reported after each env at the env steps a seed has trained by then: every trial alike.
+        assert sorted(trial.intermediate_values) == [512, 512 + 768]
+        metrics = runs[f"trial-{trial.number}"][0].data.metrics
+        for env, returns in env_returns.items():
+            assert metrics[f"trial/{env}/mean_return"] == pytest.approx(returns[0])
+            (seed_run,) = runs[f"trial-{trial.number}-{env}-seed1"]
+            final = client.get_metric_history(seed_run.info.run_id, "eval/mean_return")[-1]
+            assert final.value == pytest.approx(returns[0])
+    sweep = runs[f"sweep-{STUDY}"][0]
+    table = pd.read_csv(client.download_artifacts(sweep.info.run_id, "trials.csv", str(tmp_path / "dl")))
+    assert {"return_cartpole", "return_acrobot"} <= set(table.columns)
+    assert "normalised IQM" in second.stdout
+
+
+def test_a_study_keeps_its_envs(tmp_path: Path) -> None:
+    assert run_tune(tmp_path, *TWO_ENVS, "tune.n_trials=1").returncode == 0
+    other = run_tune(
+        tmp_path, "tune.envs=[cartpole]", "tune.study_name=ppo_cartpole-acrobot", "tune.n_trials=2"
+    )
+    assert other.returncode == 2
+    assert "is tuned on tune.envs=['cartpole', 'acrobot'], not ['cartpole']" in one_error_line(other)
+
+
+def test_validation_has_a_row_per_env_and_the_export_trains_on_any_of_them(tmp_path: Path) -> None:
+    result = run_tune(
+        tmp_path, *TWO_ENVS, "tune.n_trials=2", "tune.validate_seeds=2",
+        "tune.export_name=rltune_test_multienv", timeout=400,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = runs_by_name(tmp_path, STUDY)
+    sweep = runs[f"sweep-{STUDY}"][0]
+    validation = pd.read_csv(
+        client.download_artifacts(sweep.info.run_id, "validation.csv", str(tmp_path / "v"))
+    )
+    assert list(validation["env"].unique()) == ["cartpole", "acrobot", "aggregate (normalised)"]
+    assert list(validation["config"]) == ["default", "tuned", "difference"] * 3
+    for label in ("default", "tuned"):
+        for env in ("cartpole", "acrobot"):
+            assert len(runs[f"validation-{label}-{env}-seed1001"]) == 1
+    card = Path(client.download_artifacts(sweep.info.run_id, "report_card.md", str(tmp_path / "c")))
+    assert "| acrobot |" in card.read_text() and "aggregate (normalised)" in card.read_text()
+    assert "did tuning help? aggregate (normalised): default" in result.stdout
+
+    # The preset is the shared hyperparameters alone: trained on acrobot with the trial's seed, budget
+    # and evaluation settings it gives the trial's acrobot return.
+    preset = tmp_path / "conf" / "experiment" / "rltune_test_multienv.yaml"
+    text = preset.read_text()
+    assert "override /env" not in text and "total_steps" not in text and "env=cartpole" in text
+    best = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/optuna.db").best_trial
+    train = command(
+        "tuner.train", f"hydra.searchpath=[file://{tmp_path}/conf]", "experiment=rltune_test_multienv",
+        "env=acrobot", "total_steps=768", "env.eval.freq_steps=256", "env.eval.n_episodes=2",
+        f"paths.runs_dir={tmp_path}/replay", timeout=120,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    replay = MlflowClient(f"sqlite:///{tmp_path}/replay/mlflow.db")
+    (run,) = replay.search_runs([replay.get_experiment_by_name("ppo_acrobot").experiment_id])
+    final = replay.get_metric_history(run.info.run_id, "eval/mean_return")[-1].value
+    assert final == pytest.approx(best.user_attrs["env_returns"]["acrobot"][0], abs=1e-9)
