@@ -80,6 +80,11 @@ def env_budgets(value: Any, envs: Sequence[str]) -> dict[str, int]:
     mapping, none for null (each env then trains for its config's ``budget_steps``)."""
     if value is None:
         return {}
+    if isinstance(value, bool) or not isinstance(value, int | Mapping):
+        raise ConfigError(
+            f"tune.budget_steps must be an integer, a mapping env -> steps or null with tune.envs; got "
+            f"{value!r} (quote a mapping on a shell command line: 'tune.budget_steps={{{envs[0]}:50000}}')"
+        )
     if isinstance(value, Mapping):
         unknown = sorted(set(value) - set(envs))
         if unknown:

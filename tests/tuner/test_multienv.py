@@ -47,6 +47,8 @@ def test_env_names_and_budgets_are_checked() -> None:
     assert env_budgets(None, ["cartpole"]) == {}
     with pytest.raises(ConfigError, match=r"names envs that tune.envs does not: \['pendulum'\]"):
         env_budgets({"pendulum": 7}, ["cartpole"])
+    with pytest.raises(ConfigError, match=r"a mapping env -> steps or null with tune\.envs; got 'acrobot:7'"):
+        env_budgets("acrobot:7", ["cartpole", "acrobot"])  # what an unquoted {a:1,b:2} becomes in bash
     with pytest.raises(ConfigError, match=r"tune\.budget_steps\.acrobot must be an integer >= 1, got 0"):
         env_budgets({"acrobot": 0}, ["cartpole", "acrobot"])
 

@@ -396,3 +396,13 @@ def test_population_workers_share_a_postgres_study(tmp_path: Path, pg_url: str) 
     logs = sorted((tmp_path / "logs" / "ppo_cartpole").glob("worker-*.log"))
     assert len(logs) == 2
     assert all("COMPLETE" in log.read_text() for log in logs), "both populations ran trials"
+
+
+def test_a_multi_env_study_shares_a_postgres_study_between_workers(tmp_path: Path, pg_url: str) -> None:
+    envs = ["tune.envs=[cartpole,acrobot]", "tune.budget_steps={cartpole:512,acrobot:512}"]
+    result = run(tmp_path, pg_url, *envs, "tune.n_workers=2", "tune.n_trials=4")
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="ppo_cartpole-acrobot", storage=pg_url)
+    assert sorted(t.number for t in study.trials) == list(range(4))
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert all(list(t.user_attrs["env_returns"]) == ["cartpole", "acrobot"] for t in study.trials)
