@@ -104,6 +104,22 @@ def test_two_env_study_with_two_workers_records_every_env_and_resumes(tmp_path: 
     assert "normalised IQM" in second.stdout
 
 
+def test_a_trial_pruned_after_an_env_trains_none_of_the_next(tmp_path: Path) -> None:
+    # A pruner that stops every trial at its first report (no normalised score reaches 2): the report
+    # after CartPole, the first env.
+    pruner = ["pruner=none", "pruner._target_=optuna.pruners.ThresholdPruner", "+pruner.lower=2.0"]
+    result = run_tune(tmp_path, *TWO_ENVS, *pruner, "tune.n_trials=2")
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2
+    runs = runs_by_name(tmp_path, STUDY)
+    for trial in study.trials:
+        assert list(trial.intermediate_values) == [512]
+        assert list(trial.user_attrs["env_returns"]) == ["cartpole"]
+        assert f"trial-{trial.number}-cartpole-seed1" in runs
+        assert f"trial-{trial.number}-acrobot-seed1" not in runs
+
+
 def test_a_study_keeps_its_envs(tmp_path: Path) -> None:
     assert run_tune(tmp_path, *TWO_ENVS, "tune.n_trials=1").returncode == 0
     other = run_tune(
