@@ -35,7 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from algorithms import ConfigError, NonFiniteLossError, get_algorithm
 from tuner.app import EXIT_FAILED, hydra_app
-from tuner.compose import CONF_DIR, algorithm_config, compose_config
+from tuner.compose import CONF_DIR, algorithm_config, compose_config, known_envs
 from tuner.secrets import mask_secrets
 from tuner.tracking import RunReader, start_run
 from tuner.train import RunSettings, resolve_config, run_training
@@ -77,10 +77,10 @@ class BenchmarkSettings:
         for algo in algos:
             get_algorithm(algo)  # ConfigError listing the registered algorithms
         envs = _names(node, "envs")
-        known_envs = sorted(p.stem for p in (CONF_DIR / "env").glob("*.yaml"))
+        env_choices = known_envs()
         for env in envs:
-            if env not in known_envs:
-                raise ConfigError(f"benchmark.envs: unknown env {env!r}; choose: {', '.join(known_envs)}")
+            if env not in env_choices:
+                raise ConfigError(f"benchmark.envs: unknown env {env!r}; choose: {', '.join(env_choices)}")
         raw_sources = node.get("sources") or {}
         if not isinstance(raw_sources, Mapping):
             raise ConfigError(f"benchmark.sources must be a mapping algo -> source, got {raw_sources!r}")
@@ -100,7 +100,7 @@ class BenchmarkSettings:
             envs=envs,
             sources=sources,
             seeds=tuple(range(first_seed, first_seed + seeds)),
-            budget_steps=_budgets(node.get("budget_steps"), envs, known_envs),
+            budget_steps=_budgets(node.get("budget_steps"), envs, env_choices),
             eval_points=_positive_int(node, "eval_points", 1),
             n_workers=_positive_int(node, "n_workers", 1),
         )

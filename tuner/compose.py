@@ -31,6 +31,11 @@ def envs_label(env_name: str, envs: Sequence[str] | None) -> str:
 OmegaConf.register_new_resolver("rltune.envs", envs_label, replace=True)
 
 
+def known_envs() -> list[str]:
+    """The env config names (``conf/env/*.yaml``), sorted."""
+    return sorted(p.stem for p in (CONF_DIR / "env").glob("*.yaml"))
+
+
 def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
     """``conf/<config_name>.yaml`` with ``overrides``, as the Hydra app would compose it.
 

@@ -37,11 +37,12 @@ def preset_text(
     """
     algo = dict(config["algo"])
     algo_name = algo.pop("name")
-    body: dict[str, Any] = {"defaults": [{"override /algo": algo_name}]}
+    defaults = [{"override /algo": algo_name}]
+    body: dict[str, Any] = {"defaults": defaults, "seed": seed}
     if not envs:
-        body["defaults"].append({"override /env": config["env"]["name"]})
+        defaults.append({"override /env": config["env"]["name"]})
         body["total_steps"] = config["total_steps"]
-    body = {"defaults": body["defaults"], "seed": seed, **body, "algo": algo}
+    body["algo"] = algo
     if not envs and any(o.startswith(("env.", "+env.")) for o in trial.user_attrs.get(OVERRIDES_ATTR, [])):
         body["env"] = {k: v for k, v in config["env"].items() if k != "name"}
     return _header(trial, study_name, name, envs) + yaml.safe_dump(body, sort_keys=False)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from algorithms import ConfigError
-from tuner.compose import CONF_DIR, compose_config, override_key
+from tuner.compose import compose_config, known_envs, override_key
 from tuner.curves import normalize
 from tuner.stats import iqm
 from tuner.train import resolve_config
@@ -51,11 +51,6 @@ class EnvTask:
     def normalize(self, returns: Sequence[float]) -> list[float]:
         """``returns`` on this env's scale: 0 for a random policy, 1 at the reference score."""
         return normalize(returns, self.random_score, self.reference_score).tolist()
-
-
-def known_envs() -> list[str]:
-    """The env config names (``conf/env/*.yaml``)."""
-    return sorted(p.stem for p in (CONF_DIR / "env").glob("*.yaml"))
 
 
 def env_names(value: Any) -> tuple[str, ...]:

@@ -38,7 +38,7 @@ from tuner.stores import StoreMissing, check_server, check_sqlite, lock_if_sqlit
 MULTI_OBJECTIVE_SAMPLERS = ("NSGAIISampler", "NSGAIIISampler")
 OBJECTIVE_NAMES = ("mean_return", "train_seconds")  # what the study's objectives are (plots, tables)
 MULTI_ENV_OBJECTIVE = "normalized_iqm"  # the first objective's name with tune.envs
-ENVS_ATTR = "envs"  # study user attr: the tune.envs it is tuned on (absent: one env)
+ENVS_ATTR = "envs"  # study user attr: the tune.envs it is tuned on ([] or absent: one env)
 STUDY_STARTED_ATTR = "started_at"  # study user attr: when the latest sweep command started (tune.timeout)
 SWEEP_RUN_ATTR = "mlflow_sweep_run_id"  # study user attr: the MLflow parent run of the sweep
 TRIAL_RUN_ATTR = "mlflow_run_id"  # trial user attr: the trial's MLflow run
@@ -391,23 +391,9 @@ def open_study(
             f"study {settings.study_name!r} was created with directions {found}, but sampler "
             f"{type(sampler).__name__} needs {directions}; use another tune.study_name"
         )
-    _check_method(study, settings.method, create)
-    _check_envs(study, settings.envs, create)
+    _check_recorded(study, METHOD_ATTR, "tune.method", settings.method, "search", create)
+    _check_recorded(study, ENVS_ATTR, "tune.envs", list(settings.envs), [], create)
     return study
-
-
-def _check_envs(study: optuna.Study, envs: tuple[str, ...], create: bool) -> None:
-    """Record a new study's ``tune.envs``; ConfigError when a study is resumed on other envs (its trials'
-    scores would not compare)."""
-    recorded = tuple(study.user_attrs.get(ENVS_ATTR, ()))
-    if create and not recorded and envs and not study.get_trials(deepcopy=False):
-        study.set_user_attr(ENVS_ATTR, list(envs))
-        return
-    if recorded != envs:
-        raise ConfigError(
-            f"study {study.study_name!r} is tuned on tune.envs={list(recorded) or None}, not "
-            f"{list(envs) or None}; use another tune.study_name"
-        )
 
 
 def objective_label(study: optuna.Study) -> str:
@@ -416,21 +402,22 @@ def objective_label(study: optuna.Study) -> str:
     return "normalised IQM" if study.user_attrs.get(ENVS_ATTR) else "mean return"
 
 
-def _check_method(study: optuna.Study, method: str, create: bool) -> None:
-    """Record a new study's ``tune.method``; ConfigError when a study is resumed with another one (a
-    PBT sweep cannot continue a search's trials, nor the other way round)."""
-    recorded = study.user_attrs.get(METHOD_ATTR)
+def _check_recorded(study: optuna.Study, attr: str, key: str, value: Any, legacy: Any, create: bool) -> None:
+    """Record a new study's setting ``key`` (``value``) as its user attr ``attr``; ConfigError when a
+    study is resumed with another value (a PBT sweep cannot continue a search's trials, nor trials scored
+    on other envs compare). A study that has trials but no record predates the setting: it was tuned
+    with ``legacy``. Nothing is checked while a study is still empty, so a worker that opens it before
+    its sweep command has recorded the setting waits as for any other part of the study."""
+    recorded = study.user_attrs.get(attr)
     if recorded is None:
-        if study.get_trials(deepcopy=False):
-            recorded = "search"  # a study from before tune.method existed
-        elif create:
-            study.set_user_attr(METHOD_ATTR, method)
+        if not study.get_trials(deepcopy=False):
+            if create:
+                study.set_user_attr(attr, value)
             return
-        else:
-            return
-    if recorded != method:
+        recorded = legacy
+    if recorded != value:
         raise ConfigError(
-            f"study {study.study_name!r} is tuned with tune.method={recorded}, not {method}; "
+            f"study {study.study_name!r} is tuned with {key}={recorded}, not {value}; "
             "use another tune.study_name"
         )
 

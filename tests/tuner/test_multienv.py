@@ -126,7 +126,7 @@ def test_a_study_keeps_its_envs(tmp_path: Path) -> None:
         tmp_path, "tune.envs=[cartpole]", "tune.study_name=ppo_cartpole-acrobot", "tune.n_trials=2"
     )
     assert other.returncode == 2
-    assert "is tuned on tune.envs=['cartpole', 'acrobot'], not ['cartpole']" in one_error_line(other)
+    assert "is tuned with tune.envs=['cartpole', 'acrobot'], not ['cartpole']" in one_error_line(other)
 
 
 def test_validation_has_a_row_per_env_and_the_export_trains_on_any_of_them(tmp_path: Path) -> None:
