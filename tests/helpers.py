@@ -299,9 +299,14 @@ def sigint_default() -> None:
 
 
 def interrupt_once_started(
-    tmp_path: Path, args: list[str], seed_runs: int, sig: signal.Signals = signal.SIGTERM
+    tmp_path: Path,
+    args: list[str],
+    seed_runs: int,
+    sig: signal.Signals = signal.SIGTERM,
+    ready: Callable[[], bool] | None = None,
 ) -> tuple[int, str]:
-    """Start a sweep, send it ``sig`` 1 s after ``seed_runs`` seed runs exist; (exit code, stderr).
+    """Start a sweep, send it ``sig`` 1 s after ``seed_runs`` seed runs train (or ``ready()`` holds);
+    (exit code, stderr).
 
     If the signal does not end it within 60 s, SIGABRT under faulthandler makes it print every thread's
     stack, and the test fails with them.
@@ -317,7 +322,7 @@ def interrupt_once_started(
     )
     try:
         deadline = time.time() + 120
-        while not seed_runs_started(tmp_path, seed_runs):
+        while not (ready() if ready is not None else seed_runs_started(tmp_path, seed_runs)):
             assert time.time() < deadline, "the trials did not start"
             assert proc.poll() is None, "the sweep ended before it could be interrupted"
             time.sleep(0.2)

@@ -14,7 +14,9 @@ member hyperparameters. After ``tune.population_trials`` trials a population ret
 running trials, and the next trial samples a new structure for the next population.
 
 A trial's seeds run side by side, so it reports the mean evaluation return of its seeds at each
-evaluation's env step (with one seed, exactly what a sequential trial reports).
+evaluation's env step (with one seed, exactly what a sequential trial reports). With several envs
+(``tune.envs``) this population trains the first env and :mod:`tuner.population_envs` adds one per later
+env; a trial then reports after each env instead.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from algorithms import ConfigError, EvalResult
 from algorithms.common.networks import configure_torch_cpu
 from algorithms.ppo_population import MEMBER_HYPERPARAMETERS, PopulationPPO, structural_fields
 from tuner.compose import algorithm_config
+from tuner.multienv import EnvTask
 from tuner.objective import open_record, seed_config, trial_config, trial_overrides
 from tuner.progress import TrainProgress
 from tuner.study import TuneSettings, budget_status, time_left
@@ -70,6 +73,8 @@ class RunningTrial:
     started: float = field(default_factory=time.perf_counter)
     evals: dict[int, dict[int, float]] = field(default_factory=dict)
     """Evaluation returns so far: env step → {seed index: mean return}."""
+    env_returns: dict[str, list[float]] = field(default_factory=dict)
+    """A multi-env trial's final returns on the envs it has trained: env → one per seed."""
 
 
 @dataclass
@@ -147,7 +152,7 @@ class PopulationExecutor:
         state = self.state
         if state.population is None:
             return False
-        _retire(state)
+        retire(state)
         if state.deferred is not None:
             trial, values = state.deferred
             state.deferred = None
@@ -160,7 +165,7 @@ class PopulationExecutor:
         abandoned = []
         for number in list(self.state.trials):
             running = self.state.trials.pop(number)
-            _end_runs(running, exc)
+            end_runs(running, exc)
             abandoned.append(running.record.trial)
         if self.state.deferred is not None:
             abandoned.append(self.state.deferred[0])
@@ -180,7 +185,7 @@ class PopulationExecutor:
         try:
             _, algo_config = algorithm_config(config["algo"])
         except ConfigError as exc:
-            _stop_heartbeat(state, trial.number)
+            stop_heartbeat(state, trial.number)
             self.report(open_record(self.study, trial, setup, values).fail(f"invalid sampled config: {exc}"))
             return
         if state.population is None:
@@ -202,11 +207,11 @@ class PopulationExecutor:
         elif structural_fields(algo_config) != structural_fields(state.population.config):
             state.deferred = (trial, values)
             return
-        _start_trial(self.study, trial, values, setup, state)
+        _start_trial(self.study, trial, values, setup, state, setup.tasks[0] if setup.tasks else None)
         state.started += 1
 
 
-def _retire(state: PopulationState) -> None:
+def retire(state: PopulationState) -> None:
     """Close the drained population; the next trial samples a new structure."""
     assert state.population is not None
     state.population.close()
@@ -278,15 +283,22 @@ def _start_trial(
     values: Mapping[str, Any],
     setup: TrialSetup,
     state: PopulationState,
+    task: EnvTask | None,
 ) -> RunningTrial:
-    """Open the trial's MLflow run and its seeds' runs in free slots, and start a member per seed."""
+    """Open the trial's MLflow run and its seeds' runs (on ``task``, the first env of a multi-env study)
+    in free slots, and start a member per seed."""
     assert state.population is not None
     slots = state.free_slots(state.population.n_members)[: len(setup.seeds)]
-    running = open_trial(study, trial, values, setup, state, slots)
+    running = open_trial(study, trial, values, setup, state, slots, task=task)
+    start_members(state.population, running)
+    return running
+
+
+def start_members(population: PopulationPPO, running: RunningTrial) -> None:
+    """Start a fresh member for each of the trial's seeds, in the seed's slot."""
     for seed in running.seeds:
         _, algo_config = algorithm_config(seed.config["algo"])
-        state.population.start_member(seed.slot, algo_config, seed.seed, seed.settings.total_steps)
-    return running
+        population.start_member(seed.slot, algo_config, seed.seed, seed.settings.total_steps)
 
 
 def open_trial(
@@ -298,10 +310,11 @@ def open_trial(
     slots: Sequence[int],
     tags: Mapping[str, Any] | None = None,
     overrides: Sequence[str] | None = None,
+    task: EnvTask | None = None,
 ) -> RunningTrial:
     """Open the trial's MLflow run (with ``tags``, and ``overrides`` that replay it, by default those
-    of ``values``) and a run per seed, seed ``i`` in ``slots[i]``, and make it one of the running
-    trials; the slots' members are the caller's to start (or to keep)."""
+    of ``values``) and a run per seed (on ``task``, for a multi-env study), seed ``i`` in ``slots[i]``,
+    and make it one of the running trials; the slots' members are the caller's to start (or to keep)."""
     assert state.population is not None
     trial.set_user_attr(POPULATION_ATTR, state.number)
     record = TrialRecord.open(
@@ -310,19 +323,29 @@ def open_trial(
     )  # fmt: skip
     running = RunningTrial(record, dict(values), seeds=[])
     state.trials[trial.number] = running  # from here on, an error ends its runs with the others
-    for slot, seed in zip(slots, setup.seeds, strict=True):
-        config = seed_config(setup, values, seed)
+    open_seed_runs(running, state.population, slots, task)
+    return running
+
+
+def open_seed_runs(
+    running: RunningTrial, population: PopulationPPO, slots: Sequence[int], task: EnvTask | None
+) -> None:
+    """Open a run per seed of the trial (on ``task``'s env and budget, for a multi-env study), seed
+    ``i`` in ``slots[i]`` of ``population``, nested under the trial's run."""
+    record = running.record
+    for slot, seed in zip(slots, record.setup.seeds, strict=True):
+        config = seed_config(record.setup, running.values, seed, task)
         settings = RunSettings.from_config(config)
         seed_run = record.open_seed_run(
             seed,
             settings,
-            {**run_tags(settings, state.population.env_backend), "population_slot": slot},
+            {**run_tags(settings, population.env_backend), "population_slot": slot},
+            env=task.name if task is not None else None,
         )
         monitor = TrainingMonitor(None, settings, seed_run, TrainProgress(settings.total_steps, "", False))
         running.seeds.append(SeedRun(slot, seed, settings, config, seed_run, monitor))
         seed_run.log_params(config)
         seed_run.log_text(OmegaConf.to_yaml(config), "config.yaml")
-    return running
 
 
 def iterate(
@@ -330,9 +353,16 @@ def iterate(
     signals: RunSignals,
     finished: Callable[[TrialOutcome], None],
     prune: bool = True,
+    env_done: Callable[[RunningTrial], None] | None = None,
 ) -> dict[int, float]:
     """One iteration of every member, then the evaluations due, the reports and the trials that end
-    (``prune``: as the pruner decides). Returns the objective each trial reported, by trial number."""
+    (``prune``: as the pruner decides). Returns the mean evaluation return of each trial whose seeds
+    were all evaluated, by trial number.
+
+    ``env_done``: in a multi-env study, what follows when a trial's seeds have all finished this
+    population's env (instead of ending the trial COMPLETE); such a trial reports after each env, not
+    after each evaluation.
+    """
     population = state.population
     assert population is not None
     with signals.allowed():
@@ -381,6 +411,10 @@ def iterate(
             continue  # seeds report together; they always reach a step together
         value = sum(trial.evals[step].values()) / len(trial.seeds)
         reported[trial.record.trial.number] = value
+        if env_done is not None:
+            if all(seed.final is not None for seed in trial.seeds):
+                env_done(trial)
+            continue
         should_prune = trial.record.report(value, step) and prune
         if all(seed.final is not None for seed in trial.seeds):
             finished(end_trial(state, trial, TrialState.COMPLETE))
@@ -414,9 +448,21 @@ def end_trial(
         for seed in trial.seeds:
             if not keep_members:
                 population.stop_member(seed.slot)
-        _stop_heartbeat(state, number)
+        stop_heartbeat(state, number)
     del state.trials[number]  # only now: on an error it is still running, for the worker to retry
     return ended
+
+
+def end_env(state: PopulationState, trial: RunningTrial) -> list[float]:
+    """End the seed runs of a multi-env trial whose seeds have all finished this population's env, and
+    free their slots; the seeds' final returns. The trial stays in ``state.trials`` for the caller to
+    move on (so that an error until then still ends its runs)."""
+    assert state.population is not None
+    try:
+        return _end_seed_runs(state.population, trial, TrialState.COMPLETE, "")
+    finally:
+        for seed in trial.seeds:
+            state.population.stop_member(seed.slot)
 
 
 def _end_seed_runs(
@@ -444,7 +490,7 @@ def _end_seed_runs(
     return returns
 
 
-def _end_runs(trial: RunningTrial, exc: BaseException) -> None:
+def end_runs(trial: RunningTrial, exc: BaseException) -> None:
     """End a trial's MLflow runs (seeds first) as the exception says: KILLED for an interrupt."""
     for seed in trial.seeds:
         with contextlib.suppress(BaseException):  # one store error must not keep the others RUNNING
@@ -453,7 +499,8 @@ def _end_runs(trial: RunningTrial, exc: BaseException) -> None:
         trial.record.abandon(exc)
 
 
-def _stop_heartbeat(state: PopulationState, number: int) -> None:
+def stop_heartbeat(state: PopulationState, number: int) -> None:
+    """Stop the heartbeat of trial ``number`` (it has ended)."""
     heartbeat = state.heartbeats.pop(number, None)
     if heartbeat is not None:
         heartbeat.close()

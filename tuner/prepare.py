@@ -120,10 +120,10 @@ def _env_tasks(
     """The envs of ``tune.envs``, composed as this sweep's (none for a one-env study)."""
     if not settings.envs:
         return ()
-    if settings.population or settings.method != "search":
+    if settings.method != "search":
         raise ConfigError(
-            "tune.envs trains each trial's envs one after another; population mode and tune.method=pbt "
-            "take one env: set tune.population=0 and tune.method=search, or drop tune.envs"
+            "tune.envs trains each trial's envs one after another; tune.method=pbt trains one env: "
+            "set tune.method=search, or drop tune.envs"
         )
     return load_tasks(
         settings.envs, settings.env_budgets, config["algo"]["name"], overrides, config["paths"]["root_dir"]

@@ -125,14 +125,16 @@ class TrialRecord:
         trial's run."""
         return f"trial-{self.trial.number}-{f'{env}-' if env else ''}seed{seed}"
 
-    def open_seed_run(self, seed: int, settings: RunSettings, tags: Mapping[str, Any]) -> RunRecorder:
-        """Create the run of one seed under the trial's run, in the tracking store of the seed's
-        ``settings``, with ``tags``."""
+    def open_seed_run(
+        self, seed: int, settings: RunSettings, tags: Mapping[str, Any], env: str | None = None
+    ) -> RunRecorder:
+        """Create the run of one seed (on ``env``, in a multi-env study) under the trial's run, in the
+        tracking store of the seed's ``settings``, with ``tags``."""
         return open_run(
             settings.tracking_uri,
             settings.experiment,
             settings.artifact_dir,
-            run_name=self.seed_run_name(seed),
+            run_name=self.seed_run_name(seed, env),
             tags=tags,
             parent_run_id=self.run.run_id,
         )

@@ -21,6 +21,7 @@ from tuner.app import hydra_app
 from tuner.objective import run_trial
 from tuner.pbt_population import PBTExecutor
 from tuner.population import PopulationExecutor
+from tuner.population_envs import MultiEnvPopulationExecutor
 from tuner.prepare import Prepared, join_study
 from tuner.study import (
     TuneSettings,
@@ -133,6 +134,8 @@ def run_worker(
     executor: TrialExecutor
     if settings.method == "pbt":
         executor = PBTExecutor(study, setup, settings, report, storage)
+    elif settings.population and setup.tasks:
+        executor = MultiEnvPopulationExecutor(study, setup, settings, report)
     elif settings.population:
         executor = PopulationExecutor(study, setup, settings, report)
     else:

@@ -3,6 +3,7 @@ errors, and real tiny studies through `python -m tuner.tune`."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,16 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from algorithms import ConfigError
-from tests.helpers import command, counted, one_error_line, run_tune, runs_by_name
+from tests.helpers import (
+    command,
+    counted,
+    interrupt_once_started,
+    one_error_line,
+    run_tune,
+    runs_by_name,
+    runs_named_like,
+    tune_args,
+)
 from tuner.multienv import EnvTask, aggregate_score, env_budgets, env_names, normalized_scores
 
 TWO_ENVS = ["tune.envs=[cartpole,acrobot]", "tune.budget_steps={cartpole:512,acrobot:768}"]
@@ -60,7 +70,7 @@ def test_env_names_and_budgets_are_checked() -> None:
         (["env.reference.ppo=null"], "tune.envs: env 'cartpole' has no reference.ppo.score"),
         (["tune.envs=[cartpole,cartpol]"], "tune.envs: unknown env 'cartpol'; choose from"),
         (["tune.budget_steps={pendulum:512}"], "tune.budget_steps names envs that tune.envs does not"),
-        (["tune.population=2"], "tune.envs trains each trial's envs one after another"),
+        (["tune.method=pbt", "tune.population=2"], "tune.method=pbt trains one env: set tune.method=search"),
     ],
 )
 def test_bad_multi_env_input_is_one_line_and_creates_nothing(
@@ -72,10 +82,17 @@ def test_bad_multi_env_input_is_one_line_and_creates_nothing(
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_two_env_study_with_two_workers_records_every_env_and_resumes(tmp_path: Path) -> None:
-    first = run_tune(tmp_path, *TWO_ENVS, "tune.n_trials=3", "tune.n_workers=2", timeout=400)
+# Sequential trials, and population mode (a population per env; 2 slots, so trials wait for the next env).
+MODES = pytest.mark.parametrize("mode", [["tune.population=0"], ["tune.population=2"]], ids=["seq", "pop"])
+
+
+@MODES
+def test_two_env_study_with_two_workers_records_every_env_and_resumes(
+    tmp_path: Path, mode: list[str]
+) -> None:
+    first = run_tune(tmp_path, *TWO_ENVS, *mode, "tune.n_trials=3", "tune.n_workers=2", timeout=400)
     assert first.returncode == 0, first.stderr
-    second = run_tune(tmp_path, *TWO_ENVS, "tune.n_trials=5", "tune.n_workers=2", timeout=400)
+    second = run_tune(tmp_path, *TWO_ENVS, *mode, "tune.n_trials=5", "tune.n_workers=2", timeout=400)
     assert second.returncode == 0, second.stderr
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/optuna.db")
     trials = counted(study)
@@ -93,31 +110,72 @@ def test_two_env_study_with_two_workers_records_every_env_and_resumes(tmp_path: 
         # Reported after each env at the env steps a seed has trained by then: every trial alike.
         assert sorted(trial.intermediate_values) == [512, 512 + 768]
         metrics = runs[f"trial-{trial.number}"][0].data.metrics
-        for env, returns in env_returns.items():
-            assert metrics[f"trial/{env}/mean_return"] == pytest.approx(returns[0])
+        for env, env_id, budget in (("cartpole", "CartPole-v1", 512), ("acrobot", "Acrobot-v1", 768)):
+            assert metrics[f"trial/{env}/mean_return"] == pytest.approx(env_returns[env][0])
             (seed_run,) = runs[f"trial-{trial.number}-{env}-seed1"]
-            final = client.get_metric_history(seed_run.info.run_id, "eval/mean_return")[-1]
-            assert final.value == pytest.approx(returns[0])
+            assert seed_run.info.status == "FINISHED" and seed_run.data.tags["env_id"] == env_id
+            history = client.get_metric_history(seed_run.info.run_id, "eval/mean_return")
+            assert [m.step for m in history] == list(range(256, budget + 1, 256))  # from step 0 on each env
+            assert history[-1].value == pytest.approx(env_returns[env][0])
+            assert ("population_slot" in seed_run.data.tags) == (mode == ["tune.population=2"])
     sweep = runs[f"sweep-{STUDY}"][0]
     table = pd.read_csv(client.download_artifacts(sweep.info.run_id, "trials.csv", str(tmp_path / "dl")))
     assert {"return_cartpole", "return_acrobot"} <= set(table.columns)
     assert "normalised IQM" in second.stdout
 
 
-def test_a_trial_pruned_after_an_env_trains_none_of_the_next(tmp_path: Path) -> None:
+@MODES
+def test_a_trial_pruned_after_an_env_trains_none_of_the_next(tmp_path: Path, mode: list[str]) -> None:
     # A pruner that stops every trial at its first report (no normalised score reaches 2): the report
     # after CartPole, the first env.
     pruner = ["pruner=none", "pruner._target_=optuna.pruners.ThresholdPruner", "+pruner.lower=2.0"]
-    result = run_tune(tmp_path, *TWO_ENVS, *pruner, "tune.n_trials=2")
+    result = run_tune(tmp_path, *TWO_ENVS, *mode, *pruner, "tune.n_trials=3")
     assert result.returncode == 0, result.stderr
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/optuna.db")
-    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 3
     runs = runs_by_name(tmp_path, STUDY)
     for trial in study.trials:
         assert list(trial.intermediate_values) == [512]
         assert list(trial.user_attrs["env_returns"]) == ["cartpole"]
         assert f"trial-{trial.number}-cartpole-seed1" in runs
         assert f"trial-{trial.number}-acrobot-seed1" not in runs
+
+
+def test_an_interrupted_multi_env_population_loses_nothing_and_resumes(tmp_path: Path) -> None:
+    # Two slots per env: trials 0 and 1 train Acrobot (a long budget) while 2 and 3, done with CartPole,
+    # wait for its slots. SIGTERM then.
+    envs = ["tune.envs=[cartpole,acrobot]", "tune.budget_steps={cartpole:512,acrobot:16000}"]
+    args = tune_args(tmp_path, *envs, "tune.population=2", "tune.n_trials=4")
+
+    def two_train_acrobot_and_two_wait() -> bool:
+        return (
+            runs_named_like(tmp_path, "trial-%-acrobot-seed%", status="RUNNING") == 2
+            and runs_named_like(tmp_path, "trial-%-cartpole-seed%", status="FINISHED") == 4
+        )
+
+    returncode, stderr = interrupt_once_started(tmp_path, args, 0, ready=two_train_acrobot_and_two_wait)
+    assert returncode == 128 + signal.SIGTERM, stderr
+    assert "interrupted by SIGTERM" in stderr and "Traceback" not in stderr
+    runs = [r for rs in runs_by_name(tmp_path, STUDY).values() for r in rs]
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    killed = {r.info.run_name for r in runs if r.info.status == "KILLED"}
+    trial_runs = {f"sweep-{STUDY}", *(f"trial-{n}" for n in range(4))}
+    # (trials 2 and 3, waiting, had no seed run open)
+    assert killed == trial_runs | {"trial-0-acrobot-seed1", "trial-1-acrobot-seed1"}
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    states = [t.state for t in optuna.load_study(study_name=STUDY, storage=storage).trials]
+    assert states == [TrialState.FAIL] * 4 + [TrialState.WAITING] * 4  # back to the queue as retries
+    interrupted = optuna.load_study(study_name=STUDY, storage=storage).trials[:4]
+
+    again = run_tune(tmp_path, *envs, "tune.population=2", "tune.n_trials=4", timeout=400)
+    assert again.returncode == 0, again.stderr
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    trials = counted(study)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert sorted(tuple(sorted(t.params.items())) for t in trials) == sorted(
+        tuple(sorted(t.params.items())) for t in interrupted
+    )  # the same four configs, each trained on both envs from the start
+    assert all(list(t.user_attrs["env_returns"]) == ["cartpole", "acrobot"] for t in trials)
 
 
 def test_a_study_keeps_its_envs(tmp_path: Path) -> None:

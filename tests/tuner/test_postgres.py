@@ -398,9 +398,13 @@ def test_population_workers_share_a_postgres_study(tmp_path: Path, pg_url: str) 
     assert all("COMPLETE" in log.read_text() for log in logs), "both populations ran trials"
 
 
-def test_a_multi_env_study_shares_a_postgres_study_between_workers(tmp_path: Path, pg_url: str) -> None:
+@pytest.mark.parametrize("population", [0, 2], ids=["seq", "pop"])
+def test_a_multi_env_study_shares_a_postgres_study_between_workers(
+    tmp_path: Path, pg_url: str, population: int
+) -> None:
     envs = ["tune.envs=[cartpole,acrobot]", "tune.budget_steps={cartpole:512,acrobot:512}"]
-    result = run(tmp_path, pg_url, *envs, "tune.n_workers=2", "tune.n_trials=4")
+    mode = f"tune.population={population}"
+    result = run(tmp_path, pg_url, *envs, mode, "tune.n_workers=2", "tune.n_trials=4")
     assert result.returncode == 0, result.stderr
     study = optuna.load_study(study_name="ppo_cartpole-acrobot", storage=pg_url)
     assert sorted(t.number for t in study.trials) == list(range(4))
