@@ -24,6 +24,10 @@ best value, and the peak resident memory of its largest process. Needs the bench
     python -m bench.sweep_speed --population 1,4,8,16,32 --workers 2 --evaluations 5
     python -m bench.sweep_speed --seeds 0,10,20 --population 8   # each study per seed, then medians
     python -m bench.sweep_speed --seeds 20 --population 16 --population-trials 4 --skip sequential,zoo
+
+With ``--envs cartpole,acrobot`` the rltune studies tune one config on those envs (``tune.envs``, every
+env ``--budget-steps`` steps, so a trial trains steps × envs); rl-zoo3 tunes one env, so ``--skip zoo``
+is then required.
 """
 
 from __future__ import annotations
@@ -193,6 +197,11 @@ def main() -> None:
         help="sampler seeds (comma-separated): every study runs once per seed; with several, a summary "
         "gives each study's median over them",
     )
+    parser.add_argument(
+        "--envs",
+        default="",
+        help="comma-separated env configs: one multi-env study (tune.envs; needs --skip zoo)",
+    )
     parser.add_argument("--skip", default="", help="comma-separated: sequential, zoo")
     parser.add_argument(
         "--keep", type=Path, default=None, help="keep every study's logs and databases in this (new) folder"
@@ -200,8 +209,11 @@ def main() -> None:
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     seeds = [int(seed) for seed in args.seeds.split(",")]
+    if args.envs and "zoo" not in skip:
+        parser.error("--envs tunes on several envs, which rl-zoo3 cannot: add --skip zoo")
+    on = f"tune.envs=[{args.envs}], each" if args.envs else "CartPole-v1:"
     print(
-        f"PPO CartPole-v1: {args.trials} trials × {args.budget_steps} steps, TPE + median pruner, rl-zoo3's "
+        f"PPO {on} {args.trials} trials × {args.budget_steps} steps, TPE + median pruner, rl-zoo3's "
         f"search space, {args.evaluations} evaluation(s) of 5 episodes per trial; {os.cpu_count()} CPUs",
         flush=True,
     )
@@ -236,7 +248,7 @@ def run_studies(args: argparse.Namespace, work: Path, seed: int, skip: set[str])
         modes += [(f"population K={k}{retire}", k) for k in populations]
         for name, k in modes:
             label = f"rltune {name}, {workers} worker{'s' if workers > 1 else ''}"
-            extra = [f"tune.n_workers={workers}"]
+            extra = [f"tune.n_workers={workers}", *([f"tune.envs=[{args.envs}]"] if args.envs else [])]
             if k:
                 extra.append(f"tune.population={k}")
                 if args.population_trials is not None:
