@@ -32,9 +32,9 @@ from algorithms.common.config import (
 )
 from algorithms.common.errors import ConfigError, NonFiniteLossError
 from algorithms.common.networks import StackedMLP, make_twin_critic, twin_min_q
+from algorithms.common.noise import ContinuousOffPolicyConfig
 from algorithms.common.off_policy import (
     OffPolicyAgent,
-    OffPolicyConfig,
     make_target,
     polyak_update,
     stats_to_dict,
@@ -49,10 +49,11 @@ LOG_2 = math.log(2.0)
 # 1. Hyperparameters
 # ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class SACConfig(OffPolicyConfig):
+class SACConfig(ContinuousOffPolicyConfig):
     """SAC hyperparameters. Defaults are Stable-Baselines3's; invalid values raise ConfigError at once.
 
-    The fields every off-policy algorithm has, and their checks, are :class:`OffPolicyConfig`'s; this
+    The fields every off-policy algorithm has, and their checks, are :class:`OffPolicyConfig`'s (the
+    exploration noise's colour, :class:`ContinuousOffPolicyConfig`'s); this
     class declares SAC's own and redeclares those whose default differs.
     """
 
@@ -152,13 +153,14 @@ class Actor:
         mean, log_std = out[:, : self.act_dim], out[:, self.act_dim :]
         return squashed_gaussian(mean, log_std.clamp(self.log_std_min, self.log_std_max), noise)
 
-    def act_numpy(self, obs: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-        """Actions for acting, in numpy: tanh(mean) when ``rng`` is None, else a sample."""
+    def act_numpy(self, obs: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
+        """Actions for acting, in numpy: tanh(mean) when ``noise`` is None, else the sample
+        tanh(mean + σ·noise) for standard normal ``noise`` of shape (batch, act_dim)."""
         out = self.net.forward_numpy(obs.astype(np.float32, copy=False))[0]
         u = out[:, : self.act_dim]
-        if rng is not None:
+        if noise is not None:
             log_std = np.clip(out[:, self.act_dim :], self.log_std_min, self.log_std_max)
-            u = u + np.exp(log_std) * rng.standard_normal(u.shape, dtype=np.float32)
+            u = u + np.exp(log_std) * noise
         return np.tanh(u)
 
 
@@ -209,15 +211,20 @@ class SAC(OffPolicyAgent):
         self.alpha_optimizer = FlatAdam(self.log_alpha, lr=config.learning_rate)
         self.target_entropy = -config.target_entropy_scale * act_dim
         self._stats: list[torch.Tensor] = []
+        self.noise = config.make_noise(self.runner.n_envs, act_dim, self.runner.rng)
 
     # --- acting ---------------------------------------------------------------------------------
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        """Env actions for a batch of observations: tanh of the mean, or a policy sample."""
-        action = self.actor.act_numpy(np.asarray(obs), None if deterministic else self.runner.rng)
-        return self.runner.to_env_action(action)
+        """Env actions for a batch of observations: tanh of the mean, or a policy sample (white noise)."""
+        obs = np.asarray(obs)
+        noise = None
+        if not deterministic:
+            noise = self.runner.rng.standard_normal((len(obs), self.runner.act_dim), dtype=np.float32)
+        return self.runner.to_env_action(self.actor.act_numpy(obs, noise))
 
     def _explore(self, obs: np.ndarray) -> np.ndarray:
-        return self.actor.act_numpy(obs, self.runner.rng)
+        """A policy sample per training env, its standard normal coloured as ``noise_color`` says."""
+        return self.actor.act_numpy(obs, self.noise.sample())
 
     # --- training -------------------------------------------------------------------------------
     def _train(self, gradient_steps: int) -> None:

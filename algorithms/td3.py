@@ -2,7 +2,8 @@
 Methods") for continuous (Box) actions.
 
 Reads top to bottom like the paper: the config, the deterministic tanh actor and the twin critics,
-then the agent — act with the actor plus Gaussian exploration noise, store the transition, and per
+then the agent — act with the actor plus Gaussian exploration noise (white, or coloured over time with
+``noise_color``), store the transition, and per
 gradient step regress both critics on the clipped double-Q target with target policy smoothing; every
 ``policy_delay`` steps improve the actor against Q₁ and Polyak-average both targets. Names follow
 CleanRL (``qf_loss``, ``actor_loss``); default hyperparameters follow Stable-Baselines3.
@@ -27,9 +28,9 @@ from algorithms.common.config import (
 )
 from algorithms.common.errors import NonFiniteLossError
 from algorithms.common.networks import StackedMLP, make_twin_critic, narrow_linear
+from algorithms.common.noise import ContinuousOffPolicyConfig
 from algorithms.common.off_policy import (
     OffPolicyAgent,
-    OffPolicyConfig,
     make_target,
     polyak_update,
     stats_to_dict,
@@ -41,10 +42,11 @@ from algorithms.common.optim import FlatAdam, flatten_parameters
 # 1. Hyperparameters
 # ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class TD3Config(OffPolicyConfig):
+class TD3Config(ContinuousOffPolicyConfig):
     """TD3 hyperparameters. Defaults are Stable-Baselines3's; invalid values raise ConfigError at once.
 
-    The fields every off-policy algorithm has, and their checks, are :class:`OffPolicyConfig`'s; this
+    The fields every off-policy algorithm has, and their checks, are :class:`OffPolicyConfig`'s (the
+    exploration noise's colour, :class:`ContinuousOffPolicyConfig`'s); this
     class declares TD3's own and redeclares those whose default differs.
     """
 
@@ -59,7 +61,7 @@ class TD3Config(OffPolicyConfig):
     """The smoothing noise is clipped to ±this, ≥ 0. Typical 0.3 … 1."""
     exploration_noise: float = 0.1
     """Std of the Gaussian exploration noise, as a fraction of the action range's half-width (i.e. in
-    the policy's [-1, 1] units), ≥ 0. Typical 0.05 … 0.5."""
+    the policy's [-1, 1] units), ≥ 0; ``noise_color`` sets its correlation over time. Typical 0.05 … 0.5."""
     net_arch: tuple[int, ...] = (400, 300)
     """Hidden layer sizes of the actor and of each critic."""
 
@@ -131,6 +133,7 @@ class TD3(OffPolicyAgent):
         self.critic_optimizer = FlatAdam(self.critic_flat, lr=config.learning_rate)
         self._critic_stats: list[torch.Tensor] = []
         self._actor_stats: list[torch.Tensor] = []
+        self.noise = config.make_noise(self.runner.n_envs, act_dim, self.runner.rng)
 
     # --- acting ---------------------------------------------------------------------------------
     def _act(self, obs: np.ndarray) -> np.ndarray:
@@ -142,8 +145,7 @@ class TD3(OffPolicyAgent):
 
     def _explore(self, obs: np.ndarray) -> np.ndarray:
         action = self._act(obs)
-        noise = self.runner.rng.standard_normal(action.shape, dtype=np.float32)
-        return np.clip(action + self.config.exploration_noise * noise, -1.0, 1.0)
+        return np.clip(action + self.config.exploration_noise * self.noise.sample(), -1.0, 1.0)
 
     # --- training -------------------------------------------------------------------------------
     def _train(self, gradient_steps: int) -> None:

@@ -132,6 +132,9 @@ def test_registry_and_configs_from_plain_mappings() -> None:
         (TD3Config, {"net_arch": ()}, "net_arch"),
         (TD3Config, {"train_freq": 1.5}, "train_freq"),
         (TD3Config, {"gradient_steps": -2}, "gradient_steps"),
+        (SACConfig, {"noise_color": -0.5}, "noise_color"),
+        (TD3Config, {"noise_color": 3.5}, "noise_color"),
+        (TD3Config, {"noise_seq_len": 1}, "noise_seq_len"),
     ],
 )
 def test_invalid_values_raise_a_config_error_naming_the_field(cls: type, values: dict, field: str) -> None:
