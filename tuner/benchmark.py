@@ -4,6 +4,7 @@
     python -m tuner.benchmark                          # benchmark=quick
     python -m tuner.benchmark benchmark=classic
     python -m tuner.benchmark benchmark.algos=[ppo,sac] benchmark.envs=[pendulum] benchmark.sources.sac=tuned
+    python -m tuner.benchmark benchmark=classic 'benchmark.sources=[default,preset,tuned]'
 
 compose (Hydra) → plan the cells: every compatible (algo, env) pair (incompatible pairs are skipped with a
 one-line note) × the seeds, each cell's training config composed and validated before anything runs →
@@ -24,7 +25,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gymnasium as gym
@@ -60,7 +61,9 @@ class BenchmarkSettings:
     name: str
     algos: tuple[str, ...]
     envs: tuple[str, ...]
-    sources: dict[str, str]
+    sources: dict[str, tuple[str, ...]]
+    """Where each listed algorithm's hyperparameters come from: one source, or several trained side by
+    side (``default``, ``preset``, ``tuned``); an algorithm not listed trains its defaults."""
     seeds: tuple[int, ...]
     budget_steps: dict[str, int | None]
     """Env steps per cell for each env; None: the env's ``budget_steps``."""
@@ -81,33 +84,56 @@ class BenchmarkSettings:
         for env in envs:
             if env not in env_choices:
                 raise ConfigError(f"benchmark.envs: unknown env {env!r}; choose: {', '.join(env_choices)}")
-        raw_sources = node.get("sources") or {}
-        if not isinstance(raw_sources, Mapping):
-            raise ConfigError(f"benchmark.sources must be a mapping algo -> source, got {raw_sources!r}")
-        sources = {}
-        for algo, source in raw_sources.items():
-            get_algorithm(str(algo))
-            if source not in SOURCES:
-                raise ConfigError(
-                    f"benchmark.sources.{algo}: unknown source {source!r}; choose: {', '.join(SOURCES)}"
-                )
-            sources[str(algo)] = str(source)
         seeds = _positive_int(node, "seeds", 1)
         first_seed = _positive_int(node, "first_seed", 0)
         return cls(
             name=name,
             algos=algos,
             envs=envs,
-            sources=sources,
+            sources=_sources(node.get("sources"), algos),
             seeds=tuple(range(first_seed, first_seed + seeds)),
             budget_steps=_budgets(node.get("budget_steps"), envs, env_choices),
             eval_points=_positive_int(node, "eval_points", 1),
             n_workers=_positive_int(node, "n_workers", 1),
         )
 
-    def source(self, algo: str) -> str:
+    def sources_of(self, algo: str) -> tuple[str, ...]:
         """Where ``algo``'s hyperparameters come from (``default`` unless listed in ``sources``)."""
-        return self.sources.get(algo, "default")
+        return self.sources.get(algo, ("default",))
+
+
+def _sources(value: Any, algos: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """``benchmark.sources``: a source or a list of them for every algorithm, or a mapping algo ->
+    source(s); ConfigError naming the key and the choices otherwise."""
+    if value is None:
+        return {}
+    if isinstance(value, str) or (isinstance(value, Sequence) and not isinstance(value, Mapping)):
+        return {algo: _source_list("benchmark.sources", value) for algo in algos}
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            "benchmark.sources must be a source, a list of sources or a mapping algo -> source(s); "
+            f"got {value!r}"
+        )
+    sources = {}
+    for algo, listed in value.items():
+        get_algorithm(str(algo))
+        sources[str(algo)] = _source_list(f"benchmark.sources.{algo}", listed)
+    return sources
+
+
+def _source_list(key: str, value: Any) -> tuple[str, ...]:
+    """One source or a non-empty list of distinct ones, each of :data:`SOURCES`."""
+    listed = [value] if isinstance(value, str) else value
+    if not isinstance(listed, Sequence) or not listed:
+        raise ConfigError(
+            f"{key} must be a source or a non-empty list of them ({', '.join(SOURCES)}); got {value!r}"
+        )
+    for source in listed:
+        if source not in SOURCES:
+            raise ConfigError(f"{key}: unknown source {source!r}; choose: {', '.join(SOURCES)}")
+    if len(set(listed)) != len(listed):
+        raise ConfigError(f"{key} names a source twice: {list(listed)}")
+    return tuple(str(source) for source in listed)
 
 
 @dataclass(frozen=True)
@@ -121,6 +147,9 @@ class Cell:
         budget_steps: env steps.
         fingerprint: hash of the resolved training config (without tracking and paths); a finished run
             with the same cell and fingerprint makes training this cell again unnecessary.
+        kinds: the benchmark's sources this run stands for: ``("preset",)``, or ``("default",
+            "preset")`` where the pair has no preset and both were asked for (one run serves both).
+        compared: the benchmark trains several sources of this (algo, env), so the key names the source.
     """
 
     algo: str
@@ -130,10 +159,15 @@ class Cell:
     overrides: tuple[str, ...]
     budget_steps: int
     fingerprint: str
+    kinds: tuple[str, ...] = ("default",)
+    compared: bool = False
 
     @property
     def key(self) -> str:
-        """``algo/env/seed``: the cell's identity in MLflow (tag ``cell``)."""
+        """The cell's identity in MLflow (tag ``cell``): ``algo/env/seed``, or ``algo/env/<source>/seed``
+        where the benchmark compares sources of the pair."""
+        if self.compared:
+            return f"{self.algo}/{self.env}/{self.kinds[0]}/{self.seed}"
         return f"{self.algo}/{self.env}/{self.seed}"
 
 
@@ -172,9 +206,25 @@ def plan_cells(settings: BenchmarkSettings, tracking: Mapping[str, Any], root_di
                 allowed = " or ".join(t.__name__ for t in agent_cls.action_spaces)
                 skipped.append(f"{algo} on {env}: {algo} needs {allowed} actions, {env} has {action_space}")
                 continue
-            experiment, source = _experiment_for(algo, env, settings.source(algo))
-            cells.extend(_pair_cells(settings, algo, env, experiment, source, tracking, root_dir))
+            variants = _pair_variants(algo, env, settings.sources_of(algo))
+            for (experiment, source), kinds in variants.items():
+                pair_cells = _pair_cells(settings, algo, env, experiment, source, tracking, root_dir)
+                compared = len(variants) > 1
+                cells.extend(replace(cell, kinds=kinds, compared=compared) for cell in pair_cells)
     return Plan(tuple(cells), tuple(skipped))
+
+
+def _pair_variants(
+    algo: str, env: str, sources: Sequence[str]
+) -> dict[tuple[str | None, str], tuple[str, ...]]:
+    """The distinct configs ``sources`` select for ``algo`` on ``env`` ((preset name or None, source
+    label) → the sources each stands for): a ``preset`` that falls back to the defaults is one config
+    with ``default``."""
+    variants: dict[tuple[str | None, str], tuple[str, ...]] = {}
+    for source in sources:
+        variant = _experiment_for(algo, env, source)
+        variants[variant] = (*variants.get(variant, ()), source)
+    return variants
 
 
 def _pair_cells(
@@ -278,6 +328,7 @@ def train_cell(cell: Cell, tracking: Mapping[str, Any], root_dir: str, parent: s
         "cell": cell.key,
         "fingerprint": cell.fingerprint,
         "source": cell.source,
+        "source_kinds": ",".join(cell.kinds),
     }
     try:
         result = run_training(cfg, parent_run_id=parent, run_name=cell.key.replace("/", "-"), tags=tags)

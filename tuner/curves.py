@@ -80,6 +80,7 @@ class RunRecord:
         reference: the env's rl-zoo3 reference score for this algorithm, None where it has none.
         env_reference: the env's normalization reference: the best rl-zoo3 score of any algorithm.
         wall_time_s: training plus evaluation time; sps: training env-steps per second.
+        kinds: the benchmark sources (``default``, ``preset``, ``tuned``) the run stands for.
     """
 
     algo: str
@@ -95,6 +96,7 @@ class RunRecord:
     env_reference: float
     wall_time_s: float
     sps: float
+    kinds: tuple[str, ...] = ("default",)
 
     @property
     def final_return(self) -> float:

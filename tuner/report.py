@@ -35,6 +35,7 @@ from tuner.benchmark import KIND_CELL, KIND_PARENT, PLAN_ARTIFACT, parent_run_id
 from tuner.curves import RunRecord, normalized_auc, time_to_threshold
 from tuner.display import console_table
 from tuner.report_plots import aggregate_figure, curves_figure, profile_figure
+from tuner.report_sources import compared_kinds, sources_aggregate, sources_table
 from tuner.stats import bootstrap_ci, iqm, stratified_bootstrap_ci
 from tuner.sweep_report import markdown_table
 from tuner.tracking import RunReader, RunRecorder, start_run
@@ -56,6 +57,11 @@ class Report:
     aggregate: pd.DataFrame
     records: tuple[RunRecord, ...]
     missing: tuple[str, ...]
+    sources: pd.DataFrame | None = None
+    """Per (env, algo), the sources side by side, when the benchmark trained several
+    (:mod:`tuner.report_sources`); None otherwise."""
+    sources_aggregate: pd.DataFrame | None = None
+    """Each source (and each difference) across the cells that ran every source."""
 
 
 # --- reading MLflow ----------------------------------------------------------------------------------------
@@ -105,11 +111,12 @@ def _record(reader: RunReader, run: Any) -> RunRecord:
     }
     if not references:
         raise ConfigError(f"env {params.get('env.name')!r} has no reference scores to normalize with")
+    source = tags.get("source", "default")
     return RunRecord(
         algo=algo,
         env=params["env.name"],
         seed=int(params["seed"]),
-        source=tags.get("source", "default"),
+        source=source,
         steps=tuple(float(step) for step, _ in curve),
         returns=tuple(value for _, value in curve),
         budget_steps=int(params["total_steps"]),
@@ -119,6 +126,7 @@ def _record(reader: RunReader, run: Any) -> RunRecord:
         env_reference=max(references.values()),
         wall_time_s=float(metrics.get("time/wall_time_s", math.nan)),
         sps=float(metrics.get("time/sps", math.nan)),
+        kinds=tuple(tags.get("source_kinds", source.split(":")[0]).split(",")),
     )
 
 
@@ -130,9 +138,10 @@ def _optional_float(value: str | None) -> float | None:
 def summary_table(
     records: Sequence[RunRecord], confidence: float = 0.95, n_resamples: int = 10_000
 ) -> pd.DataFrame:
-    """One row per (env, algo): final-return statistics, curve summaries, cost, the reference score."""
+    """One row per (env, algo, source): final-return statistics, curve summaries, cost, the reference
+    score."""
     rows = []
-    for (env, algo), group in _groups(records, lambda r: (r.env, r.algo)).items():
+    for (env, algo, _), group in _groups(records, lambda r: (r.env, r.algo, r.source)).items():
         finals = np.array([r.final_return for r in group])
         low, high = bootstrap_ci(finals, confidence=confidence, n_resamples=n_resamples)
         first = group[0]
@@ -169,16 +178,20 @@ def summary_table(
 def aggregate_table(
     records: Sequence[RunRecord], confidence: float = 0.95, n_resamples: int = 10_000
 ) -> pd.DataFrame:
-    """One row per algorithm: IQM of normalized final scores over all its envs and seeds, with a
-    stratified bootstrap interval (seeds resampled within each env), and the mean normalized AUC."""
+    """One row per algorithm and source (``default``, ``preset``, ``tuned``): IQM of normalized final
+    scores over all its envs and seeds, with a stratified bootstrap interval (seeds resampled within
+    each env), and the mean normalized AUC."""
     rows = []
-    for algo, group in _groups(records, lambda r: r.algo).items():
+    by_kind = [(kind, record) for record in records for kind in record.kinds]
+    for (algo, kind), pairs in _groups(by_kind, lambda p: (p[1].algo, p[0])).items():
+        group = [record for _, record in pairs]
         by_env = _groups(group, lambda r: r.env)
         scores = [np.array([float(r.normalized(r.final_return)) for r in runs]) for runs in by_env.values()]
         low, high = stratified_bootstrap_ci(scores, confidence=confidence, n_resamples=n_resamples)
         rows.append(
             {
                 "algo": algo,
+                "source": kind,
                 "envs": len(by_env),
                 "runs": len(group),
                 "normalized_iqm": iqm(np.concatenate(scores)),
@@ -200,6 +213,7 @@ def build_report(
         raise ConfigError(
             f"benchmark {bench!r} has no finished cell yet; run `python -m tuner.benchmark` first"
         )
+    compared = len(compared_kinds(records)) > 1
     return Report(
         bench,
         experiment,
@@ -207,6 +221,8 @@ def build_report(
         aggregate_table(records, confidence, n_resamples),
         tuple(records),
         tuple(missing),
+        sources_table(records, confidence, n_resamples) if compared else None,
+        sources_aggregate(records, confidence, n_resamples) if compared else None,
     )
 
 
@@ -215,8 +231,8 @@ def _mean_auc(runs: Sequence[RunRecord]) -> float:
     return float(np.mean([normalized_auc(r.steps, r.normalized(r.returns), r.budget_steps) for r in runs]))
 
 
-def _groups(records: Sequence[RunRecord], key: Any) -> dict[Any, list[RunRecord]]:
-    groups: dict[Any, list[RunRecord]] = {}
+def _groups(records: Sequence[Any], key: Any) -> dict[Any, list[Any]]:
+    groups: dict[Any, list[Any]] = {}
     for record in records:
         groups.setdefault(key(record), []).append(record)
     return dict(sorted(groups.items()))
@@ -228,7 +244,10 @@ def write_outputs(report: Report, directory: Path, confidence: float = 0.95) -> 
 
     directory.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
-    for stem, table in (("summary", report.summary), ("aggregate", report.aggregate)):
+    tables = {"summary": report.summary, "aggregate": report.aggregate}
+    if report.sources is not None and report.sources_aggregate is not None:
+        tables |= {"sources": report.sources, "sources_aggregate": report.sources_aggregate}
+    for stem, table in tables.items():
         csv_path, md_path = directory / f"{stem}.csv", directory / f"{stem}.md"
         table.to_csv(csv_path, index=False)
         md_path.write_text(markdown_table(table) + "\n")
@@ -276,6 +295,7 @@ def print_report(report: Report, console: Console, files_in: str = "") -> None:
     aggregate = [
         {
             "algo": row.algo,
+            "source": row.source,
             "envs": row.envs,
             "runs": row.runs,
             "norm. IQM": _fmt(row.normalized_iqm, "{:.2f}"),
@@ -286,9 +306,44 @@ def print_report(report: Report, console: Console, files_in: str = "") -> None:
     ]
     title = "across envs: IQM of normalized final scores (0 random policy, 1 best rl-zoo3 score)"
     console.print(console_table(aggregate, title, console.width, AGGREGATE_DROPPABLE, files_in))
+    if report.sources is not None and report.sources_aggregate is not None:
+        print_sources(report.sources, report.sources_aggregate, console, files_in)
     if report.missing:
         missing = ", ".join(report.missing)
         console.print(f"[yellow]{len(report.missing)} planned cells have no finished run: {missing}")
+
+
+def print_sources(table: pd.DataFrame, aggregate: pd.DataFrame, console: Console, files_in: str) -> None:
+    """The sources side by side (IQM [CI] of each, the differences), then across envs."""
+    kinds = [kind for kind in ("default", "preset", "tuned") if f"{kind}_iqm" in table]
+    differences = [name for name in ("tuned-preset", "tuned-default") if name in table]
+    rows = []
+    for row in table.to_dict("records"):
+        shown = {"env": row["env"], "algo": row["algo"]}
+        for name in (*kinds, *differences):
+            value = row[f"{name}_iqm"] if name in kinds else row[name]
+            low, high = row[f"{name}_ci_low"], row[f"{name}_ci_high"]
+            shown[name.replace("-", " − ")] = _interval(value, low, high, "{:.1f}")
+        shown["rl-zoo3"] = _fmt(row["reference"], "{:.1f}")
+        rows.append(shown)
+    title = "sources side by side: final-return IQM [95% CI] on the benchmark's seeds"
+    console.print(console_table(rows, title, console.width, ("rl-zoo3",), files_in))
+    summary = [
+        {
+            "source": row["source"],
+            "cells": row["cells"],
+            "norm. IQM": _fmt(row["normalized_iqm"], "{:.3f}"),
+            "95% CI (stratified)": f"[{_fmt(row['ci_low'], '{:.3f}')}, {_fmt(row['ci_high'], '{:.3f}')}]",
+        }
+        for row in aggregate.to_dict("records")
+    ]
+    title = "sources across the envs and algorithms that ran them all: IQM of normalized final scores"
+    console.print(console_table(summary, title, console.width, (), files_in))
+
+
+def _interval(value: Any, low: Any, high: Any, fmt: str) -> str:
+    """``value [low, high]``, each formatted (``-`` when missing)."""
+    return f"{_fmt(value, fmt)} [{_fmt(low, fmt)}, {_fmt(high, fmt)}]"
 
 
 def _fmt(value: Any, fmt: str) -> str:
@@ -318,7 +373,8 @@ def publish(
         for path in files:
             run.log_artifact(path)
         for _, row in report.aggregate.iterrows():
-            run.log_metrics({f"normalized_iqm/{row['algo']}": float(row["normalized_iqm"])}, 0)
+            suffix = f"/{row['source']}" if report.sources is not None else ""
+            run.log_metrics({f"normalized_iqm/{row['algo']}{suffix}": float(row["normalized_iqm"])}, 0)
     return run
 
 

@@ -144,6 +144,38 @@ def stratified_bootstrap_ci(
     return (float(result.confidence_interval.low), float(result.confidence_interval.high))
 
 
+def stratified_difference_ci(
+    baseline_groups: Sequence[npt.ArrayLike],
+    candidate_groups: Sequence[npt.ArrayLike],
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of IQM(candidate pooled) − IQM(baseline pooled), each group of each
+    side resampled on its own (the stratified bootstrap of :func:`stratified_bootstrap_ci`, applied to
+    two independent sets of runs, e.g. a tuned and a published preset on the same tasks).
+
+    ``(nan, nan)`` when every group of both sides has a single value.
+
+    Raises:
+        ValueError: a side without groups, a group empty or non-finite, or settings out of range.
+    """
+    sides = [[_as_sample(g) for g in groups] for groups in (baseline_groups, candidate_groups)]
+    if not all(sides):
+        raise ValueError("expected at least one group on each side")
+    _check_settings(confidence, n_resamples)
+    if all(sample.size == 1 for side in sides for sample in side):
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    iqms = []
+    for side in sides:
+        drawn = [sample[rng.integers(0, sample.size, (n_resamples, sample.size))] for sample in side]
+        iqms.append(_iqm_along(np.concatenate(drawn, axis=1), axis=1))
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(iqms[1] - iqms[0], [alpha, 1.0 - alpha])
+    return (float(low), float(high))
+
+
 def performance_profile(scores: npt.ArrayLike, thresholds: npt.ArrayLike) -> np.ndarray:
     """Share of runs whose (normalized) score exceeds each threshold τ: rliable's performance profile.
 

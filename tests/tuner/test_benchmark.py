@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -102,6 +103,45 @@ def test_source_tuned_trains_the_exported_preset(tmp_path: Path, monkeypatch: py
     algo = cell_config(tuned.cells[0].overrides, tracking(tmp_path), str(ROOT)).algo
     assert (algo.learning_rate, algo.gamma) == (0.000777, 0.97)
     assert {c.fingerprint for c in tuned.cells}.isdisjoint(c.fingerprint for c in preset.cells)
+
+
+def test_several_sources_train_side_by_side_and_a_missing_preset_is_the_defaults_once(tmp_path: Path) -> None:
+    both = settings(algos=["ppo"], envs=["cartpole", "acrobot"], sources=["default", "preset"])
+    assert both.sources == {"ppo": ("default", "preset")}
+    plan = plan_cells(both, tracking(tmp_path), str(ROOT))
+    cells = {c.key: c for c in plan.cells}
+    # CartPole has rltune's (rl-zoo3's) preset: two configs, the key names the source.
+    assert cells["ppo/cartpole/default/2001"].source == "default"
+    assert cells["ppo/cartpole/preset/2001"].source == "preset:ppo_cartpole"
+    assert cells["ppo/cartpole/preset/2001"].kinds == ("preset",)
+    # Acrobot has none: the preset source is the defaults, trained once for both.
+    assert cells["ppo/acrobot/2001"].source == "default"
+    assert cells["ppo/acrobot/2001"].kinds == ("default", "preset")
+    assert sorted(cells) == sorted(
+        [f"ppo/cartpole/{kind}/{seed}" for kind in ("default", "preset") for seed in (2001, 2002)]
+        + ["ppo/acrobot/2001", "ppo/acrobot/2002"]
+    )
+    assert len({c.fingerprint for c in plan.cells}) == len(plan.cells)
+    # A mapping takes a source or a list per algorithm; one source keeps the key as before.
+    mixed = settings(sources={"ppo": ["preset", "default"], "sac": "preset"})
+    assert mixed.sources == {"ppo": ("preset", "default"), "sac": ("preset",)}
+    keys = [c.key for c in plan_cells(mixed, tracking(tmp_path), str(ROOT)).cells]
+    assert "sac/pendulum/2001" in keys and "ppo/pendulum/default/2001" in keys
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sources": ["default", "best"]}, "benchmark.sources: unknown source 'best'; choose: default"),
+        ({"sources": {"ppo": []}}, "benchmark.sources.ppo must be a source or a non-empty list of them"),
+        ({"sources": ["preset", "preset"]}, "benchmark.sources names a source twice: ['preset', 'preset']"),
+        ({"sources": 3}, "benchmark.sources must be a source, a list of sources or a mapping"),
+    ],
+)
+def test_bad_source_lists_name_the_key_and_the_choices(change: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings(**change)
+    assert message in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -238,3 +278,31 @@ def test_bad_benchmark_config_exits_2_before_any_run(tmp_path: Path) -> None:
         .startswith("error: benchmark.sources.td3=tuned, but there is no")
     )
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_benchmark_of_several_sources_reports_them_side_by_side(tmp_path: Path) -> None:
+    """default and preset PPO on CartPole (rltune has its preset) and Acrobot (it has none: one set of
+    runs for both), then `tuner.report`: the sources table, its files, the difference."""
+    result = bench_cli(
+        tmp_path, "benchmark.envs=[cartpole,acrobot]", "benchmark.seeds=2",
+        "benchmark.sources.ppo=[default,preset]", "benchmark.budget_steps=1024",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    keys = sorted(run.data.tags["cell"] for run in cell_runs(tmp_path))
+    assert keys == sorted(
+        [f"ppo/cartpole/{kind}/{seed}" for kind in ("default", "preset") for seed in (2001, 2002)]
+        + ["ppo/acrobot/2001", "ppo/acrobot/2002"]
+    )
+    report = subprocess.run(
+        [sys.executable, "-m", "tuner.report", f"paths.runs_dir={tmp_path}", "report.n_resamples=200"],
+        cwd=ROOT, env={**ENV, "COLUMNS": "200"}, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    assert "sources side by side" in report.stdout
+    sources = pd.read_csv(tmp_path / "reports" / "t" / "sources.csv")
+    rows = {row["env"]: row for row in sources.to_dict("records")}
+    assert rows["cartpole"]["preset_source"] == "preset:ppo_cartpole"
+    assert rows["acrobot"]["preset_source"] == "default"
+    assert rows["acrobot"]["preset_iqm"] == rows["acrobot"]["default_iqm"]
+    aggregate = pd.read_csv(tmp_path / "reports" / "t" / "sources_aggregate.csv")
+    assert list(aggregate["source"]) == ["default", "preset"]  # no tuned: no difference to show

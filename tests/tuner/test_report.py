@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from rich.console import Console
@@ -50,11 +51,23 @@ def tracking(tmp_path: Path) -> dict[str, str]:
 
 
 def record_cell(
-    t: dict[str, str], parent: str, algo: str, env: str, seed: int, curve: list[float], fingerprint: str = "f"
+    t: dict[str, str],
+    parent: str,
+    algo: str,
+    env: str,
+    seed: int,
+    curve: list[float],
+    fingerprint: str = "f",
+    benchmark: str = "t",
+    sources: tuple[str, str] | None = None,
 ) -> str:
+    """A finished cell run; ``sources``: its (label, kinds) tags and source in the cell key."""
     config = {"algo": {"name": algo}, "env": ENVS[env], "seed": seed, "total_steps": 1000}
-    tags = {"kind": KIND_CELL, "benchmark": "t", "cell": f"{algo}/{env}/{seed}", "fingerprint": fingerprint}
-    with start_run(**t, run_name=f"{algo}-{env}-{seed}", tags=tags, parent_run_id=parent) as run:
+    cell = f"{algo}/{env}/{seed}" if sources is None else f"{algo}/{env}/{sources[1].split(',')[0]}/{seed}"
+    tags = {"kind": KIND_CELL, "benchmark": benchmark, "cell": cell, "fingerprint": fingerprint}
+    if sources is not None:
+        tags |= {"source": sources[0], "source_kinds": sources[1]}
+    with start_run(**t, run_name=cell.replace("/", "-"), tags=tags, parent_run_id=parent) as run:
         run.log_params(config)
         for step, value in zip((500, 1000), curve, strict=True):
             run.log_metric("eval/mean_return", value, step)
@@ -160,3 +173,90 @@ def test_a_benchmark_has_one_report_run_nested_under_it(
 def test_unknown_benchmark_names_the_ones_there(store: tuple[dict[str, str], RunReader]) -> None:
     with pytest.raises(ConfigError, match=r"no benchmark 'nope'.*benchmarks here: t"):
         build_report(store[1], "nope")
+
+
+# --- several sources side by side ------------------------------------------------------------------
+# (algo, env) -> {(source label, kinds): final returns of seeds 1, 2, ...}; Pendulum has no PPO preset
+# here, so its default runs stand for the preset too.
+SOURCED = {
+    ("ppo", "cartpole"): {
+        ("default", "default"): [100.0, 200.0, 300.0],
+        ("preset:ppo_cartpole", "preset"): [400.0, 450.0, 480.0],
+        ("tuned:ppo_cartpole_tuned", "tuned"): [500.0, 500.0, 500.0],
+    },
+    ("ppo", "pendulum"): {
+        ("default", "default,preset"): [-800.0, -600.0],
+        ("tuned:ppo_pendulum_tuned", "tuned"): [-200.0, -180.0],
+    },
+}
+
+
+@pytest.fixture
+def sourced(tmp_path: Path) -> RunReader:
+    """A benchmark 's' that trained default, preset and tuned side by side."""
+    t = tracking(tmp_path)
+    plan = {}
+    with start_run(**t, run_name="benchmark-s", tags={"kind": KIND_PARENT, "benchmark": "s"}) as parent:
+        for (algo, env), by_source in SOURCED.items():
+            for (label, kinds), finals in by_source.items():
+                for seed, final in enumerate(finals, start=1):
+                    record_cell(t, parent.run_id, algo, env, seed, [0.0, final], benchmark="s",
+                                sources=(label, kinds))  # fmt: skip
+                    plan[f"{algo}/{env}/{kinds.split(',')[0]}/{seed}"] = "f"
+        parent.log_text(json.dumps(plan), PLAN_ARTIFACT)
+    return RunReader(t["uri"])
+
+
+def test_sources_side_by_side_by_hand(sourced: RunReader, tmp_path: Path) -> None:
+    report = build_report(sourced, "s", n_resamples=2000)
+    assert report.sources is not None and report.sources_aggregate is not None
+    rows = {row["env"]: row for row in report.sources.to_dict("records")}
+    cartpole, pendulum = rows["cartpole"], rows["pendulum"]
+    assert cartpole["default_iqm"] == 200.0 and cartpole["tuned_iqm"] == 500.0
+    assert cartpole["preset_iqm"] == pytest.approx(1330.0 / 3)  # three values are kept whole
+    assert cartpole["preset_source"] == "preset:ppo_cartpole" and cartpole["tuned_seeds"] == 3
+    assert cartpole["tuned-preset"] == pytest.approx(500.0 - 1330.0 / 3)
+    assert cartpole["tuned-default"] == pytest.approx(300.0)
+    assert cartpole["tuned-preset_ci_low"] >= 20.0  # 500s against at most 480
+    # No preset on Pendulum: the default runs stand for it (IQM of two values: their mean).
+    assert (
+        pendulum["preset_source"] == "default" and pendulum["preset_iqm"] == pendulum["default_iqm"] == -700.0
+    )
+    assert pendulum["tuned-preset"] == pytest.approx(-190.0 + 700.0)
+
+    # Across the two cells, on the normalised scale (CartPole (r − 22)/478, Pendulum (r + 1200)/1048.1,
+    # SAC's −151.9 being the env's best reference): the IQM of 5 pooled scores drops the lowest and highest.
+    def normalised(env: str, returns: list[float]) -> list[float]:
+        return [(r - 22.0) / 478.0 if env == "cartpole" else (r + 1200.0) / 1048.1 for r in returns]
+
+    pooled = {
+        kind: sorted(
+            normalised(env, finals)
+            for (_, env), by_source in SOURCED.items()
+            for (_, kinds), finals in by_source.items()
+            if kind in kinds.split(",")
+            for finals in [finals]
+        )
+        for kind in ("default", "preset", "tuned")
+    }
+    aggregate = {row["source"]: row for row in report.sources_aggregate.to_dict("records")}
+    for kind, scores in pooled.items():
+        flat = sorted(s for group in scores for s in group)
+        assert aggregate[kind]["normalized_iqm"] == pytest.approx(np.mean(flat[1:-1]))
+        assert aggregate[kind]["cells"] == 2 and aggregate[kind]["runs"] == 5
+    difference = aggregate["tuned − preset"]
+    assert difference["normalized_iqm"] == pytest.approx(
+        aggregate["tuned"]["normalized_iqm"] - aggregate["preset"]["normalized_iqm"]
+    )
+    assert 0.0 < difference["ci_low"] <= difference["normalized_iqm"] <= difference["ci_high"]
+
+    # The per-algorithm aggregate has a row per source; the files and the console show the comparison.
+    assert sorted(zip(report.aggregate["algo"], report.aggregate["source"], strict=True)) == [
+        ("ppo", "default"), ("ppo", "preset"), ("ppo", "tuned")
+    ]  # fmt: skip
+    names = {p.name for p in write_outputs(report, tmp_path / "out")}
+    assert {"sources.csv", "sources.md", "sources_aggregate.csv", "sources_aggregate.md"} <= names
+    console = Console(width=250, record=True)
+    print_report(report, console)
+    text = console.export_text()
+    assert "sources side by side" in text and "tuned − preset" in text and "443.3 [" in text

@@ -198,3 +198,31 @@ def test_importance_intervals_find_the_one_parameter_that_matters() -> None:
     assert first.ranked_first >= 0.95 and first.rank_held == first.ranked_first
     assert all(first.low > other.high for other in others)
     assert sum(i.importance for i in intervals) == pytest.approx(1.0)
+
+
+# --- the difference of two aggregates, stratified by task --------------------------------------------
+def test_stratified_difference_of_constant_groups_is_exact() -> None:
+    baseline = [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]  # pooled IQM: [0, 0, 1, 1] -> 0.5
+    candidate = [[0.5, 0.5, 0.5], [1.5, 1.5, 1.5]]  # pooled IQM 1.0
+    assert stats.stratified_difference_ci(baseline, candidate) == (0.5, 0.5)
+
+
+def test_stratified_difference_separates_a_shifted_candidate_and_not_an_identical_one() -> None:
+    rng = np.random.default_rng(0)
+    baseline = [rng.normal(0.0, 1.0, 5), rng.normal(5.0, 1.0, 5), rng.normal(-3.0, 1.0, 5)]
+    shifted = [group + 3.0 for group in baseline]
+    low, high = stats.stratified_difference_ci(baseline, shifted)
+    point = stats.iqm(np.concatenate(shifted)) - stats.iqm(np.concatenate(baseline))
+    assert 0.0 < low <= point <= high
+    low, high = stats.stratified_difference_ci(baseline, baseline)
+    assert low < 0.0 < high
+    assert stats.stratified_difference_ci(baseline, shifted, seed=3) == stats.stratified_difference_ci(
+        baseline, shifted, seed=3
+    )
+
+
+def test_stratified_difference_of_single_values_is_undefined() -> None:
+    low, high = stats.stratified_difference_ci([[1.0], [2.0]], [[3.0], [4.0]])
+    assert math.isnan(low) and math.isnan(high)
+    with pytest.raises(ValueError, match="at least one group on each side"):
+        stats.stratified_difference_ci([], [[1.0]])
