@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from algorithms import ConfigError, NonFiniteLossError, UnsupportedSpaceError
 from tuner.compose import algorithm_config
-from tuner.multienv import EnvTask, aggregate_score
+from tuner.multienv import EnvTask
 from tuner.search import to_overrides
 from tuner.tracking import RunSignals
 from tuner.train import run_training
@@ -165,8 +165,8 @@ def _train_envs(
     """
     setup = record.setup
     returns_by_env: dict[str, list[float]] = {}
-    steps_done = 0
-    for task in setup.tasks:
+    outcome = None
+    for index, task in enumerate(setup.tasks):
         returns_by_env[task.name] = [
             run_training(
                 OmegaConf.create(seed_config(setup, values, seed, task)),
@@ -176,11 +176,8 @@ def _train_envs(
             ).mean_return
             for seed in setup.seeds
         ]
-        steps_done += task.budget_steps
-        record.env_finished(task.name, returns_by_env[task.name])
-        if setup.multi_objective:  # Optuna takes no intermediate values for several objectives
-            continue
-        stop = record.report(aggregate_score(setup.tasks, returns_by_env), steps_done)
-        if stop and task is not setup.tasks[-1]:
-            return record.prune(steps_done, [], returns_by_env)
-    return record.complete([], time.perf_counter() - started, returns_by_env)
+        outcome = record.env_finished(index, returns_by_env, time.perf_counter() - started)
+        if outcome is not None:
+            break
+    assert outcome is not None  # the last env ends the trial
+    return outcome

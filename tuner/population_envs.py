@@ -25,7 +25,7 @@ import optuna
 
 from algorithms.ppo_population import PopulationPPO
 from tuner.compose import algorithm_config
-from tuner.multienv import EnvTask, aggregate_score
+from tuner.multienv import EnvTask
 from tuner.objective import trial_config
 from tuner.population import (
     PopulationExecutor,
@@ -120,17 +120,9 @@ class MultiEnvPopulationExecutor(PopulationExecutor):
     def _env_done(self, index: int, trial: RunningTrial) -> None:
         """A trial's seeds finished env ``index``: record its returns, report, and end the trial (after
         the last env, or pruned) or send it to wait for the next env."""
-        state, tasks = self._states()[index], self.setup.tasks
-        task, record, number = tasks[index], trial.record, trial.record.trial.number
-        trial.env_returns[task.name] = end_env(state, trial)
-        record.env_finished(task.name, trial.env_returns[task.name])
-        steps_done = sum(t.budget_steps for t in tasks[: index + 1])
-        stop = record.report(aggregate_score(tasks, trial.env_returns), steps_done)
-        outcome: TrialOutcome | None = None
-        if index == len(tasks) - 1:
-            outcome = record.complete([], time.perf_counter() - trial.started, trial.env_returns)
-        elif stop:
-            outcome = record.prune(steps_done, [], trial.env_returns)
+        state, number = self._states()[index], trial.record.trial.number
+        trial.env_returns[self.setup.tasks[index].name] = end_env(state, trial)
+        outcome = trial.record.env_finished(index, trial.env_returns, time.perf_counter() - trial.started)
         del state.trials[number]
         if outcome is None:
             trial.seeds, trial.evals = [], {}

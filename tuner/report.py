@@ -35,7 +35,14 @@ from tuner.benchmark import KIND_CELL, KIND_PARENT, PLAN_ARTIFACT, parent_run_id
 from tuner.curves import RunRecord, normalized_auc, time_to_threshold
 from tuner.display import console_table
 from tuner.report_plots import aggregate_figure, curves_figure, profile_figure
-from tuner.report_sources import compared_kinds, sources_aggregate, sources_table
+from tuner.report_sources import (
+    DIFFERENCES,
+    KINDS,
+    compared_kinds,
+    difference_name,
+    sources_aggregate,
+    sources_table,
+)
 from tuner.stats import bootstrap_ci, iqm, stratified_bootstrap_ci
 from tuner.sweep_report import markdown_table
 from tuner.tracking import RunReader, RunRecorder, start_run
@@ -315,8 +322,8 @@ def print_report(report: Report, console: Console, files_in: str = "") -> None:
 
 def print_sources(table: pd.DataFrame, aggregate: pd.DataFrame, console: Console, files_in: str) -> None:
     """The sources side by side (IQM [CI] of each, the differences), then across envs."""
-    kinds = [kind for kind in ("default", "preset", "tuned") if f"{kind}_iqm" in table]
-    differences = [name for name in ("tuned-preset", "tuned-default") if name in table]
+    kinds = [kind for kind in KINDS if f"{kind}_iqm" in table]
+    differences = [difference_name(*pair) for pair in DIFFERENCES if difference_name(*pair) in table]
     rows = []
     for row in table.to_dict("records"):
         shown = {"env": row["env"], "algo": row["algo"]}

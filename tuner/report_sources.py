@@ -32,17 +32,27 @@ def compared_kinds(records: Sequence[RunRecord]) -> tuple[str, ...]:
     return tuple(kind for kind in KINDS if kind in present)
 
 
+def by_cell(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
+    """The records by (env, algo), in that order."""
+    cells: dict[tuple[str, str], list[RunRecord]] = {}
+    for record in records:
+        cells.setdefault((record.env, record.algo), []).append(record)
+    return dict(sorted(cells.items()))
+
+
+def difference_name(candidate: str, baseline: str) -> str:
+    """The column of candidate − baseline in :func:`sources_table`."""
+    return f"{candidate}-{baseline}"
+
+
 def sources_table(
     records: Sequence[RunRecord], confidence: float = 0.95, n_resamples: int = 10_000
 ) -> pd.DataFrame:
     """One row per (env, algo): each source's label, seeds and final-return IQM [CI], the differences
     (``tuned-preset``, ``tuned-default``) with their intervals, and the rl-zoo3 reference."""
     kinds = compared_kinds(records)
-    cells: dict[tuple[str, str], list[RunRecord]] = {}
-    for record in records:
-        cells.setdefault((record.env, record.algo), []).append(record)
     rows = []
-    for (env, algo), group in sorted(cells.items()):
+    for (env, algo), group in by_cell(records).items():
         finals = {kind: [r.final_return for r in group if kind in r.kinds] for kind in kinds}
         row: dict[str, Any] = {"env": env, "algo": algo}
         for kind in kinds:
@@ -76,7 +86,7 @@ def _difference_columns(
     n_resamples: int,
 ) -> dict[str, float]:
     """``<candidate>-<baseline>``: the difference of IQMs and its interval (NaN when one side has no run)."""
-    name = f"{candidate}-{baseline}"
+    name = difference_name(candidate, baseline)
     if not finals[candidate] or not finals[baseline]:
         return {name: math.nan, f"{name}_ci_low": math.nan, f"{name}_ci_high": math.nan}
     result = compare(finals[baseline], finals[candidate], confidence=confidence, n_resamples=n_resamples)
@@ -91,10 +101,7 @@ def sources_aggregate(
     normalised final scores and a stratified interval, then one row per difference (``tuned − preset``,
     ``tuned − default``)."""
     kinds = compared_kinds(records)
-    cells: dict[tuple[str, str], list[RunRecord]] = {}
-    for record in records:
-        cells.setdefault((record.env, record.algo), []).append(record)
-    complete = [group for _, group in sorted(cells.items()) if all(_scores(group, k).size for k in kinds)]
+    complete = [group for group in by_cell(records).values() if all(_scores(group, k).size for k in kinds)]
     if not complete:
         return pd.DataFrame(columns=["source", "cells", "runs", "normalized_iqm", "ci_low", "ci_high"])
     strata = {kind: [_scores(group, kind) for group in complete] for kind in kinds}

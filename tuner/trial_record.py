@@ -143,10 +143,28 @@ class TrialRecord:
         """Log the final evaluation return of the trial's ``index``-th seed (``trial/seed_return``)."""
         self.run.log_metric("trial/seed_return", mean_return, index)
 
-    def env_finished(self, env: str, seed_returns: Sequence[float]) -> None:
-        """Log the mean final evaluation return of a multi-env trial's seeds on ``env``
-        (``trial/<env>/mean_return``)."""
-        self.run.log_metric(f"trial/{env}/mean_return", sum(seed_returns) / len(seed_returns), 0)
+    def env_finished(
+        self, index: int, env_returns: Mapping[str, Sequence[float]], wall_time_s: float
+    ) -> TrialOutcome | None:
+        """A multi-env trial's seeds have finished its ``index``-th env (``env_returns``: env → seed
+        returns of the envs done). Log the env's mean return (``trial/<env>/mean_return``), report the
+        objective so far at the env steps a seed has trained by then, and end the trial: COMPLETE after
+        the last env, PRUNED before it when the pruner says so; None when it goes on to the next env.
+
+        Both executors end every env here, so a trial reports at the same steps in the same order
+        whether it trains alone or in a population, and the pruner compares like with like.
+        """
+        tasks = self.setup.tasks
+        returns = env_returns[tasks[index].name]
+        self.run.log_metric(f"trial/{tasks[index].name}/mean_return", sum(returns) / len(returns), 0)
+        steps_done = sum(task.budget_steps for task in tasks[: index + 1])
+        last = index == len(tasks) - 1
+        # Optuna takes no intermediate values for several objectives; the last env is reported too.
+        objective = aggregate_score(tasks, env_returns)
+        stop = not self.setup.multi_objective and self.report(objective, steps_done)
+        if last:
+            return self.complete([], wall_time_s, env_returns)
+        return self.prune(steps_done, [], env_returns) if stop else None
 
     def report(self, value: float, step: int) -> bool:
         """Report the running objective at ``step`` to Optuna; whether the pruner stops the trial."""
