@@ -61,7 +61,10 @@ test-full: install ## every test, including the long learning runs
 
 # `make sweep` with no ARGS: a small real study that finishes in under 10 minutes on 2 cores. ARGS, when
 # given, replace these (so presets and algorithms can be chosen freely); conf/tune.yaml has the defaults.
-SWEEP_DEMO ?= experiment=ppo_cartpole tune.n_trials=20 tune.n_seeds=3 tune.budget_steps=30000 tune.n_workers=2
+# The demo is its own study and exports its own preset: it never resumes a real ppo_cartpole study nor
+# overwrites the committed conf/experiment/ppo_cartpole_tuned.yaml.
+SWEEP_DEMO ?= experiment=ppo_cartpole tune.n_trials=20 tune.n_seeds=3 tune.budget_steps=30000 tune.n_workers=2 \
+	tune.study_name=ppo_cartpole_demo tune.export_name=ppo_cartpole_demo_tuned
 SWEEP_ARGS = $(if $(strip $(ARGS)),$(ARGS),$(SWEEP_DEMO))
 
 sweep: install ## tune with Optuna; no ARGS: a PPO CartPole demo study of 5–10 minutes. make sweep ARGS="algo=sac …"

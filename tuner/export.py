@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import optuna
 import yaml
 
+from tuner.provenance import Provenance
 from tuner.trial_record import OVERRIDES_ATTR, SEED_RETURNS_ATTR
 
 
@@ -22,7 +22,7 @@ def preset_name(config: Mapping[str, Any]) -> str:
 def preset_text(
     trial: optuna.trial.FrozenTrial,
     config: Mapping[str, Any],
-    study_name: str,
+    provenance: Provenance,
     seed: int,
     name: str,
     envs: Sequence[str] = (),
@@ -33,7 +33,8 @@ def preset_text(
     The whole algo node is written (base values and tuned ones, schedules as ``[[from_step, value],
     …]`` lists), so the preset does not depend on the presets or overrides the study was started with.
     A config tuned on several ``envs`` is a preset of the shared hyperparameters alone: no env, no
-    budget (the env picked with ``env=<name>`` brings its own).
+    budget (the env picked with ``env=<name>`` brings its own). The header comments say where it comes
+    from (``provenance``), its score and how to train it.
     """
     algo = dict(config["algo"])
     algo_name = algo.pop("name")
@@ -45,33 +46,31 @@ def preset_text(
     body["algo"] = algo
     if not envs and any(o.startswith(("env.", "+env.")) for o in trial.user_attrs.get(OVERRIDES_ATTR, [])):
         body["env"] = {k: v for k, v in config["env"].items() if k != "name"}
-    return _header(trial, study_name, name, envs) + yaml.safe_dump(body, sort_keys=False)
+    return _header(trial, provenance, name, envs) + yaml.safe_dump(body, sort_keys=False)
 
 
-def _header(trial: optuna.trial.FrozenTrial, study_name: str, name: str, envs: Sequence[str]) -> str:
+def _header(trial: optuna.trial.FrozenTrial, provenance: Provenance, name: str, envs: Sequence[str]) -> str:
     """The preset's comment lines: where it comes from, its score, and how to train it."""
     value = trial.values[0] if trial.values else float("nan")
     seed_returns = trial.user_attrs.get(SEED_RETURNS_ATTR, [])
     first = f"{seed_returns[0] if seed_returns else float('nan'):.2f}"
-    origin = (
-        f"# Tuned by rltune on {dt.date.today().isoformat()}: study {study_name!r}, trial {trial.number}, "
-    )
     if envs:
-        return (
-            f"# @package _global_\n{origin}normalised IQM {value:.2f} over envs {', '.join(envs)} × seeds.\n"
-            "# One config for all of them; pick the env:\n"
-            f"#   python -m tuner.train experiment={name} env={envs[0]}\n"
-        )
-    return (
-        f"# @package _global_\n{origin}mean final eval return {value:.2f} over seeds "
-        f"(first seed's: {first}).\n#   python -m tuner.train experiment={name}\n"
-    )
+        score = f"normalised IQM {value:.2f} over envs {', '.join(envs)} × seeds"
+        usage = [
+            "One config for all of them; pick the env:",
+            f"  python -m tuner.train experiment={name} env={envs[0]}",
+        ]
+    else:
+        score = f"mean final eval return {value:.2f} over seeds (first seed's: {first})"
+        usage = ["Train it:", f"  python -m tuner.train experiment={name}"]
+    lines = [f"Tuned by rltune: trial {trial.number}, {score}.", *provenance.lines(), *usage]
+    return "# @package _global_\n" + "".join(f"# {line}\n" for line in lines)
 
 
 def export_preset(
     trial: optuna.trial.FrozenTrial,
     config: Mapping[str, Any],
-    study_name: str,
+    provenance: Provenance,
     seed: int,
     directory: str | Path,
     name: str,
@@ -82,6 +81,6 @@ def export_preset(
     path = Path(directory) / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # its own: two sweep commands may export at once
-    tmp.write_text(preset_text(trial, config, study_name, seed, name, envs))
+    tmp.write_text(preset_text(trial, config, provenance, seed, name, envs))
     tmp.replace(path)  # atomic: never a half-written preset
     return path

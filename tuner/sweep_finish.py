@@ -13,6 +13,7 @@ from tuner.export import export_preset
 from tuner.objective import trial_config
 from tuner.pbt_population import describe_lineage, events_table, lineage_values
 from tuner.prepare import Prepared
+from tuner.provenance import study_provenance
 from tuner.report_card import AGGREGATE, CARD_MD, build_card, card_summary, write_card
 from tuner.stats import Comparison, compare
 from tuner.study import best_trial, budget_status, objective_label
@@ -102,10 +103,17 @@ def _export_and_validate(prepared: Prepared, sweep: RunRecorder, console: Consol
     tuned_config = trial_config(prepared.setup, values, settings.seeds[0])
     if settings.export:
         envs = [task.name for task in prepared.setup.tasks]
+        provenance = study_provenance(
+            settings,
+            study,
+            budget_status(study),
+            prepared.setup.tracking["experiment"],
+            [task.budget_steps for task in prepared.setup.tasks],
+        )
         path = export_preset(
             best,
             tuned_config,
-            study.study_name,
+            provenance,
             settings.seeds[0],
             settings.export_dir,
             settings.export_name,

@@ -41,6 +41,7 @@ from rich.progress import (
 from algorithms import ConfigError
 from tuner.app import CommandFailed, hydra_app
 from tuner.prepare import Prepared, join_study, prepare, worker_index
+from tuner.provenance import record_command
 from tuner.secrets import mask_secrets
 from tuner.study import (
     SWEEP_RUN_ATTR,
@@ -221,7 +222,7 @@ def run_sweep(prepared: Prepared, overrides: Sequence[str]) -> None:
     console = get_console()  # the one rich console: log lines print above the progress bar
     settings, study = prepared.settings, prepared.study
     with contextlib.ExitStack() as stack:
-        sweep, added = _open_sweep(prepared, stack)
+        sweep, added = _open_sweep(prepared, overrides, stack)
         status = budget_status(study)
         console.print(
             f"study {study.study_name!r} in {mask_secrets(settings.storage)}: {status.counted} trials "
@@ -234,9 +235,11 @@ def run_sweep(prepared: Prepared, overrides: Sequence[str]) -> None:
         finish_sweep(prepared, sweep, console)
 
 
-def _open_sweep(prepared: Prepared, stack: contextlib.ExitStack) -> tuple[RunRecorder, int]:
-    """Top up the budget and open the sweep run (entered on ``stack``); returns it and the number of
-    trials added.
+def _open_sweep(
+    prepared: Prepared, overrides: Sequence[str], stack: contextlib.ExitStack
+) -> tuple[RunRecorder, int]:
+    """Top up the budget, record the command (``overrides``) on the study and open the sweep run (entered
+    on ``stack``); returns it and the number of trials added.
 
     Both happen under the study's lock: a second sweep command on the same study finds the budget and
     the sweep run the first one made, and joins them. If the run cannot be opened on a study this
@@ -262,6 +265,7 @@ def _open_sweep(prepared: Prepared, stack: contextlib.ExitStack) -> tuple[RunRec
             if new_study:
                 optuna.delete_study(study_name=study.study_name, storage=prepared.storage)
             raise
+        record_command(study, overrides)
         if previous != sweep.run_id:  # a new study (or its run was deleted)
             study.set_user_attr(SWEEP_RUN_ATTR, sweep.run_id)
             sweep.log_params(params)

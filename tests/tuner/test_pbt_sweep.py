@@ -19,6 +19,8 @@ from tuner.pbt_population import (
     START_ATTR,
     lineage_values,
 )
+from tuner.provenance import Provenance
+from tuner.study import budget_status
 from tuner.train import resolve_config
 
 PBT = ["tune.method=pbt", "tune.population=8", "tune.n_seeds=2", "tune.budget_steps=2048"]
@@ -95,7 +97,11 @@ def test_an_exported_schedule_retrains_to_the_same_final_return(tmp_path: Path) 
     assert any(o.startswith("algo.learning_rate=[[0,") for o in overrides)  # what tuner.replay trains
     config = resolve_config(compose_config([*overrides, f"paths.root_dir={ROOT}"]))
     assert config["algo"]["learning_rate"] == values["learning_rate"]
-    export_preset(trial, config, "ppo_cartpole", 1, tmp_path / "conf" / "experiment", "rltune_test_pbt")
+    study = load(tmp_path)
+    provenance = Provenance(
+        "ppo_cartpole", (), "PBT", budget_status(study), (1, 2), "2048", "ppo_cartpole", "", "test", "today"
+    )
+    export_preset(trial, config, provenance, 1, tmp_path / "conf" / "experiment", "rltune_test_pbt")
     returns = []
     for run in ("first", "second"):
         train = command(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import multiprocessing
+import shlex
 import signal
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from tests.helpers import (
     screen_lines_in_terminal,
     tune_args,
 )
+from tuner.provenance import source_commit
 from tuner.stats import compare
 from tuner.study import claim_trial
 
@@ -63,8 +65,18 @@ def test_study_resumes_up_to_the_new_budget_and_nests_runs(tmp_path: Path) -> No
     assert max(study.trials[3].intermediate_values) == 512
     artifacts = {a.path for a in client.list_artifacts(sweep.info.run_id)}
     assert {"trials.csv", "trials.md", "optimization_history.png", "ppo_cartpole_tuned.yaml"} <= artifacts
-    assert (tmp_path / "conf" / "experiment" / "ppo_cartpole_tuned.yaml").exists()
     assert "best/value" in client.get_run(sweep.info.run_id).data.metrics
+    # The preset's header says where it comes from: both sweep commands, the study's records, the code.
+    header = [line for line in (tmp_path / "conf" / "experiment" / "ppo_cartpole_tuned.yaml").read_text()
+              .splitlines() if line.startswith("#")]  # fmt: skip
+    text = "\n".join(header)
+    for extra in (["tune.n_trials=2"], ["tune.n_trials=4", "tune.n_seeds=2"]):
+        args = tune_args(tmp_path, *extra)
+        assert f"#   python -m tuner.tune {shlex.join(args[3:])}" in header
+    assert f"Study 'ppo_cartpole', MLflow experiment 'ppo_cartpole', sweep run {sweep.info.run_id}." in text
+    assert "Trials: 4 complete, 0 pruned, 0 failed; seeds [1, 2]; 512 env steps per run." in text
+    assert "Method: RandomSampler, NopPruner, one trial at a time per worker." in text
+    assert f"commit {source_commit()}, exported {date.today().isoformat()}" in text
     # The trials table speaks the config's language: gamma as the config has it, Optuna's reparameterised
     # one_minus_gamma beside it; a parameter sampled as itself (learning_rate) appears once.
     trials_csv = Path(client.download_artifacts(sweep.info.run_id, "trials.csv", str(tmp_path / "dl")))
