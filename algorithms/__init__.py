@@ -15,12 +15,14 @@ from algorithms.common.types import Agent, Callback, EvalResult, TrainState
 from algorithms.d3qn import D3QN, D3QNConfig
 from algorithms.ppo import PPO, PPOConfig
 from algorithms.sac import SAC, SACConfig
+from algorithms.sacd import SACD, SACDConfig
 from algorithms.td3 import TD3, TD3Config
 
 register("ppo", PPOConfig, PPO)
 register("sac", SACConfig, SAC)
 register("td3", TD3Config, TD3)
 register("d3qn", D3QNConfig, D3QN)
+register("sacd", SACDConfig, SACD)
 
 
 def get_algorithm(name: str) -> AlgorithmSpec:
@@ -43,6 +45,7 @@ __all__ = [
     "D3QN",
     "PPO",
     "SAC",
+    "SACD",
     "TD3",
     "Agent",
     "AlgorithmSpec",
@@ -53,6 +56,7 @@ __all__ = [
     "NonFiniteLossError",
     "PPOConfig",
     "SACConfig",
+    "SACDConfig",
     "TD3Config",
     "TrainState",
     "UnsupportedSpaceError",

@@ -40,6 +40,7 @@ from algorithms.common.off_policy import (
     stats_to_dict,
 )
 from algorithms.common.optim import FlatAdam, flatten_parameters
+from algorithms.common.temperature import Temperature, initial_log_alpha, learns_temperature
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 LOG_2 = math.log(2.0)
@@ -95,28 +96,11 @@ class SACConfig(ContinuousOffPolicyConfig):
     @property
     def learn_ent_coef(self) -> bool:
         """Whether α is learned (``ent_coef`` is ``"auto"`` or ``"auto_<init>"``)."""
-        return isinstance(self.ent_coef, str) and self.ent_coef.startswith("auto")
+        return learns_temperature(self.ent_coef)
 
     def initial_log_alpha(self) -> float:
         """log α at the start: from ``init_ent_coef`` (or ``auto_<x>``) when learned, else the fixed α."""
-        value: object = self.ent_coef
-        error = f"ent_coef must be 'auto', 'auto_<float>' or a float > 0, got {value!r}"
-        if isinstance(value, str):
-            text = value[5:] if value.startswith("auto_") else value
-            if value == "auto":
-                init = self.init_ent_coef
-            else:
-                try:
-                    init = float(text)  # "auto_0.1", or a fixed α that arrived as text
-                except ValueError:
-                    raise ConfigError(error) from None
-            name = "init_ent_coef" if value.startswith("auto") else "ent_coef"
-            require_positive(name, init)
-            return math.log(init)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(error)
-        require_positive("ent_coef", value)
-        return math.log(value)
+        return initial_log_alpha(self.ent_coef, self.init_ent_coef)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -205,11 +189,13 @@ class SAC(OffPolicyAgent):
         self.critic_optimizer = FlatAdam(
             self.critic_flat, lr=config.critic_learning_rate or config.learning_rate
         )
-        # log α: learned with its own Adam when ent_coef is "auto", else a constant.
-        self.log_alpha = torch.nn.Parameter(torch.tensor([config.initial_log_alpha()]))
-        self.log_alpha.grad = torch.zeros(1)
-        self.alpha_optimizer = FlatAdam(self.log_alpha, lr=config.learning_rate)
-        self.target_entropy = -config.target_entropy_scale * act_dim
+        # α: learned with its own Adam when ent_coef is "auto", towards −scale · dim(A) nats; else fixed.
+        self.temperature = Temperature(
+            config.ent_coef,
+            config.init_ent_coef,
+            -config.target_entropy_scale * act_dim,
+            config.learning_rate,
+        )
         self._stats: list[torch.Tensor] = []
         self.noise = config.make_noise(self.runner.n_envs, act_dim, self.runner.rng)
 
@@ -237,7 +223,7 @@ class SAC(OffPolicyAgent):
             noise = torch.from_numpy(
                 rng.standard_normal((2, cfg.batch_size, self.runner.act_dim), np.float32)
             )
-            alpha = self.log_alpha.detach()[0].exp()
+            alpha = self.temperature.alpha()
 
             # Soft Bellman target from the target critics:
             # y = r + γ (1 − d) (min_i Q'_i(s', a') − α log π(a'|s')),  a' ~ π(·|s').
@@ -262,10 +248,7 @@ class SAC(OffPolicyAgent):
             self.actor_optimizer.step()
 
             # Temperature step on log α: loss −log α · (log π + H̄), so its gradient is −(E log π + H̄).
-            entropy_gap = log_prob.detach().mean() + self.target_entropy
-            if cfg.learn_ent_coef:
-                self.log_alpha.grad.copy_(-entropy_gap)
-                self.alpha_optimizer.step()
+            entropy_gap = self.temperature.update(log_prob.detach().mean())
 
             self.n_updates += 1
             if self.n_updates % cfg.target_update_interval == 0:
@@ -277,7 +260,7 @@ class SAC(OffPolicyAgent):
                     actor_loss.detach(),
                     alpha,
                     -alpha.log() * entropy_gap,
-                    -entropy_gap + self.target_entropy,
+                    -entropy_gap + self.temperature.target_entropy,
                 )
             )
             if not bool(torch.isfinite(stats[:2]).all()):
@@ -296,8 +279,12 @@ class SAC(OffPolicyAgent):
             "actor": self.actor_flat,
             "critic": self.critic_flat,
             "critic_target": self.critic_target_flat,
-            "log_alpha": self.log_alpha,
+            "log_alpha": self.temperature.log_alpha,
         }
 
     def _optimizers(self) -> dict[str, FlatAdam]:
-        return {"actor": self.actor_optimizer, "critic": self.critic_optimizer, "alpha": self.alpha_optimizer}
+        return {
+            "actor": self.actor_optimizer,
+            "critic": self.critic_optimizer,
+            "alpha": self.temperature.optimizer,
+        }

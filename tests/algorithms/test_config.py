@@ -75,7 +75,7 @@ def test_every_field_is_documented() -> None:
     assert fields == documented
 
 
-@pytest.mark.parametrize("algo", ["ppo", "sac", "td3", "d3qn"])
+@pytest.mark.parametrize("algo", ["ppo", "sac", "td3", "d3qn", "sacd"])
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [

@@ -175,8 +175,8 @@ def test_save_load_gives_identical_actions_and_state(cls: type, config: Any, tmp
             assert torch.equal(loaded.critic_optimizer.exp_avg_sq, agent.critic_optimizer.exp_avg_sq)
             assert loaded.critic_optimizer.step_count == agent.critic_optimizer.step_count > 0
             if cls is SAC:
-                assert torch.equal(loaded.log_alpha, agent.log_alpha)
-                assert loaded.log_alpha.item() != 0.0  # α has been learned
+                assert torch.equal(loaded.temperature.log_alpha, agent.temperature.log_alpha)
+                assert loaded.temperature.log_alpha.item() != 0.0  # α has been learned
             else:
                 assert torch.equal(loaded.actor_target_flat, agent.actor_target_flat)
 
@@ -312,14 +312,14 @@ def test_sac_moves_log_alpha_towards_the_target_entropy_and_leaves_a_fixed_alpha
     with SAC("Pendulum-v1", config, seed=0) as agent:
         agent.learn(99)  # fills the buffer, no update yet
         assert agent.n_updates == 0
-        before = agent.log_alpha.item()
+        before = agent.temperature.log_alpha.item()
         agent._train(1)
         entropy = agent._pop_losses()["entropy"]
-        moved = agent.log_alpha.item() - before
+        moved = agent.temperature.log_alpha.item() - before
     if not learned:
         assert moved == 0.0 and before == pytest.approx(math.log(0.2))
         return
-    below_target = entropy < agent.target_entropy
+    below_target = entropy < agent.temperature.target_entropy
     assert moved == pytest.approx(1e-3 if below_target else -1e-3, rel=1e-4)
 
 

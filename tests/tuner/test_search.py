@@ -430,6 +430,7 @@ SPACES = {  # each committed space, with the presets whose base config it is tun
     "sac": [["algo=sac", "env=pendulum"], ["experiment=sac_pendulum"]],
     "td3": [["algo=td3", "env=pendulum"], ["experiment=td3_pendulum"]],
     "d3qn": [["algo=d3qn"], ["experiment=d3qn_cartpole"], ["experiment=d3qn_lunarlander"]],
+    "sacd": [["algo=sacd"], ["algo=sacd", "env=lunarlander"]],
 }
 
 

@@ -320,6 +320,7 @@ def test_timeout_stops_claiming_trials_and_a_rerun_finishes_the_budget(tmp_path:
         ("sac", "pendulum", "ent_coef"),
         ("td3", "pendulum", "exploration_noise"),
         ("d3qn", "cartpole", "n_step"),
+        ("sacd", "cartpole", "target_entropy_scale"),
     ],
 )
 def test_off_policy_algorithms_tune_with_their_own_search_space(
