@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 ENVPOOL_STAMP := $(VENV)/.installed-envpool
+VIDEO_STAMP := $(VENV)/.installed-video
 ARGS ?=
 # pytest-xdist processes for make test, test-presets and test-full (0: one process, no xdist)
 TEST_WORKERS ?= 2
@@ -26,7 +27,7 @@ TORCH_PIN := torch==2.13.0
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-envpool test test-presets test-full sweep worker train replay benchmark report bench bench-envs bench-sweep bench-footprint bench-ceiling bench-population bench-scores bench-pbt ui tracking-server dashboard ui-screens lint format clean
+.PHONY: help install install-envpool install-video evaluate test test-presets test-full sweep worker train replay benchmark report bench bench-envs bench-sweep bench-footprint bench-ceiling bench-population bench-scores bench-pbt ui tracking-server dashboard ui-screens lint format clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -46,9 +47,15 @@ $(ENVPOOL_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[dev,envpool]"
 	touch $(ENVPOOL_STAMP)
 
+$(VIDEO_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,video]"
+	touch $(VIDEO_STAMP)
+
 install: $(STAMP) ## build .venv (torch CPU first, then rltune with its dev tools); re-run when pyproject changes
 
 install-envpool: $(ENVPOOL_STAMP) ## add the optional EnvPool extra; env.backend = auto (default), gymnasium, vector or envpool
+
+install-video: $(VIDEO_STAMP) ## add the optional video extra (moviepy) for make evaluate ARGS="… video=true"
 
 test: install ## fast test suite (unit tests, small real learning runs)
 	$(PYTEST) -m "not slow" $(ARGS)
@@ -78,6 +85,9 @@ replay: install ## re-train one trial from its stored overrides: make replay ARG
 
 train: install ## train one agent: make train ARGS="env=pendulum algo.learning_rate=1e-3"
 	$(PY) -m tuner.train $(ARGS)
+
+evaluate: install ## evaluate a recorded agent: make evaluate ARGS="run=<MLflow run id> episodes=20 [video=true] [register=<name>]"
+	$(PY) -m tuner.evaluate $(ARGS)
 
 benchmark: install ## algorithms × envs × seeds in MLflow (resumable); no ARGS: benchmark=quick. make benchmark ARGS="benchmark=classic"
 	$(PY) -m tuner.benchmark $(ARGS)

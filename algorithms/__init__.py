@@ -7,7 +7,11 @@ surface: ``Agent(env_id, config, seed, env_kwargs, env_backend)``, ``learn``, ``
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from algorithms.common.errors import ConfigError, NonFiniteLossError, UnsupportedSpaceError
 from algorithms.common.registry import ALGORITHMS, AlgorithmSpec, register
@@ -33,6 +37,19 @@ def get_algorithm(name: str) -> AlgorithmSpec:
         raise ConfigError(
             f"unknown algorithm {name!r}; choose one of: {', '.join(sorted(ALGORITHMS))}"
         ) from None
+
+
+def load_agent(path: str | Path) -> Agent:
+    """The agent saved at ``path`` by any algorithm's ``save``: its header names the algorithm, whose
+    ``load`` rebuilds it (``torch.load(weights_only=True)``: tensors and plain data only)."""
+    try:
+        header = torch.load(path, weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ConfigError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    algorithm = header.get("algorithm") if isinstance(header, dict) else None
+    if not isinstance(algorithm, str):
+        raise ConfigError(f"{path} is not an rltune checkpoint (no algorithm in its header)")
+    return get_algorithm(algorithm).agent_cls.load(path)
 
 
 def build_config(name: str, values: dict[str, Any]) -> Any:
@@ -62,4 +79,5 @@ __all__ = [
     "UnsupportedSpaceError",
     "build_config",
     "get_algorithm",
+    "load_agent",
 ]

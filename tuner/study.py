@@ -82,6 +82,8 @@ class TuneSettings:
     """The ``pbt`` node, validated, when ``method`` is ``pbt``."""
     envs: tuple[str, ...] = ()
     """``tune.envs``: the env configs a trial trains on (empty: the env group's one env)."""
+    register: bool = False
+    """Register the validated tuned model (its first held-out seed's) in MLflow's Model Registry."""
     env_budgets: Mapping[str, int] = dataclasses.field(default_factory=dict)
     """Env steps ``tune.budget_steps`` sets per env of ``envs`` (the others: their config's budget)."""
 
@@ -104,6 +106,10 @@ class TuneSettings:
                 f"tune.grace_period ({grace}) must exceed tune.heartbeat_interval ({heartbeat})"
             )
         population, population_trials = _population_settings(tune)
+        if _tune_bool(tune, "register") and not validate_seeds:
+            raise ConfigError(
+                "tune.register=true registers a held-out validation run's model: set tune.validate_seeds > 0"
+            )
         envs = env_names(tune.get("envs"))
         # With several envs, tune.budget_steps may also be a mapping env -> steps, or null; budget_steps
         # is then the first env's, set once the envs are composed (tuner.prepare).
@@ -129,6 +135,7 @@ class TuneSettings:
             max_retry=_tune_int(tune, "max_retry", 0),
             validate_seeds=validate_seeds,
             export=_tune_bool(tune, "export"),
+            register=_tune_bool(tune, "register"),
             trial_artifacts=_tune_bool(tune, "trial_artifacts"),
             export_dir=str(tune.get("export_dir")),
             export_name=_preset_name(tune.get("export_name")),

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from tuner.display import console_table, describe_values
 from tuner.export import export_preset
+from tuner.model_registry import register_model
 from tuner.objective import trial_config
 from tuner.pbt_population import describe_lineage, events_table, lineage_values
 from tuner.prepare import Prepared
@@ -174,19 +175,49 @@ def _validate(prepared: Prepared, sweep: RunRecorder, console: Console, values: 
         )
         for label in ("default", "tuned")
     }
-    comparisons, scores = {}, {}
+    comparisons, scores, tuned_runs = {}, {}, {}
     with runs["default"] as default_run, runs["tuned"] as tuned_run:
         parents = {"default": default_run.run_id, "tuned": tuned_run.run_id}
         for env, (default_config, tuned_config) in configs.items():
-            comparisons[env], scores[env] = run_validation(
+            validation = run_validation(
                 default_config, tuned_config, settings.validate_seeds, parents, settings.n_workers,
                 env if setup.tasks else None,
             )  # fmt: skip
+            comparisons[env], scores[env] = validation.comparison, validation.scores
+            tuned_runs[env] = validation.run_ids["tuned"][0]
             metric = f"validation/{env}/seed_return" if setup.tasks else "validation/seed_return"
             for label, run in (("default", default_run), ("tuned", tuned_run)):
                 for index, value in enumerate(scores[env][label]):
                     run.log_metric(metric, value, index)
-    _record_validation(prepared, sweep, console, comparisons, scores)
+    table = _record_validation(prepared, sweep, console, comparisons, scores)
+    if settings.register:
+        _register_tuned(prepared, sweep, console, tuned_runs, table)
+
+
+def _register_tuned(
+    prepared: Prepared, sweep: RunRecorder, console: Console, tuned_runs: dict[str, str], table: pd.DataFrame
+) -> None:
+    """Register each env's tuned model (the run of its first held-out seed) in MLflow's Model Registry,
+    with the validation table and the exported preset in the description."""
+    settings, study = prepared.settings, prepared.study
+    preset = Path(settings.export_dir) / f"{settings.export_name}.yaml"
+    description = (
+        f"Tuned by rltune: study {study.study_name!r}, sweep run {sweep.run_id}. Held-out validation "
+        f"(seeds {list(settings.validate_seeds)}):\n\n{table.to_markdown(index=False)}\n"
+    )
+    if settings.export and preset.is_file():
+        description += f"\nPreset {preset.name}:\n\n```yaml\n{preset.read_text()}```\n"
+    for env, run_id in tuned_runs.items():
+        name = settings.export_name if len(tuned_runs) == 1 else f"{settings.export_name}-{env}"
+        tags = {
+            "study": study.study_name,
+            "sweep_run": sweep.run_id,
+            "env": env,
+            "seed": settings.validate_seeds[0],
+        }
+        uri = register_model(prepared.setup.tracking["uri"], name, run_id, description, tags)
+        sweep.set_tags({f"registered_model.{env}": uri})
+        console.print(f"registered the tuned model ({env}, seed {settings.validate_seeds[0]}) as {uri}")
 
 
 def _record_validation(
@@ -195,9 +226,9 @@ def _record_validation(
     console: Console,
     comparisons: dict[str, Comparison],
     scores: dict[str, dict[str, list[float]]],
-) -> None:
+) -> pd.DataFrame:
     """The validation table (a row per env and config, and the normalised aggregate of several envs),
-    the report card and the sweep run's validation metrics."""
+    the report card and the sweep run's validation metrics; returns the table."""
     settings, tasks = prepared.settings, prepared.setup.tasks
     references = {t.name: (t.random_score, t.reference_score) for t in tasks} or reference_scores(
         prepared.config
@@ -240,3 +271,4 @@ def _record_validation(
     console.print(console_table(table, title, console.width, droppable, f"{VALIDATION_MD} on the sweep run"))
     console.print(footnote)
     console.print(f"{card_summary(card)}\n(the whole card: {CARD_MD} on the sweep run)")
+    return table

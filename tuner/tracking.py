@@ -119,7 +119,7 @@ class RunRecorder:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set tags; values become masked strings cut to MLflow's limit."""
         self.client.log_batch(
-            self.run_id, tags=[RunTag(key, value) for key, value in _tag_dict(tags).items()]
+            self.run_id, tags=[RunTag(key, value) for key, value in tag_values(tags).items()]
         )
 
     def log_metric(self, key: str, value: float, step: int) -> None:
@@ -200,7 +200,7 @@ def open_run(
     run_id = _reopen(client, resume_run_id) if resume_run_id else None
     if run_id is None:
         run_name = options.get("run_name")
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=_tag_dict(all_tags)).info.run_id
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=tag_values(all_tags)).info.run_id
     elif parent_run_id is not None:  # a reopened run goes under the parent it is given now
         client.set_tag(run_id, MLFLOW_PARENT_RUN_ID, parent_run_id)
     return RunRecorder(client, run_id)
@@ -518,7 +518,8 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _tag_dict(tags: Mapping[str, Any]) -> dict[str, str]:
+def tag_values(tags: Mapping[str, Any]) -> dict[str, str]:
+    """Tag values as MLflow stores them: masked strings cut to its length limit."""
     return {key: mask_secrets(str(value))[:TAG_VALUE_LIMIT] for key, value in tags.items()}
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from tuner.stats import Comparison, compare
-from tuner.train import run_training
+from tuner.train import TrainResult, run_training
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,23 @@ class ValidationJob:
     env: str | None = None  # the env config's name, in a multi-env study's run names
 
 
-def _train(job: ValidationJob) -> float:
-    """Train one validation seed (in a worker process) and return its final eval return.
+@dataclass(frozen=True)
+class Validation:
+    """What a held-out validation found.
+
+    Attributes:
+        comparison: tuned against default (IQMs, their difference and its CI).
+        scores: label (``default``, ``tuned``) → final eval return of each seed, in seed order.
+        run_ids: label → the MLflow run of each seed (each keeps its ``model.pt``), in seed order.
+    """
+
+    comparison: Comparison
+    scores: dict[str, list[float]]
+    run_ids: dict[str, list[str]]
+
+
+def _train(job: ValidationJob) -> TrainResult:
+    """Train one validation seed (in a worker process) and return its result.
 
     ``run_training`` sets the torch threads and denormal flushing from the config's ``torch_threads``.
     """
@@ -42,7 +57,7 @@ def _train(job: ValidationJob) -> float:
         parent_run_id=job.parent_run_id,
         run_name=f"validation-{job.label}-{f'{job.env}-' if job.env else ''}seed{job.seed}",
     )
-    return result.mean_return
+    return result
 
 
 def run_validation(
@@ -52,7 +67,7 @@ def run_validation(
     parent_run_ids: Mapping[str, str | None],
     n_workers: int,
     env: str | None = None,
-) -> tuple[Comparison, dict[str, list[float]]]:
+) -> Validation:
     """Train both configs on every seed (``n_workers`` processes) and compare tuned against default
     (``env``: the env's name in the run names, for one env of a multi-env study)."""
     jobs = [
@@ -62,8 +77,10 @@ def run_validation(
     ]
     context = multiprocessing.get_context("spawn")  # a clean interpreter: no inherited Hydra or MLflow state
     with ProcessPoolExecutor(max_workers=max(1, n_workers), mp_context=context) as pool:
-        returns = list(pool.map(_train, jobs))
+        results = list(pool.map(_train, jobs))
     scores: dict[str, list[float]] = {"default": [], "tuned": []}
-    for job, value in zip(jobs, returns, strict=True):
-        scores[job.label].append(value)
-    return compare(scores["default"], scores["tuned"], seed=0), scores
+    run_ids: dict[str, list[str]] = {"default": [], "tuned": []}
+    for job, result in zip(jobs, results, strict=True):
+        scores[job.label].append(result.mean_return)
+        run_ids[job.label].append(result.run_id)
+    return Validation(compare(scores["default"], scores["tuned"], seed=0), scores, run_ids)
