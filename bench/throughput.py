@@ -3,7 +3,8 @@
 PPO on CartPole-v1 (SB3's defaults and rl-zoo3's tuned set) and on LunarLander-v3 (rl-zoo3's set); D3QN
 with every option off against SB3's DQN on CartPole-v1 (SB3's defaults), and the full D3QN alone; SAC
 and TD3 on Pendulum-v1 with one gradient step per env step, batch 256 and two 256-unit layers (where
-SB3's cost is measured).
+SB3's cost is measured); SAC-Discrete on CartPole-v1 at the same network, batch and update rate, beside
+rltune's D3QN at those settings (SB3 has no SAC-Discrete: its rows are rltune's alone).
 
 Both agents train on the same env for the same number of env steps with one torch thread; the time of
 ``learn`` alone is measured (model and env construction excluded for both). rltune runs once per env
@@ -11,7 +12,7 @@ backend that covers the env (gymnasium, vector, envpool: one row each); SB3 uses
 ``DummyVecEnv``. Prints env-steps/s of each and the ratio rltune / SB3. Needs the ``bench`` extra
 (``make bench`` installs it, with EnvPool).
 
-    python -m bench.throughput [--steps-scale 1.0] [--repeats 1] [--algos ppo,d3qn,sac,td3]
+    python -m bench.throughput [--steps-scale 1.0] [--repeats 1] [--algos ppo,d3qn,sac,td3,sacd]
                                [--backends gymnasium,vector,envpool]
 """
 
@@ -116,6 +117,13 @@ def cases() -> list[Case]:
         if algo in ALGORITHMS:  # one update per step, batch 256, 256x256: SB3's update dominates its time
             config = build_config(algo, {"net_arch": [256, 256], "batch_size": 256, "train_freq": 1})
             cases.append(Case(f"{algo.upper()} Pendulum-v1, 256x256", "Pendulum-v1", 3_000, config, algo))
+    if "sacd" in ALGORITHMS:  # SB3 has no SAC-Discrete: beside rltune's D3QN at the same network and batch
+        same = {"net_arch": [256, 256], "batch_size": 256, "train_freq": 1, "gradient_steps": 1}
+        for algo in ("sacd", "d3qn"):
+            config = build_config(algo, same)
+            cases.append(
+                Case(f"{algo.upper()} CartPole-v1, 256x256", "CartPole-v1", 3_000, config, algo, sb3=False)
+            )
     return cases
 
 
