@@ -326,7 +326,6 @@ class D3QN(OffPolicyAgent):
         )
         self.target_updates = 0  # target refreshes so far (one per target_update_interval env steps)
         self._schedule = (0, 1)  # (first env step, env steps) of the current learn call
-        self._stats: list[torch.Tensor] = []
 
     # --- schedules ------------------------------------------------------------------------------
     def _progress(self) -> float:
@@ -439,7 +438,7 @@ class D3QN(OffPolicyAgent):
             self._stats.append(torch.stack((loss.detach(), old_val.detach().mean())))
 
     def _pop_losses(self) -> dict[str, float]:
-        losses = stats_to_dict(self._stats, self.loss_keys[:2])
+        losses = stats_to_dict(self._stats, self.loss_keys[:2])  # epsilon is no per-update stat
         self._stats = []
         return losses | {"epsilon": self.epsilon}
 

@@ -37,7 +37,6 @@ from algorithms.common.off_policy import (
     OffPolicyAgent,
     make_target,
     polyak_update,
-    stats_to_dict,
 )
 from algorithms.common.optim import FlatAdam, flatten_parameters
 from algorithms.common.temperature import Temperature, initial_log_alpha, learns_temperature
@@ -196,7 +195,6 @@ class SAC(OffPolicyAgent):
             -config.target_entropy_scale * act_dim,
             config.learning_rate,
         )
-        self._stats: list[torch.Tensor] = []
         self.noise = config.make_noise(self.runner.n_envs, act_dim, self.runner.rng)
 
     # --- acting ---------------------------------------------------------------------------------
@@ -267,11 +265,6 @@ class SAC(OffPolicyAgent):
                 name = "critic_loss" if not bool(torch.isfinite(qf_loss)) else "actor_loss"
                 raise NonFiniteLossError(name, self.runner.num_steps)
             self._stats.append(stats)
-
-    def _pop_losses(self) -> dict[str, float]:
-        losses = stats_to_dict(self._stats, self.loss_keys)
-        self._stats = []
-        return losses
 
     # --- persistence (OffPolicyAgent.save / load) ------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:

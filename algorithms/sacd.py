@@ -32,7 +32,6 @@ from algorithms.common.off_policy import (
     OffPolicyConfig,
     make_target,
     polyak_update,
-    stats_to_dict,
 )
 from algorithms.common.optim import FlatAdam, flatten_parameters
 from algorithms.common.temperature import Temperature, initial_log_alpha, learns_temperature
@@ -157,7 +156,6 @@ class SACD(OffPolicyAgent):
         self.temperature = Temperature(
             config.ent_coef, config.init_ent_coef, target_entropy, config.learning_rate
         )
-        self._stats: list[torch.Tensor] = []
 
     # --- acting ---------------------------------------------------------------------------------
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
@@ -219,11 +217,6 @@ class SACD(OffPolicyAgent):
                 name = "critic_loss" if not bool(torch.isfinite(qf_loss)) else "actor_loss"
                 raise NonFiniteLossError(name, self.runner.num_steps)
             self._stats.append(stats)
-
-    def _pop_losses(self) -> dict[str, float]:
-        losses = stats_to_dict(self._stats, self.loss_keys)
-        self._stats = []
-        return losses
 
     # --- persistence (OffPolicyAgent.save / load) ------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:

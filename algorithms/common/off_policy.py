@@ -363,6 +363,8 @@ class OffPolicyAgent:
     config: Any
     runner: OffPolicyRunner
     n_updates: int
+    loss_keys: tuple[str, ...] = ()
+    """Names of the entries of each per-update stat vector in ``_stats`` (the logged ``losses/…``)."""
 
     def _setup(
         self,
@@ -392,6 +394,7 @@ class OffPolicyAgent:
             store_discounts,
         )
         self.n_updates = 0
+        self._stats: list[torch.Tensor] = []
 
     @property
     def num_steps(self) -> int:
@@ -412,8 +415,11 @@ class OffPolicyAgent:
         raise NotImplementedError
 
     def _pop_losses(self) -> dict[str, float]:
-        """Mean loss statistics since the last call, then reset."""
-        raise NotImplementedError
+        """Mean loss statistics since the last call, then reset: by default the per-update stat vectors
+        the subclass appended to ``_stats``, named by :attr:`loss_keys`."""
+        losses = stats_to_dict(self._stats, self.loss_keys)
+        self._stats = []
+        return losses
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         """The flat weight buffers (and other tensors) a checkpoint holds, by name."""
