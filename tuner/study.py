@@ -32,6 +32,7 @@ from algorithms import ConfigError
 from tuner.multienv import env_budgets, env_names
 from tuner.pbt import PBTSettings
 from tuner.postgres import advisory_lock, ensure_database, maintenance_url, schema_lock, study_lock_key
+from tuner.search import SearchSpace
 from tuner.secrets import mask_secrets
 from tuner.stores import StoreMissing, check_server, check_sqlite, lock_if_sqlite, sqlite_lock, sqlite_path
 
@@ -84,6 +85,9 @@ class TuneSettings:
     """``tune.envs``: the env configs a trial trains on (empty: the env group's one env)."""
     register: bool = False
     """Register the validated tuned model (its first held-out seed's) in MLflow's Model Registry."""
+    enqueue_base: bool = False
+    """A new study's first trial trains the base config's values of the searched fields (the defaults or
+    the experiment preset), the sampler choosing only those the space cannot give."""
     env_budgets: Mapping[str, int] = dataclasses.field(default_factory=dict)
     """Env steps ``tune.budget_steps`` sets per env of ``envs`` (the others: their config's budget)."""
 
@@ -136,6 +140,7 @@ class TuneSettings:
             validate_seeds=validate_seeds,
             export=_tune_bool(tune, "export"),
             register=_tune_bool(tune, "register"),
+            enqueue_base=_tune_bool(tune, "enqueue_base"),
             trial_artifacts=_tune_bool(tune, "trial_artifacts"),
             export_dir=str(tune.get("export_dir")),
             export_name=_preset_name(tune.get("export_name")),
@@ -477,6 +482,16 @@ def budget_status(study: optuna.Study) -> BudgetStatus:
         pruned=count(TrialState.PRUNED),
         failed=count(TrialState.FAIL),
     )
+
+
+def enqueue_base(study: optuna.Study, space: SearchSpace, base: Mapping[str, Any]) -> list[str]:
+    """Enqueue a trial with ``base``'s values of the searched fields (a preset's, to start the search
+    from it); returns the fields the space cannot sample from there, which the sampler chooses."""
+    outside = space.out_of_range(base)
+    fixed = {name: value for name, value in base.items() if name in space.names and name not in outside}
+    params = {p.optuna_name: p.to_sampled(fixed[p.name]) for p in space.params if p.name in fixed}
+    study.enqueue_trial(params, skip_if_exists=False)
+    return outside
 
 
 def top_up_budget(study: optuna.Study, n_trials: int) -> int:

@@ -48,6 +48,7 @@ from tuner.study import (
     BudgetStatus,
     best_trial,
     budget_status,
+    enqueue_base,
     fail_reason,
     mark_started,
     objective_label,
@@ -250,6 +251,10 @@ def _open_sweep(
     config_yaml = OmegaConf.to_yaml(params)
     with study_lock(settings.storage, study.study_name):
         new_study = budget_status(study).counted == 0
+        if new_study and settings.enqueue_base:
+            outside = enqueue_base(study, prepared.setup.space, prepared.config["algo"])
+            sampled = f"; the sampler chooses {', '.join(outside)} (outside the space)" if outside else ""
+            get_console().print(f"trial 0 trains the base config's searched values{sampled}")
         added = top_up_budget(study, settings.n_trials)
         previous = study.user_attrs.get(SWEEP_RUN_ATTR)
         try:

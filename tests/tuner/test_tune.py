@@ -417,3 +417,22 @@ def test_log_lines_print_above_the_live_progress_bar_at_80_columns(tmp_path: Pat
 def artifact_names(client: MlflowClient, run_id: str) -> set[str]:
     """The names of a run's top-level artifacts."""
     return {artifact.path for artifact in client.list_artifacts(run_id)}
+
+
+def test_enqueue_base_makes_trial_0_train_the_preset_s_searched_values(tmp_path: Path) -> None:
+    """tune.enqueue_base=true: the first trial's values are the experiment preset's for every searched
+    field the space can sample; its gae_lambda 0.8 and ent_coef 0.0 are outside their ranges, so the
+    sampler picks those, as the command says."""
+    result = run_tune(tmp_path, "experiment=ppo_cartpole", "tune.n_trials=2", "tune.enqueue_base=true")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "trial 0 trains the base config's searched values; the sampler chooses gae_lambda, ent_coef "
+        in " ".join(
+            result.stdout.split()  # the console wraps lines at 80 columns
+        )
+    )
+    first, second = sorted(load(tmp_path).trials, key=lambda t: t.number)
+    values = first.user_attrs["config_values"]
+    preset = {"learning_rate": 1e-3, "gamma": 0.98, "clip_range": 0.2, "vf_coef": 0.5, "max_grad_norm": 0.5}
+    assert {k: values[k] for k in preset} == pytest.approx(preset)
+    assert second.user_attrs["config_values"]["learning_rate"] != 1e-3
