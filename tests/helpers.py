@@ -29,6 +29,7 @@ from mlflow import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from algorithms import Agent, TrainState
+from tuner.compose import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
@@ -69,6 +70,10 @@ TINY = [
     "env.eval.freq_steps=256",
     "env.eval.n_episodes=2",
 ]
+# The tuned presets committed for benchmark=tuned_vs_published (make sweep's demo export is not one).
+TUNED_PRESETS = sorted(
+    p.stem for p in (CONF_DIR / "experiment").glob("*_tuned.yaml") if not p.stem.endswith("_demo_tuned")
+)
 RANDOM_NO_PRUNING = ["sampler=random", "sampler.seed=0", "pruner=none"]
 # A Pendulum study of its own name in the usual experiment: the diverging-trial tests' study.
 DIVERGE_STUDY = ["env=pendulum", "tune.study_name=diverge", "tracking.experiment=ppo_cartpole"]
