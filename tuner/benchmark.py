@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -37,6 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from algorithms import ConfigError, NonFiniteLossError, get_algorithm
 from tuner.app import EXIT_FAILED, hydra_app
 from tuner.compose import CONF_DIR, algorithm_config, compose_config, known_envs
+from tuner.ledger import append_to_ledger, read_ledger, record_from_run
 from tuner.secrets import mask_secrets
 from tuner.tracking import RunReader, start_run
 from tuner.train import RunSettings, resolve_config, run_training
@@ -188,6 +190,8 @@ class CellOutcome:
     message: str
     mean_return: float | None = None
     wall_time_s: float | None = None
+    run_id: str | None = None
+    fingerprint: str = ""
 
 
 def plan_cells(settings: BenchmarkSettings, tracking: Mapping[str, Any], root_dir: str) -> Plan:
@@ -340,7 +344,9 @@ def train_cell(cell: Cell, tracking: Mapping[str, Any], root_dir: str, parent: s
         raise SystemExit(128 + getattr(exc, "signum", signal.SIGINT)) from None
     except Exception as exc:  # reported with the cell; the other cells go on
         return CellOutcome(cell.key, "failed", mask_secrets(f"{type(exc).__name__}: {exc}"))
-    return CellOutcome(cell.key, "finished", "", result.mean_return, result.wall_time_s)
+    return CellOutcome(
+        cell.key, "finished", "", result.mean_return, result.wall_time_s, result.run_id, cell.fingerprint
+    )
 
 
 def _worker_init() -> None:
@@ -385,13 +391,17 @@ def run_benchmark(cfg: DictConfig, console: Console) -> int:
         console.print(f"skip {note}")
     if not plan.cells:
         raise ConfigError("benchmark: no compatible (algo, env) pair; see benchmark.algos and benchmark.envs")
+    ledger_path = _ledger_path(config.get("ledger"))
+    in_ledger = set(read_ledger(ledger_path))
     # The store is checked (with the experiment) before the first write anywhere.
     reader = RunReader(tracking["uri"], create=True, experiment=tracking["experiment"])
-    done = finished_cells(reader, tracking["experiment"], settings.name)
+    done = finished_cells(reader, tracking["experiment"], settings.name) | in_ledger
     todo = [cell for cell in plan.cells if (cell.key, cell.fingerprint) not in done]
+    listed = sum((cell.key, cell.fingerprint) in in_ledger for cell in plan.cells)
     console.print(
         f"benchmark {settings.name!r}: {len(plan.cells)} cells, {len(plan.cells) - len(todo)} already "
-        f"finished in MLflow ({mask_secrets(tracking['uri'])}, experiment {tracking['experiment']!r}), "
+        f"finished in MLflow ({mask_secrets(tracking['uri'])}, experiment {tracking['experiment']!r})"
+        f"{f' or the ledger {ledger_path} ({listed})' if ledger_path else ''}, "
         f"{len(todo)} to train with {settings.n_workers} workers"
     )
     previous = parent_run_id(reader, tracking["experiment"], settings.name)
@@ -407,7 +417,7 @@ def run_benchmark(cfg: DictConfig, console: Console) -> int:
         parent.log_text(json.dumps({c.key: c.fingerprint for c in plan.cells}, indent=1), PLAN_ARTIFACT)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         parent.log_text(OmegaConf.to_yaml({"benchmark": config["benchmark"]}), f"benchmark-{stamp}.yaml")
-        failed = _train(todo, tracking, root_dir, parent.run_id, settings, console)
+        failed = _train(todo, tracking, root_dir, parent.run_id, settings, console, reader, ledger_path)
     finished = len(todo) - len(failed)
     console.print(
         f"benchmark {settings.name!r}: {finished} cells trained now, {len(plan.cells) - len(todo)} skipped "
@@ -425,8 +435,11 @@ def _train(
     parent: str,
     settings: BenchmarkSettings,
     console: Console,
+    reader: RunReader,
+    ledger: str | None = None,
 ) -> list[CellOutcome]:
-    """Run the cells with a progress bar; returns the failed outcomes (interruption propagates)."""
+    """Run the cells with a progress bar, adding each finished one to the ``ledger`` (if any); returns
+    the failed outcomes (interruption propagates)."""
 
     failed: list[CellOutcome] = []
     if not todo:
@@ -439,10 +452,24 @@ def _train(
             if outcome.status == "finished":
                 result = f"final eval return {outcome.mean_return:.1f} in {outcome.wall_time_s:.0f} s"
                 console.print(f"{outcome.key}: {result}")
+                if ledger is not None and outcome.run_id is not None:
+                    record = record_from_run(reader, reader.run(outcome.run_id))
+                    append_to_ledger(ledger, outcome.key, outcome.fingerprint, record)
             else:
                 failed.append(outcome)
                 console.print(f"{outcome.key}: FAILED: {outcome.message}")
     return failed
+
+
+def _ledger_path(value: Any) -> str | None:
+    """``ledger``: a CSV file path (created with the first finished cell) or null."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or Path(value).is_dir():
+        raise ConfigError(
+            f"ledger must be a file path (a CSV the benchmark adds to) or null, got {value!r}"
+        )
+    return value
 
 
 def _names(node: Mapping[str, Any], key: str) -> tuple[str, ...]:

@@ -34,6 +34,7 @@ from tuner.app import hydra_app
 from tuner.benchmark import KIND_CELL, KIND_PARENT, PLAN_ARTIFACT, parent_run_id
 from tuner.curves import RunRecord, normalized_auc, time_to_threshold
 from tuner.display import console_table
+from tuner.ledger import Ledger, read_ledger, record_from_run
 from tuner.report_plots import aggregate_figure, curves_figure, profile_figure
 from tuner.report_sources import (
     DIFFERENCES,
@@ -50,7 +51,6 @@ from tuner.train import resolve_config
 from tuner.ui_links import print_links
 
 KIND_REPORT = "benchmark_report"
-EVAL_METRIC = "eval/mean_return"
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,10 @@ def find_benchmark(reader: RunReader, name: str | None) -> tuple[str, str, str]:
 
 
 def read_records(
-    reader: RunReader, name: str, experiment: str, parent_id: str
+    reader: RunReader, name: str, experiment: str, parent_id: str, ledger: Ledger | None = None
 ) -> tuple[list[RunRecord], list[str]]:
-    """The newest FINISHED run of every cell in the parent's plan, and the cells that have none."""
+    """The newest FINISHED run of every cell in the parent's plan (for a cell the tracking store lacks,
+    its row in ``ledger`` with the planned fingerprint), and the cells that have neither."""
 
     plan = json.loads(reader.read_text(parent_id, PLAN_ARTIFACT))
     newest: dict[str, Any] = {}
@@ -101,44 +102,11 @@ def read_records(
         key = run.data.tags.get("cell", "")
         if plan.get(key) == run.data.tags.get("fingerprint") and key not in newest:
             newest[key] = run  # runs come newest first
-    records = [_record(reader, run) for _, run in sorted(newest.items())]
-    return records, sorted(set(plan) - set(newest))
-
-
-def _record(reader: RunReader, run: Any) -> RunRecord:
-    params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
-    curve = reader.metric_history(run.info.run_id, EVAL_METRIC)
-    if not curve:
-        raise ConfigError(f"run {run.info.run_id} ({tags.get('cell')}) has no {EVAL_METRIC} metric")
-    algo = params["algo.name"]
-    references = {
-        key.removeprefix("env.reference.").removesuffix(".score"): float(value)
-        for key, value in params.items()
-        if key.startswith("env.reference.") and key.endswith(".score")
-    }
-    if not references:
-        raise ConfigError(f"env {params.get('env.name')!r} has no reference scores to normalize with")
-    source = tags.get("source", "default")
-    return RunRecord(
-        algo=algo,
-        env=params["env.name"],
-        seed=int(params["seed"]),
-        source=source,
-        steps=tuple(float(step) for step, _ in curve),
-        returns=tuple(value for _, value in curve),
-        budget_steps=int(params["total_steps"]),
-        threshold=_optional_float(params.get("env.threshold")),
-        random_score=float(params["env.random_score"]),
-        reference=references.get(algo),
-        env_reference=max(references.values()),
-        wall_time_s=float(metrics.get("time/wall_time_s", math.nan)),
-        sps=float(metrics.get("time/sps", math.nan)),
-        kinds=tuple(tags.get("source_kinds", source.split(":")[0]).split(",")),
-    )
-
-
-def _optional_float(value: str | None) -> float | None:
-    return None if value in (None, "None", "null", "") else float(value)
+    records = {key: record_from_run(reader, run) for key, run in newest.items()}
+    for (key, fingerprint), record in (ledger or {}).items():
+        if key not in records and plan.get(key) == fingerprint:
+            records[key] = record
+    return [records[key] for key in sorted(records)], sorted(set(plan) - set(records))
 
 
 # --- tables ------------------------------------------------------------------------------------------------
@@ -211,11 +179,16 @@ def aggregate_table(
 
 
 def build_report(
-    reader: RunReader, name: str | None, confidence: float = 0.95, n_resamples: int = 10_000
+    reader: RunReader,
+    name: str | None,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    ledger: Ledger | None = None,
 ) -> Report:
-    """Read benchmark ``name`` (None: the newest) from MLflow and compute its tables."""
+    """Read benchmark ``name`` (None: the newest) from MLflow, the cells it lacks from ``ledger``, and
+    compute its tables."""
     bench, experiment, parent_id = find_benchmark(reader, name)
-    records, missing = read_records(reader, bench, experiment, parent_id)
+    records, missing = read_records(reader, bench, experiment, parent_id, ledger)
     if not records:
         raise ConfigError(
             f"benchmark {bench!r} has no finished cell yet; run `python -m tuner.benchmark` first"
@@ -393,6 +366,8 @@ class ReportSettings:
     out_dir: str
     confidence: float
     n_resamples: int
+    ledger: str | None = None
+    """A benchmark ledger (:mod:`tuner.ledger`) whose cells complete the tracking store's."""
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any]) -> ReportSettings:
@@ -408,7 +383,10 @@ class ReportSettings:
         resamples = node.get("n_resamples")
         if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
             raise ConfigError(f"report.n_resamples must be an integer >= 100, got {resamples!r}")
-        return cls(benchmark, out_dir, float(confidence), resamples)
+        ledger = node.get("ledger")
+        if ledger is not None and (not isinstance(ledger, str) or not ledger):
+            raise ConfigError(f"report.ledger must be a file path or null, got {ledger!r}")
+        return cls(benchmark, out_dir, float(confidence), resamples, ledger)
 
 
 @hydra_app("report")
@@ -421,7 +399,8 @@ def main(cfg: DictConfig) -> None:
     config = resolve_config(cfg)
     settings, tracking = ReportSettings.from_config(config["report"]), config["tracking"]
     reader = RunReader(tracking["uri"])
-    report = build_report(reader, settings.benchmark, settings.confidence, settings.n_resamples)
+    ledger = read_ledger(settings.ledger)
+    report = build_report(reader, settings.benchmark, settings.confidence, settings.n_resamples, ledger)
     directory = Path(settings.out_dir) / report.name
     print_report(report, console, str(directory))
     files = write_outputs(report, directory, settings.confidence)

@@ -463,6 +463,10 @@ class RunReader:
         with lock_if_sqlite(uri):  # opening may create the tables
             self.client = MlflowClient(tracking_uri=uri)
 
+    def run(self, run_id: str) -> Any:
+        """The MLflow ``Run`` with id ``run_id``."""
+        return self.client.get_run(run_id)
+
     def find_runs(
         self, tags: Mapping[str, str], experiment: str | None = None, finished_only: bool = False
     ) -> list[Any]:

@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from algorithms import ConfigError
-from tests.helpers import ENV, ROOT, long_lines, runs_named_like, wait_for
+from tests.helpers import ENV, ROOT, long_lines, one_error_line, runs_named_like, wait_for
 from tuner.benchmark import BenchmarkSettings, cell_config, plan_cells
 
 BASE = {
@@ -280,6 +280,20 @@ def test_bad_benchmark_config_exits_2_before_any_run(tmp_path: Path) -> None:
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_ledger_that_is_a_folder_or_unreadable_is_an_error_before_any_run(tmp_path: Path) -> None:
+    folder = bench_cli(tmp_path / "a", f"ledger={tmp_path}", timeout=120)
+    assert folder.returncode == 2
+    assert f"ledger must be a file path (a CSV the benchmark adds to) or null, got '{tmp_path}'" in (
+        one_error_line(folder)
+    )
+    broken = tmp_path / "broken.csv"
+    broken.write_text("cell,fingerprint,algo\nppo/cartpole/2001,abc,ppo\n")
+    unreadable = bench_cli(tmp_path / "b", f"ledger={broken}", timeout=120)
+    assert unreadable.returncode == 2
+    assert f"ledger {broken}, line 2: cannot read the row" in one_error_line(unreadable)
+    assert not (tmp_path / "a" / "mlflow.db").exists() and not (tmp_path / "b" / "mlflow.db").exists()
+
+
 def test_a_benchmark_of_several_sources_reports_them_side_by_side(tmp_path: Path) -> None:
     """default and preset PPO on CartPole (rltune has its preset) and Acrobot (it has none: one set of
     runs for both), then `tuner.report`: the sources table, its files, the difference."""
@@ -306,3 +320,37 @@ def test_a_benchmark_of_several_sources_reports_them_side_by_side(tmp_path: Path
     assert rows["acrobot"]["preset_iqm"] == rows["acrobot"]["default_iqm"]
     aggregate = pd.read_csv(tmp_path / "reports" / "t" / "sources_aggregate.csv")
     assert list(aggregate["source"]) == ["default", "preset"]  # no tuned: no difference to show
+
+
+def test_a_ledger_carries_finished_cells_to_another_tracking_store(tmp_path: Path) -> None:
+    """A benchmark with a ledger writes a row per finished cell; the same benchmark started with an empty
+    tracking store and that ledger trains nothing, and its report takes the cells from the ledger: the
+    same table as the first store's report."""
+    ledger = tmp_path / "cells.csv"
+    args = (
+        "benchmark.envs=[cartpole]",
+        "benchmark.seeds=2",
+        "benchmark.budget_steps=1024",
+        f"ledger={ledger}",
+    )
+    first = bench_cli(tmp_path / "here", *args)
+    assert first.returncode == 0, first.stderr
+    rows = pd.read_csv(ledger)
+    assert sorted(rows["cell"]) == ["ppo/cartpole/2001", "ppo/cartpole/2002"]
+    assert len(cell_runs(tmp_path / "here")) == 2
+    again = bench_cli(tmp_path / "elsewhere", *args)
+    assert again.returncode == 0, again.stderr
+    assert "2 already finished" in " ".join(again.stdout.split()) and not cell_runs(tmp_path / "elsewhere")
+
+    def report(runs: Path, *extra: str) -> pd.DataFrame:
+        result = subprocess.run(
+            [sys.executable, "-m", "tuner.report", f"paths.runs_dir={runs}", "report.n_resamples=200",
+             *extra],
+            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return pd.read_csv(runs / "reports" / "t" / "summary.csv")
+
+    here, elsewhere = report(tmp_path / "here"), report(tmp_path / "elsewhere", f"report.ledger={ledger}")
+    pd.testing.assert_frame_equal(here, elsewhere)
+    assert list(elsewhere["seeds"]) == [2]
