@@ -54,6 +54,9 @@ CELL_TRACKING_KEYS = ("uri", "experiment", "artifact_dir", "log_models", "log_cu
 # a cell's fingerprint, so a benchmark resumed with another tracking URI or on another machine still
 # recognises its finished cells.
 NOT_FINGERPRINTED = ("tracking", "paths", "progress", "hydra")
+# Env config keys the report reads but training does not: editing a reference score or threshold keeps
+# the finished cells (in MLflow or a ledger) of the envs it touches.
+ENV_NOT_FINGERPRINTED = ("reference", "threshold", "random_score")
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ class Cell:
     @property
     def key(self) -> str:
         """The cell's identity in MLflow (tag ``cell``): ``algo/env/seed``, or ``algo/env/<source>/seed``
-        where the benchmark compares sources of the pair."""
+        where the benchmark lists several sources for the algorithm."""
         if self.compared:
             return f"{self.algo}/{self.env}/{self.kinds[0]}/{self.seed}"
         return f"{self.algo}/{self.env}/{self.seed}"
@@ -210,10 +213,12 @@ def plan_cells(settings: BenchmarkSettings, tracking: Mapping[str, Any], root_di
                 allowed = " or ".join(t.__name__ for t in agent_cls.action_spaces)
                 skipped.append(f"{algo} on {env}: {algo} needs {allowed} actions, {env} has {action_space}")
                 continue
+            # With several sources, every cell's key names its source, whether or not the pair has a
+            # preset: the keys then stay the same when a source is added to the list later.
+            compared = len(settings.sources_of(algo)) > 1
             variants = _pair_variants(algo, env, settings.sources_of(algo))
             for (experiment, source), kinds in variants.items():
                 pair_cells = _pair_cells(settings, algo, env, experiment, source, tracking, root_dir)
-                compared = len(variants) > 1
                 cells.extend(replace(cell, kinds=kinds, compared=compared) for cell in pair_cells)
     return Plan(tuple(cells), tuple(skipped))
 
@@ -258,6 +263,7 @@ def _pair_cells(
     except ConfigError as exc:
         raise ConfigError(f"{algo} on {env} ({source}): {exc}") from exc
     trained = {key: value for key, value in config.items() if key not in NOT_FINGERPRINTED}
+    trained["env"] = {key: value for key, value in config["env"].items() if key not in ENV_NOT_FINGERPRINTED}
     cells = []
     for seed in settings.seeds:
         payload = json.dumps({**trained, "seed": seed}, sort_keys=True, default=str).encode()
@@ -466,9 +472,7 @@ def _ledger_path(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value or Path(value).is_dir():
-        raise ConfigError(
-            f"ledger must be a file path (a CSV the benchmark adds to) or null, got {value!r}"
-        )
+        raise ConfigError(f"ledger must be a file path (a CSV the benchmark adds to) or null, got {value!r}")
     return value
 
 

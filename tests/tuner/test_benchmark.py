@@ -115,11 +115,11 @@ def test_several_sources_train_side_by_side_and_a_missing_preset_is_the_defaults
     assert cells["ppo/cartpole/preset/2001"].source == "preset:ppo_cartpole"
     assert cells["ppo/cartpole/preset/2001"].kinds == ("preset",)
     # Acrobot has none: the preset source is the defaults, trained once for both.
-    assert cells["ppo/acrobot/2001"].source == "default"
-    assert cells["ppo/acrobot/2001"].kinds == ("default", "preset")
+    assert cells["ppo/acrobot/default/2001"].source == "default"
+    assert cells["ppo/acrobot/default/2001"].kinds == ("default", "preset")
     assert sorted(cells) == sorted(
         [f"ppo/cartpole/{kind}/{seed}" for kind in ("default", "preset") for seed in (2001, 2002)]
-        + ["ppo/acrobot/2001", "ppo/acrobot/2002"]
+        + ["ppo/acrobot/default/2001", "ppo/acrobot/default/2002"]  # one set of runs stands for both
     )
     assert len({c.fingerprint for c in plan.cells}) == len(plan.cells)
     # A mapping takes a source or a list per algorithm; one source keeps the key as before.
@@ -147,7 +147,7 @@ def test_bad_source_lists_name_the_key_and_the_choices(change: dict, message: st
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"algos": ["ppo", "dqn"]}, "unknown algorithm 'dqn'; choose one of: d3qn, ppo, sac, td3"),
+        ({"algos": ["ppo", "dqn"]}, "unknown algorithm 'dqn'; choose one of: d3qn, ppo, sac, sacd, td3"),
         ({"envs": ["cartpol"]}, "unknown env 'cartpol'; choose: acrobot, cartpole"),
         (
             {"sources": {"ppo": "best"}},
@@ -294,6 +294,17 @@ def test_a_ledger_that_is_a_folder_or_unreadable_is_an_error_before_any_run(tmp_
     assert not (tmp_path / "a" / "mlflow.db").exists() and not (tmp_path / "b" / "mlflow.db").exists()
 
 
+def test_adding_a_source_keeps_the_cells_already_planned(tmp_path: Path) -> None:
+    """[default, preset] then [default, preset, tuned] (LunarLander has both presets, Acrobot neither
+    but its defaults): the cells of the shorter list keep their keys and fingerprints, so the finished
+    ones (in MLflow or a ledger) are not trained again."""
+    two = settings(algos=["ppo"], envs=["lunarlander"], sources=["default", "preset"])
+    three = settings(algos=["ppo"], envs=["lunarlander"], sources=["default", "preset", "tuned"])
+    before = {(c.key, c.fingerprint) for c in plan_cells(two, tracking(tmp_path), str(ROOT)).cells}
+    after = {(c.key, c.fingerprint) for c in plan_cells(three, tracking(tmp_path), str(ROOT)).cells}
+    assert before < after and len(after - before) == 2  # the tuned cells of the two seeds
+
+
 def test_a_benchmark_of_several_sources_reports_them_side_by_side(tmp_path: Path) -> None:
     """default and preset PPO on CartPole (rltune has its preset) and Acrobot (it has none: one set of
     runs for both), then `tuner.report`: the sources table, its files, the difference."""
@@ -305,7 +316,7 @@ def test_a_benchmark_of_several_sources_reports_them_side_by_side(tmp_path: Path
     keys = sorted(run.data.tags["cell"] for run in cell_runs(tmp_path))
     assert keys == sorted(
         [f"ppo/cartpole/{kind}/{seed}" for kind in ("default", "preset") for seed in (2001, 2002)]
-        + ["ppo/acrobot/2001", "ppo/acrobot/2002"]
+        + ["ppo/acrobot/default/2001", "ppo/acrobot/default/2002"]  # one set of runs stands for both
     )
     report = subprocess.run(
         [sys.executable, "-m", "tuner.report", f"paths.runs_dir={tmp_path}", "report.n_resamples=200"],

@@ -40,7 +40,7 @@ TINY = ("experiment=ppo_cartpole", "total_steps=2048", "env.eval.freq_steps=1024
 BAD_INPUTS: dict[str, tuple[tuple[str, ...], str]] = {
     "unknown_algo": (
         ("algo=foo",),
-        "algo=foo is not a config in conf/algo; choose one of: d3qn, ppo, sac, td3",
+        "algo=foo is not a config in conf/algo; choose one of: d3qn, ppo, sac, sacd, td3",
     ),
     "unknown_env_config": (("env=foo",), "env=foo is not a config in conf/env; choose one of: acrobot,"),
     "unknown_env_id": (("env.id=NoSuchEnv-v0",), "NoSuchEnv"),
