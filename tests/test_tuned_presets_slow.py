@@ -15,6 +15,7 @@ pytestmark = pytest.mark.slow
 MINIMUM = {
     "d3qn_cartpole_tuned": 100.0,  # random policy: 22
     "ppo_lunarlander_tuned": 100.0,  # random policy: -180
+    "ppo_mountaincarcontinuous_tuned": -1.0,  # random policy: -33; it learns to stand still, not the goal
     "ppo_pendulum_tuned": -400.0,  # random policy: about -1200
 }
 
