@@ -34,7 +34,7 @@ from algorithms.common.off_policy import (
     polyak_update,
 )
 from algorithms.common.optim import FlatAdam, flatten_parameters
-from algorithms.common.temperature import Temperature, initial_log_alpha, learns_temperature
+from algorithms.common.temperature import Temperature, initial_log_alpha
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -68,11 +68,6 @@ class SACDConfig(OffPolicyConfig):
         initial_log_alpha(self.ent_coef, self.init_ent_coef)  # validates ent_coef / init_ent_coef
         require_positive("target_entropy_scale", self.target_entropy_scale)
         require_in_range("target_entropy_scale", self.target_entropy_scale, 0.0, 1.0)
-
-    @property
-    def learn_ent_coef(self) -> bool:
-        """Whether α is learned (``ent_coef`` is ``"auto"`` or ``"auto_<init>"``)."""
-        return learns_temperature(self.ent_coef)
 
 
 # ----------------------------------------------------------------------------------------------------

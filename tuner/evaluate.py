@@ -33,7 +33,7 @@ from tuner.display import console_table
 from tuner.model_registry import RecordedAgent, fetch_model, fetch_run, register_model
 from tuner.stats import bootstrap_ci, iqm
 from tuner.tracking import check_tracking_store, start_run
-from tuner.train import CONFIG_ARTIFACT, resolve_config
+from tuner.train import CONFIG_ARTIFACT, config_boolean, config_integer, resolve_config
 from tuner.ui_links import print_links
 
 VIDEO_DIR = "videos"
@@ -75,28 +75,14 @@ class EvaluateSettings:
             run=None if cfg.get("run") is None else str(cfg["run"]),
             model=None if cfg.get("model") is None else str(cfg["model"]),
             checkpoint=None if checkpoint is None else Path(str(checkpoint)),
-            episodes=_integer(cfg, "episodes", 1),
-            eval_seed=_integer(cfg, "eval_seed", 0),
-            eval_envs=_integer(cfg, "eval_envs", 1),
-            stochastic=_boolean(cfg, "stochastic"),
-            video=_boolean(cfg, "video"),
-            video_episodes=_integer(cfg, "video_episodes", 1),
+            episodes=config_integer(cfg, "episodes", 1),
+            eval_seed=config_integer(cfg, "eval_seed", 0),
+            eval_envs=config_integer(cfg, "eval_envs", 1),
+            stochastic=config_boolean(cfg, "stochastic"),
+            video=config_boolean(cfg, "video"),
+            video_episodes=config_integer(cfg, "video_episodes", 1),
             register=register,
         )
-
-
-def _integer(cfg: Mapping[str, Any], key: str, minimum: int) -> int:
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _boolean(cfg: Mapping[str, Any], key: str) -> bool:
-    value = cfg.get(key)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    return value
 
 
 def check_video_extra() -> None:
@@ -244,9 +230,8 @@ def record_evaluation(
                 agent.num_steps,
             )
         run.log_text(_episodes_csv(results), EPISODES_CSV)
-        if (
-            not source.run_id
-        ):  # a checkpoint: the run keeps it, so that it can be evaluated or registered again
+        # A checkpoint has no run: this one keeps it, so that it can be evaluated or registered again.
+        if not source.run_id:
             run.log_artifact(source.model_path)
             run.log_text(OmegaConf.to_yaml(OmegaConf.create(source.config)), CONFIG_ARTIFACT)
         for path in videos:
@@ -266,8 +251,8 @@ def _episodes_csv(results: Mapping[str, EvalResult]) -> str:
 
 def evaluate(cfg: DictConfig) -> pd.DataFrame:
     """Check, load, evaluate, record (and register); returns the summary table."""
-    settings = EvaluateSettings.from_config(cfg)
     config = resolve_config(cfg)
+    settings = EvaluateSettings.from_config(config)
     configure_torch_cpu(int(config["torch_threads"]))
     if settings.video:
         check_video_extra()

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 
 from tuner.secrets import mask_secrets
-from tuner.study import SWEEP_RUN_ATTR, BudgetStatus, TuneSettings
+from tuner.study import SWEEP_RUN_ATTR, BudgetStatus, TuneSettings, budget_status
 
 COMMANDS_ATTR = "commands"  # study user attr: every distinct sweep command that ran it, in order
 TUNE_COMMAND = "python -m tuner.tune"
@@ -105,11 +105,7 @@ def describe_method(settings: TuneSettings, study: optuna.Study) -> str:
 
 
 def study_provenance(
-    settings: TuneSettings,
-    study: optuna.Study,
-    status: BudgetStatus,
-    experiment: str,
-    budgets: Sequence[int],
+    settings: TuneSettings, study: optuna.Study, experiment: str, budgets: Sequence[int]
 ) -> Provenance:
     """The provenance of ``study``'s best trial as exported now (``budgets``: each env's steps)."""
     budget = " / ".join(str(b) for b in budgets) if budgets else str(settings.budget_steps)
@@ -117,7 +113,7 @@ def study_provenance(
         study_name=study.study_name,
         commands=tuple(study.user_attrs.get(COMMANDS_ATTR, ())),
         method=describe_method(settings, study),
-        status=status,
+        status=budget_status(study),
         seeds=settings.seeds,
         budget=budget,
         experiment=experiment,

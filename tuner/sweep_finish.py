@@ -107,7 +107,6 @@ def _export_and_validate(prepared: Prepared, sweep: RunRecorder, console: Consol
         provenance = study_provenance(
             settings,
             study,
-            budget_status(study),
             prepared.setup.tracking["experiment"],
             [task.budget_steps for task in prepared.setup.tasks],
         )

@@ -122,18 +122,18 @@ class RunSettings:
             env_id=env_id,
             env_kwargs=dict(env_kwargs),
             env_backend=check_backend(backend),
-            seed=_integer(config, "seed", 0),
-            total_steps=_integer(config, "total_steps", 1),
-            torch_threads=_integer(config, "torch_threads", 1),
-            eval_episodes=_integer(config, "env.eval.n_episodes", 1),
-            eval_freq_steps=0 if freq is None else _integer(config, "env.eval.freq_steps", 0),
-            eval_seed_offset=_integer(config, "env.eval.seed_offset", 1),
-            progress=_boolean(config, "progress"),
+            seed=config_integer(config, "seed", 0),
+            total_steps=config_integer(config, "total_steps", 1),
+            torch_threads=config_integer(config, "torch_threads", 1),
+            eval_episodes=config_integer(config, "env.eval.n_episodes", 1),
+            eval_freq_steps=0 if freq is None else config_integer(config, "env.eval.freq_steps", 0),
+            eval_seed_offset=config_integer(config, "env.eval.seed_offset", 1),
+            progress=config_boolean(config, "progress"),
             tracking_uri=_string(config, "tracking.uri"),
             experiment=_string(config, "tracking.experiment"),
             artifact_dir=_optional_string(config, "tracking.artifact_dir"),
-            log_models=_boolean(config, "tracking.log_models"),
-            log_curves=_boolean(config, "tracking.log_curves"),
+            log_models=config_boolean(config, "tracking.log_models"),
+            log_curves=config_boolean(config, "tracking.log_curves"),
         )
 
 
@@ -453,14 +453,16 @@ def _lookup(config: Mapping[str, Any], key: str) -> Any:
     return node
 
 
-def _integer(config: Mapping[str, Any], key: str, minimum: int) -> int:
+def config_integer(config: Mapping[str, Any], key: str, minimum: int) -> int:
+    """The integer >= ``minimum`` at the dotted ``key`` of ``config``; ConfigError naming it otherwise."""
     value = _lookup(config, key)
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
-def _boolean(config: Mapping[str, Any], key: str) -> bool:
+def config_boolean(config: Mapping[str, Any], key: str) -> bool:
+    """The boolean at the dotted ``key`` of ``config``; ConfigError naming it otherwise."""
     value = _lookup(config, key)
     if not isinstance(value, bool):
         raise ConfigError(f"{key} must be true or false, got {value!r}")
