@@ -384,8 +384,12 @@ class ReportSettings:
         if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
             raise ConfigError(f"report.n_resamples must be an integer >= 100, got {resamples!r}")
         ledger = node.get("ledger")
-        if ledger is not None and (not isinstance(ledger, str) or not ledger):
-            raise ConfigError(f"report.ledger must be a file path or null, got {ledger!r}")
+        if ledger is not None and (not isinstance(ledger, str) or not Path(ledger).is_file()):
+            # Unlike a benchmark's ledger (created with its first cell), a report's is only read: a path
+            # that names no file is a mistake, not an empty ledger.
+            raise ConfigError(
+                f"report.ledger must be an existing CSV file (a benchmark's ledger=), got {ledger!r}"
+            )
         return cls(benchmark, out_dir, float(confidence), resamples, ledger)
 
 

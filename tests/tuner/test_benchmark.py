@@ -294,6 +294,25 @@ def test_a_ledger_that_is_a_folder_or_unreadable_is_an_error_before_any_run(tmp_
     assert not (tmp_path / "a" / "mlflow.db").exists() and not (tmp_path / "b" / "mlflow.db").exists()
 
 
+@pytest.mark.parametrize("kind", ["missing", "folder"])
+def test_a_report_ledger_that_is_not_a_file_is_an_error_before_anything_is_written(
+    tmp_path: Path, kind: str
+) -> None:
+    """A mistyped report.ledger must not be read as an empty ledger (the report would then quietly lack
+    the cells it was meant to add)."""
+    ledger = tmp_path / "cells.csv" if kind == "missing" else tmp_path
+    result = subprocess.run(
+        [sys.executable, "-m", "tuner.report", f"paths.runs_dir={tmp_path / 'runs'}",
+         f"report.ledger={ledger}"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"report.ledger must be an existing CSV file (a benchmark's ledger=), got '{ledger}'" in (
+        one_error_line(result)
+    )
+    assert not (tmp_path / "runs" / "mlflow.db").exists() and not (tmp_path / "runs" / "reports").exists()
+
+
 def test_adding_a_source_keeps_the_cells_already_planned(tmp_path: Path) -> None:
     """[default, preset] then [default, preset, tuned] (LunarLander has both presets, Acrobot neither
     but its defaults): the cells of the shorter list keep their keys and fingerprints, so the finished
