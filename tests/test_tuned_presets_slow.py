@@ -20,6 +20,7 @@ MINIMUM = {
     "ppo_mountaincarcontinuous_tuned": -1.0,  # random policy: -33; it learns to stand still, not the goal
     "ppo_pendulum_tuned": -400.0,  # random policy: about -1200
     "sac_mountaincarcontinuous_tuned": 50.0,  # random policy: -33; standing still: 0; the goal: 90
+    "sac_pendulum_tuned": -400.0,  # random policy: about -1200
     "td3_pendulum_tuned": -400.0,  # random policy: about -1200
     "td3_mountaincarcontinuous_tuned": 50.0,  # random policy: -33; standing still: 0; the goal: 90
 }
