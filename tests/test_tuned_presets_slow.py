@@ -13,6 +13,7 @@ from tests.helpers import TUNED_PRESETS
 pytestmark = pytest.mark.slow
 
 MINIMUM = {
+    "d3qn_acrobot_tuned": -150.0,  # random policy: -500
     "d3qn_lunarlander_tuned": -120.0,  # random policy: -180; its study found -64 at its 100k steps
     "ppo_acrobot_tuned": -150.0,  # random policy: -500
     "ppo_cartpole_tuned": 400.0,  # random policy: 22
