@@ -14,17 +14,17 @@ pytestmark = pytest.mark.slow
 
 MINIMUM = {
     "d3qn_acrobot_tuned": -150.0,  # random policy: -500
+    "d3qn_cartpole_tuned": 100.0,  # random policy: 22
     "d3qn_lunarlander_tuned": -120.0,  # random policy: -180; its study found -64 at its 100k steps
     "ppo_acrobot_tuned": -150.0,  # random policy: -500
     "ppo_cartpole_tuned": 400.0,  # random policy: 22
-    "d3qn_cartpole_tuned": 100.0,  # random policy: 22
     "ppo_lunarlander_tuned": 100.0,  # random policy: -180
     "ppo_mountaincarcontinuous_tuned": -1.0,  # random policy: -33; it learns to stand still, not the goal
     "ppo_pendulum_tuned": -400.0,  # random policy: about -1200
     "sac_mountaincarcontinuous_tuned": 50.0,  # random policy: -33; standing still: 0; the goal: 90
     "sac_pendulum_tuned": -400.0,  # random policy: about -1200
-    "td3_pendulum_tuned": -400.0,  # random policy: about -1200
     "td3_mountaincarcontinuous_tuned": 50.0,  # random policy: -33; standing still: 0; the goal: 90
+    "td3_pendulum_tuned": -400.0,  # random policy: about -1200
 }
 
 
