@@ -99,24 +99,50 @@ def sources_aggregate(
 ) -> pd.DataFrame:
     """Across the (env, algo) cells that ran every source: one row per source with the IQM of its
     normalised final scores and a stratified interval, then one row per difference (``tuned − preset``,
-    ``tuned − default``)."""
+    ``tuned − default``). When some cells have no preset (their defaults stand for it), rows for preset,
+    tuned and ``tuned − preset`` over the other cells follow, named with :data:`OWN_PRESET`."""
     kinds = compared_kinds(records)
     complete = [group for group in by_cell(records).values() if all(_scores(group, k).size for k in kinds)]
     if not complete:
         return pd.DataFrame(columns=["source", "cells", "runs", "normalized_iqm", "ci_low", "ci_high"])
-    strata = {kind: [_scores(group, kind) for group in complete] for kind in kinds}
+    rows = _aggregate_rows(complete, kinds, DIFFERENCES, "", confidence, n_resamples)
+    # Where a pair has no preset its default runs stand for it, and tuned − preset there is tuned −
+    # default: the same comparison over the cells with a preset of their own says what tuning adds to one.
+    own = [group for group in complete if not any({"default", "preset"} <= set(r.kinds) for r in group)]
+    if {"preset", "tuned"} <= set(kinds) and own and len(own) < len(complete):
+        rows += _aggregate_rows(
+            own, ("preset", "tuned"), (("tuned", "preset"),), OWN_PRESET, confidence, n_resamples
+        )
+    return pd.DataFrame(rows)
+
+
+OWN_PRESET = " (cells with a preset)"
+"""Suffix of the :func:`sources_aggregate` rows over the cells whose preset is not their defaults."""
+
+
+def _aggregate_rows(
+    cells: Sequence[Sequence[RunRecord]],
+    kinds: Sequence[str],
+    differences: Sequence[tuple[str, str]],
+    suffix: str,
+    confidence: float,
+    n_resamples: int,
+) -> list[dict[str, Any]]:
+    """A row per source in ``kinds`` and per difference, over ``cells``; names end with ``suffix``."""
+    strata = {kind: [_scores(group, kind) for group in cells] for kind in kinds}
     rows = []
     for kind in kinds:
         low, high = stratified_bootstrap_ci(strata[kind], confidence=confidence, n_resamples=n_resamples)
-        rows.append(_aggregate_row(kind, strata[kind], iqm(np.concatenate(strata[kind])), low, high))
-    for candidate, baseline in DIFFERENCES:
+        rows.append(_aggregate_row(kind + suffix, strata[kind], iqm(np.concatenate(strata[kind])), low, high))
+    for candidate, baseline in differences:
         if candidate in kinds and baseline in kinds:
             difference = iqm(np.concatenate(strata[candidate])) - iqm(np.concatenate(strata[baseline]))
             low, high = stratified_difference_ci(
                 strata[baseline], strata[candidate], confidence=confidence, n_resamples=n_resamples
             )
-            rows.append(_aggregate_row(f"{candidate} − {baseline}", strata[candidate], difference, low, high))
-    return pd.DataFrame(rows)
+            name = f"{candidate} − {baseline}{suffix}"
+            rows.append(_aggregate_row(name, strata[candidate], difference, low, high))
+    return rows
 
 
 def _scores(group: Sequence[RunRecord], kind: str) -> np.ndarray:

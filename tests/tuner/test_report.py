@@ -249,6 +249,13 @@ def test_sources_side_by_side_by_hand(sourced: RunReader, tmp_path: Path) -> Non
         aggregate["tuned"]["normalized_iqm"] - aggregate["preset"]["normalized_iqm"]
     )
     assert 0.0 < difference["ci_low"] <= difference["normalized_iqm"] <= difference["ci_high"]
+    # Over the cells with a preset of their own (CartPole; Pendulum's preset is its defaults), again.
+    own_preset = np.mean(normalised("cartpole", [400.0, 450.0, 480.0]))
+    assert aggregate["preset (cells with a preset)"]["normalized_iqm"] == pytest.approx(own_preset)
+    assert aggregate["tuned (cells with a preset)"]["normalized_iqm"] == pytest.approx(1.0)
+    own = aggregate["tuned − preset (cells with a preset)"]
+    assert own["cells"] == 1 and own["runs"] == 3
+    assert own["normalized_iqm"] == pytest.approx(1.0 - own_preset)
 
     # The per-algorithm aggregate has a row per source; the files and the console show the comparison.
     assert sorted(zip(report.aggregate["algo"], report.aggregate["source"], strict=True)) == [
