@@ -44,13 +44,18 @@ def sqlite_path(url: str) -> Path | None:
 
 def check_sqlite(path: Path, what: str, key: str, create: bool) -> None:
     """Check the SQLite file of a store: a readable database, and writable (or creatable) if ``create``.
+    Where the file may be written, a transaction left open by a killed writer is rolled back here.
 
     Raises StoreMissing when the file does not exist and ``create`` is False, ConfigError naming
     ``what`` (e.g. "MLflow tracking store"), the file and the config ``key`` otherwise.
     """
     if path.exists():
+        # Read-write where allowed: a writer killed mid-transaction leaves a hot rollback journal, which
+        # only a read-write connection may roll back; a read-only one fails with "readonly database".
+        writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+        mode = "rw" if writable else "ro"
         try:
-            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)) as db:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=60)) as db:
                 db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"cannot use {what} {path} ({key}): {exc}") from exc
