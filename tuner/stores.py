@@ -52,14 +52,14 @@ def check_sqlite(path: Path, what: str, key: str, create: bool) -> None:
     if path.exists():
         # Read-write where allowed: a writer killed mid-transaction leaves a hot rollback journal, which
         # only a read-write connection may roll back; a read-only one fails with "readonly database".
-        writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
-        mode = "rw" if writable else "ro"
+        file_writable = os.access(path, os.W_OK)
+        mode = "rw" if file_writable and os.access(path.parent, os.W_OK | os.X_OK) else "ro"
         try:
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=60)) as db:
                 db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"cannot use {what} {path} ({key}): {exc}") from exc
-        if create and not os.access(path, os.W_OK):
+        if create and not file_writable:
             raise ConfigError(f"cannot write {what} {path} ({key}): permission denied")
         return
     if not create:
