@@ -27,7 +27,7 @@ TORCH_PIN := torch==2.13.0
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-envpool install-video evaluate test test-presets test-full sweep worker train replay benchmark report bench bench-envs bench-sweep bench-footprint bench-ceiling bench-population bench-scores bench-pbt ui tracking-server dashboard ui-screens lint format clean
+.PHONY: help install install-envpool install-video evaluate test test-presets test-full sweep worker train replay benchmark report bench bench-envs bench-sweep bench-footprint bench-ceiling bench-step bench-population bench-scores bench-pbt ui tracking-server dashboard ui-screens lint format clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -109,6 +109,9 @@ bench-footprint: install ## make sweep's demo study: its wall time and the bytes
 
 bench-ceiling: $(BENCH_STAMP) ## one PPO structure's trial time (SB3, rltune, population) vs its fp32 floor: make bench-ceiling ARGS="algo.n_epochs=20"
 	$(PY) -m bench.structure_ceiling $(ARGS)
+
+bench-step: $(BENCH_STAMP) ## PPO: the gradient-step time a speed-up over SB3 allows vs what the step and the networks alone take: make bench-step ARGS="--target 3"
+	$(PY) -m bench.step_budget $(ARGS)
 
 bench-population: install ## K population members vs K single agents, same preset: final-return IQMs and CIs
 	$(PY) -m bench.population_check $(ARGS)
