@@ -215,6 +215,11 @@ class ActorCritic(nn.Module):
             torch.full((self.head_dim,), float(config.log_std_init)), requires_grad=self.dist == "gaussian"
         )
 
+    @property
+    def writes_out_backward(self) -> bool:
+        """Whether :func:`surrogate_step` can take this policy's gradient without autograd."""
+        return self.dist in ("categorical", "gaussian") and self.net.writes_out_backward
+
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(actor head output, V(s)) for a batch of observations."""
         out = self.net(obs)
@@ -511,6 +516,140 @@ def clipped_surrogate_losses(
     return SurrogateLosses(pg_loss, v_loss, entropy.mean(-1), approx_kl, clipfrac)
 
 
+def total_loss(out: SurrogateLosses, vf_coef: float, ent_coef: float) -> torch.Tensor:
+    """The loss a step minimises: policy loss + ``vf_coef`` · value loss − ``ent_coef`` · entropy."""
+    loss = out.pg_loss + vf_coef * out.v_loss
+    if ent_coef > 0:  # with a zero coefficient, keep the entropy out of the backward pass
+        loss = loss - ent_coef * out.entropy
+    return loss
+
+
+class SurrogateStep(NamedTuple):
+    """One minibatch's losses, and the call that puts the gradient of ``loss`` into the weights' ``.grad``."""
+
+    losses: SurrogateLosses
+    loss: torch.Tensor
+    backward: Callable[[], None]
+
+
+def surrogate_step(
+    policy: ActorCritic, minibatch: RolloutSamples, clip: float, cfg: PPOConfig
+) -> SurrogateStep:
+    """The clipped-surrogate losses of ``minibatch`` under ``policy``, and how to take their gradient.
+
+    Through autograd in general. Where the policy's derivatives are written out (categorical or Gaussian
+    actions, tanh or ReLU layers), the same gradient comes from :func:`surrogate_gradients` and
+    :meth:`StackedMLP.backward_written_out`, without recording a graph: for PPO's small networks that
+    bookkeeping costs about a quarter of a step (bench/results/throughput.md).
+    """
+    if not policy.writes_out_backward:
+        head, newvalue = policy(minibatch.obs)
+        newlogprob, entropy = policy.log_prob_entropy(head, minibatch.actions)
+        out = clipped_surrogate_losses(
+            newlogprob, minibatch.logprobs, minibatch.advantages, newvalue, minibatch.values,
+            minibatch.returns, entropy, clip, cfg.clip_range_vf, cfg.normalize_advantage,
+        )  # fmt: skip
+        loss = total_loss(out, cfg.vf_coef, cfg.ent_coef)
+        return SurrogateStep(out, loss, loss.backward)
+
+    output, inputs = policy.net.forward_keeping_inputs(minibatch.obs)
+    head, newvalue = output[0, :, : policy.head_dim], output[1, :, 0]
+    grads = surrogate_gradients(policy.dist, head, policy.log_std.detach(), newvalue, minibatch, clip, cfg)
+
+    def backward() -> None:
+        grad_output = torch.zeros_like(output)  # padding columns of the narrower head get none
+        grad_output[0, :, : policy.head_dim] = grads.head
+        grad_output[1, :, 0] = grads.value
+        policy.net.backward_written_out(inputs, grad_output)
+        if policy.log_std.requires_grad:
+            policy.log_std.grad.copy_(grads.log_std)
+
+    return SurrogateStep(grads.losses, grads.loss, backward)
+
+
+class SurrogateGradients(NamedTuple):
+    """:func:`surrogate_gradients`'s result: the losses, and d loss / d each input of it."""
+
+    losses: SurrogateLosses
+    loss: torch.Tensor
+    head: torch.Tensor
+    value: torch.Tensor
+    log_std: torch.Tensor
+
+
+@torch.no_grad()
+def surrogate_gradients(
+    dist: str,
+    head: torch.Tensor,
+    log_std: torch.Tensor,
+    newvalue: torch.Tensor,
+    minibatch: RolloutSamples,
+    clip: float,
+    cfg: PPOConfig,
+) -> SurrogateGradients:
+    """:func:`clipped_surrogate_losses` and :func:`total_loss` for a categorical or Gaussian policy,
+    with the loss's derivatives by the actor's head, the value and the log-std, written out.
+
+    Each derivative is the one autograd takes through the same expressions (tests compare them),
+    including its conventions: a clamp passes the gradient on its bounds, and where the clipped and
+    unclipped surrogates are equal the maximum splits it between them, which sums to the unclipped one.
+    """
+    n = head.shape[0]
+    actions, advantages = minibatch.actions, minibatch.advantages
+    if dist == "categorical":
+        log_p = torch.log_softmax(head, dim=-1)
+        p = log_p.exp()
+        index = actions.long().unsqueeze(-1)
+        newlogprob = log_p.gather(-1, index).squeeze(-1)
+        entropy = -(p * log_p).sum(-1)
+    else:  # gaussian
+        inv_std = torch.exp(-log_std)
+        z = (actions - head) * inv_std
+        newlogprob = (-0.5 * z.pow(2) - log_std - D.LOG_SQRT_2PI).sum(-1)
+        entropy = (0.5 + D.LOG_SQRT_2PI + log_std).sum(-1).expand(n)
+    logratio = newlogprob - minibatch.logprobs
+    ratio = logratio.exp()
+    approx_kl = ((ratio - 1) - logratio).mean(-1)
+    clipfrac = ((ratio - 1.0).abs() > clip).float().mean(-1)
+    if cfg.normalize_advantage and n > 1:
+        advantages = (advantages - advantages.mean(-1, keepdim=True)) / (
+            advantages.std(-1, keepdim=True) + 1e-8
+        )
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)
+    pg_loss = torch.max(pg_loss1, pg_loss2).mean(-1)
+    value = newvalue
+    if cfg.clip_range_vf is not None:
+        value_step = newvalue - minibatch.values
+        value = minibatch.values + torch.clamp(value_step, -cfg.clip_range_vf, cfg.clip_range_vf)
+    value_error = value - minibatch.returns
+    v_loss = 0.5 * value_error.pow(2).mean(-1)
+    out = SurrogateLosses(pg_loss, v_loss, entropy.mean(-1), approx_kl, clipfrac)
+    loss = total_loss(out, cfg.vf_coef, cfg.ent_coef)
+
+    # d loss / d ratio: the unclipped surrogate's where it is the larger or the clip does not bind.
+    inside = (ratio >= 1 - clip) & (ratio <= 1 + clip)
+    grad_ratio = torch.where((pg_loss1 > pg_loss2) | inside, -advantages, 0.0) / n
+    grad_logprob = grad_ratio * ratio
+    grad_value = value_error * (cfg.vf_coef / n)
+    if cfg.clip_range_vf is not None:
+        grad_value = grad_value * (value_step.abs() <= cfg.clip_range_vf)
+    if dist == "categorical":
+        # log π(a) = z_a − logsumexp(z): d/dz = onehot(a) − p; the entropy's d/dz = −p (log p + H).
+        grad_head = -p * grad_logprob.unsqueeze(-1)
+        grad_head.scatter_add_(-1, index, grad_logprob.unsqueeze(-1))
+        if cfg.ent_coef > 0:
+            grad_head += (cfg.ent_coef / n) * p * (log_p + entropy.unsqueeze(-1))
+        grad_log_std = torch.zeros_like(log_std)
+    else:
+        # d log N / d mean = z / σ, d log N / d log σ = z² − 1; the entropy's d/d log σ = 1 per dimension.
+        grad_head = grad_logprob.unsqueeze(-1) * z * inv_std
+        grad_log_std = (grad_logprob.unsqueeze(-1) * (z * z - 1)).sum(0)
+        if cfg.ent_coef > 0:
+            grad_log_std = grad_log_std - cfg.ent_coef
+    return SurrogateGradients(out, loss, grad_head, grad_value, grad_log_std)
+
+
 LOSS_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
 """Names of the update's loss diagnostics, in :class:`SurrogateLosses` field order."""
 
@@ -733,22 +872,13 @@ class PPO:
         )
         for start in range(0, batch, cfg.batch_size):
             minibatch = epoch.select(slice(start, start + cfg.batch_size))
-            head, newvalue = self.policy(minibatch.obs)
-            newlogprob, entropy = self.policy.log_prob_entropy(head, minibatch.actions)
-            out = clipped_surrogate_losses(
-                newlogprob, minibatch.logprobs, minibatch.advantages, newvalue, minibatch.values,
-                minibatch.returns, entropy, clip, cfg.clip_range_vf, cfg.normalize_advantage,
-            )  # fmt: skip
+            out, loss, backward = surrogate_step(self.policy, minibatch, clip, cfg)
             if cfg.target_kl is not None and out.approx_kl > 1.5 * cfg.target_kl:
                 return False  # as SB3: skip this step and end the update
-
-            loss = out.pg_loss + cfg.vf_coef * out.v_loss
-            if cfg.ent_coef > 0:  # with a zero coefficient, keep the entropy out of the backward pass
-                loss = loss - cfg.ent_coef * out.entropy
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(out.first_non_finite(), self.num_steps)
 
-            loss.backward()
+            backward()
             self.optimizer.step()  # clips the global gradient norm to max_grad_norm first
             stats.append(out.stacked().detach())
         return True

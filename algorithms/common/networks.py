@@ -275,6 +275,44 @@ class StackedMLP(nn.Module):
                 h = self._numpy_act(h)
         return h
 
+    @property
+    def writes_out_backward(self) -> bool:
+        """Whether :meth:`forward_keeping_inputs` and :meth:`backward_written_out` cover this network:
+        tanh or ReLU hidden layers (their derivatives follow from their outputs), no narrow head."""
+        return self.activation in ("tanh", "relu") and not self._narrow_head
+
+    @torch.no_grad()
+    def forward_keeping_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """:meth:`forward` without autograd, returning with the output every layer's input, which is
+        what :meth:`backward_written_out` needs."""
+        h = x.expand(self.n_members, *x.shape) if x.dim() == 2 else x
+        inputs = []
+        last = len(self._layers) - 1
+        for i, (weight, bias) in enumerate(self._layers):
+            inputs.append(h)
+            h = torch.baddbmm(bias, h, weight)
+            if i < last:
+                h = h.relu_() if self.activation == "relu" else h.tanh_()
+        return h, tuple(inputs)
+
+    @torch.no_grad()
+    def backward_written_out(self, inputs: Sequence[torch.Tensor], grad_out: torch.Tensor) -> None:
+        """Back-propagate ``grad_out`` (d loss / d output, shaped like the output) through the layers
+        whose ``inputs`` :meth:`forward_keeping_inputs` returned, writing each weight's and bias's
+        gradient into its ``.grad`` (replacing what it held): what autograd computes, without recording
+        a graph, which for small networks costs more than the arithmetic (bench/results/throughput.md).
+        """
+        grad = grad_out
+        for i in reversed(range(len(self._layers))):
+            weight, bias = self._layers[i]
+            torch.bmm(inputs[i].transpose(1, 2), grad, out=weight.grad)
+            torch.sum(grad, dim=1, keepdim=True, out=bias.grad)
+            if i == 0:
+                return
+            grad = torch.bmm(grad, weight.transpose(1, 2))
+            a = inputs[i]  # the activation's output: the derivative is 1 - a² (tanh) or [a > 0] (ReLU)
+            grad = grad.mul_(a > 0) if self.activation == "relu" else grad.mul_(1 - a * a)
+
     @torch.no_grad()
     def load_members(
         self, source: StackedMLP, members: slice = slice(None), source_members: slice = slice(None)
