@@ -516,20 +516,81 @@ def clipped_surrogate_losses(
     return SurrogateLosses(pg_loss, v_loss, entropy.mean(-1), approx_kl, clipfrac)
 
 
-def total_loss(out: SurrogateLosses, vf_coef: float, ent_coef: float) -> torch.Tensor:
+Coefficient = float | torch.Tensor
+"""A loss weight: one number, or one per agent (shape of the leading dimensions, e.g. (K,))."""
+
+
+def total_loss(out: SurrogateLosses, vf_coef: Coefficient, ent_coef: Coefficient) -> torch.Tensor:
     """The loss a step minimises: policy loss + ``vf_coef`` · value loss − ``ent_coef`` · entropy."""
     loss = out.pg_loss + vf_coef * out.v_loss
-    if ent_coef > 0:  # with a zero coefficient, keep the entropy out of the backward pass
+    if isinstance(ent_coef, torch.Tensor) or ent_coef > 0:  # a zero keeps the entropy out of backward
         loss = loss - ent_coef * out.entropy
     return loss
 
 
 class SurrogateStep(NamedTuple):
-    """One minibatch's losses, and the call that puts the gradient of ``loss`` into the weights' ``.grad``."""
+    """One minibatch's losses (one per agent), and the call that puts the gradient of their sum over
+    the agents where ``mask`` holds (default: all) into the weights' ``.grad``."""
 
     losses: SurrogateLosses
     loss: torch.Tensor
-    backward: Callable[[], None]
+    backward: Callable[[torch.Tensor | None], None]
+
+
+def autograd_step(
+    head: torch.Tensor,
+    newvalue: torch.Tensor,
+    newlogprob: torch.Tensor,
+    entropy: torch.Tensor,
+    minibatch: RolloutSamples,
+    clip: float | torch.Tensor,
+    cfg: PPOConfig,
+    vf_coef: Coefficient,
+    ent_coef: Coefficient,
+) -> SurrogateStep:
+    """:func:`clipped_surrogate_losses` on outputs computed with autograd; backward through the graph."""
+    out = clipped_surrogate_losses(
+        newlogprob, minibatch.logprobs, minibatch.advantages, newvalue, minibatch.values,
+        minibatch.returns, entropy, clip, cfg.clip_range_vf, cfg.normalize_advantage,
+    )  # fmt: skip
+    loss = total_loss(out, vf_coef, ent_coef)
+
+    def backward(mask: torch.Tensor | None = None) -> None:
+        (loss if mask is None else torch.where(mask, loss, 0.0)).sum().backward()
+
+    return SurrogateStep(out, loss, backward)
+
+
+def written_out_step(
+    dist: str,
+    head: torch.Tensor,
+    newvalue: torch.Tensor,
+    log_std: nn.Parameter,
+    write_network_grads: Callable[[torch.Tensor, torch.Tensor], None],
+    minibatch: RolloutSamples,
+    clip: float | torch.Tensor,
+    cfg: PPOConfig,
+    vf_coef: Coefficient,
+    ent_coef: Coefficient,
+) -> SurrogateStep:
+    """The same losses from outputs computed without autograd; backward writes their gradient:
+    :func:`surrogate_gradients` for the head, the value and the log-std, then ``write_network_grads``
+    (given d loss / d head and d loss / d value) through the network."""
+    grads = surrogate_gradients(
+        dist, head, log_std.detach(), newvalue, minibatch, clip, cfg, vf_coef, ent_coef
+    )
+
+    def backward(mask: torch.Tensor | None = None) -> None:
+        grad_head, grad_value, grad_log_std = grads.head, grads.value, grads.log_std
+        if mask is not None:  # a masked agent gets no gradient, whatever its loss (NaN included)
+            grad_head = torch.where(mask[:, None, None], grad_head, 0.0)
+            grad_value = torch.where(mask[:, None], grad_value, 0.0)
+            grad_log_std = torch.where(mask[:, None], grad_log_std, 0.0)
+        write_network_grads(grad_head, grad_value)
+        if log_std.requires_grad:
+            log_std.grad.copy_(grad_log_std)
+
+    return SurrogateStep(grads.losses, grads.loss, backward)
 
 
 def surrogate_step(
@@ -545,26 +606,22 @@ def surrogate_step(
     if not policy.writes_out_backward:
         head, newvalue = policy(minibatch.obs)
         newlogprob, entropy = policy.log_prob_entropy(head, minibatch.actions)
-        out = clipped_surrogate_losses(
-            newlogprob, minibatch.logprobs, minibatch.advantages, newvalue, minibatch.values,
-            minibatch.returns, entropy, clip, cfg.clip_range_vf, cfg.normalize_advantage,
-        )  # fmt: skip
-        loss = total_loss(out, cfg.vf_coef, cfg.ent_coef)
-        return SurrogateStep(out, loss, loss.backward)
-
+        return autograd_step(
+            head, newvalue, newlogprob, entropy, minibatch, clip, cfg, cfg.vf_coef, cfg.ent_coef
+        )
     output, inputs = policy.net.forward_keeping_inputs(minibatch.obs)
-    head, newvalue = output[0, :, : policy.head_dim], output[1, :, 0]
-    grads = surrogate_gradients(policy.dist, head, policy.log_std.detach(), newvalue, minibatch, clip, cfg)
 
-    def backward() -> None:
+    def write_network_grads(grad_head: torch.Tensor, grad_value: torch.Tensor) -> None:
         grad_output = torch.zeros_like(output)  # padding columns of the narrower head get none
-        grad_output[0, :, : policy.head_dim] = grads.head
-        grad_output[1, :, 0] = grads.value
+        grad_output[0, :, : policy.head_dim] = grad_head
+        grad_output[1, :, 0] = grad_value
         policy.net.backward_written_out(inputs, grad_output)
-        if policy.log_std.requires_grad:
-            policy.log_std.grad.copy_(grads.log_std)
 
-    return SurrogateStep(grads.losses, grads.loss, backward)
+    head, newvalue = output[0, :, : policy.head_dim], output[1, :, 0]
+    return written_out_step(
+        policy.dist, head, newvalue, policy.log_std, write_network_grads, minibatch, clip, cfg,
+        cfg.vf_coef, cfg.ent_coef,
+    )  # fmt: skip
 
 
 class SurrogateGradients(NamedTuple):
@@ -577,6 +634,11 @@ class SurrogateGradients(NamedTuple):
     log_std: torch.Tensor
 
 
+def _per_sample(coefficient: Coefficient) -> Coefficient:
+    """A per-agent coefficient (shape (K,)) broadcast against per-sample values (shape (K, batch))."""
+    return coefficient.unsqueeze(-1) if isinstance(coefficient, torch.Tensor) else coefficient
+
+
 @torch.no_grad()
 def surrogate_gradients(
     dist: str,
@@ -584,17 +646,21 @@ def surrogate_gradients(
     log_std: torch.Tensor,
     newvalue: torch.Tensor,
     minibatch: RolloutSamples,
-    clip: float,
+    clip: float | torch.Tensor,
     cfg: PPOConfig,
+    vf_coef: Coefficient,
+    ent_coef: Coefficient,
 ) -> SurrogateGradients:
     """:func:`clipped_surrogate_losses` and :func:`total_loss` for a categorical or Gaussian policy,
     with the loss's derivatives by the actor's head, the value and the log-std, written out.
 
-    Each derivative is the one autograd takes through the same expressions (tests compare them),
-    including its conventions: a clamp passes the gradient on its bounds, and where the clipped and
-    unclipped surrogates are equal the maximum splits it between them, which sums to the unclipped one.
+    Shapes as for :func:`clipped_surrogate_losses`: leading agent dimensions, then the batch; ``log_std``
+    is (head,) or (K, head). Each derivative is the one autograd takes through the same expressions
+    (tests compare them), with its conventions: a clamp passes the gradient on its bounds, and where
+    the clipped and unclipped surrogates are equal the maximum splits it between them, which sums to
+    the unclipped one's.
     """
-    n = head.shape[0]
+    n = head.shape[-2]
     actions, advantages = minibatch.actions, minibatch.advantages
     if dist == "categorical":
         log_p = torch.log_softmax(head, dim=-1)
@@ -602,11 +668,12 @@ def surrogate_gradients(
         index = actions.long().unsqueeze(-1)
         newlogprob = log_p.gather(-1, index).squeeze(-1)
         entropy = -(p * log_p).sum(-1)
-    else:  # gaussian
-        inv_std = torch.exp(-log_std)
+    else:  # gaussian, one log-std row per agent
+        row = log_std.unsqueeze(-2)
+        inv_std = torch.exp(-row)
         z = (actions - head) * inv_std
-        newlogprob = (-0.5 * z.pow(2) - log_std - D.LOG_SQRT_2PI).sum(-1)
-        entropy = (0.5 + D.LOG_SQRT_2PI + log_std).sum(-1).expand(n)
+        newlogprob = (-0.5 * z.pow(2) - row - D.LOG_SQRT_2PI).sum(-1)
+        entropy = (0.5 + D.LOG_SQRT_2PI + row).sum(-1).expand(newlogprob.shape)
     logratio = newlogprob - minibatch.logprobs
     ratio = logratio.exp()
     approx_kl = ((ratio - 1) - logratio).mean(-1)
@@ -625,28 +692,29 @@ def surrogate_gradients(
     value_error = value - minibatch.returns
     v_loss = 0.5 * value_error.pow(2).mean(-1)
     out = SurrogateLosses(pg_loss, v_loss, entropy.mean(-1), approx_kl, clipfrac)
-    loss = total_loss(out, cfg.vf_coef, cfg.ent_coef)
+    loss = total_loss(out, vf_coef, ent_coef)
 
     # d loss / d ratio: the unclipped surrogate's where it is the larger or the clip does not bind.
     inside = (ratio >= 1 - clip) & (ratio <= 1 + clip)
     grad_ratio = torch.where((pg_loss1 > pg_loss2) | inside, -advantages, 0.0) / n
     grad_logprob = grad_ratio * ratio
-    grad_value = value_error * (cfg.vf_coef / n)
+    grad_value = value_error * (_per_sample(vf_coef) / n)
     if cfg.clip_range_vf is not None:
         grad_value = grad_value * (value_step.abs() <= cfg.clip_range_vf)
+    with_entropy = isinstance(ent_coef, torch.Tensor) or ent_coef > 0
     if dist == "categorical":
         # log π(a) = z_a − logsumexp(z): d/dz = onehot(a) − p; the entropy's d/dz = −p (log p + H).
         grad_head = -p * grad_logprob.unsqueeze(-1)
         grad_head.scatter_add_(-1, index, grad_logprob.unsqueeze(-1))
-        if cfg.ent_coef > 0:
-            grad_head += (cfg.ent_coef / n) * p * (log_p + entropy.unsqueeze(-1))
+        if with_entropy:
+            grad_head += (_per_sample(_per_sample(ent_coef)) / n) * p * (log_p + entropy.unsqueeze(-1))
         grad_log_std = torch.zeros_like(log_std)
     else:
         # d log N / d mean = z / σ, d log N / d log σ = z² − 1; the entropy's d/d log σ = 1 per dimension.
         grad_head = grad_logprob.unsqueeze(-1) * z * inv_std
-        grad_log_std = (grad_logprob.unsqueeze(-1) * (z * z - 1)).sum(0)
-        if cfg.ent_coef > 0:
-            grad_log_std = grad_log_std - cfg.ent_coef
+        grad_log_std = (grad_logprob.unsqueeze(-1) * (z * z - 1)).sum(-2)
+        if with_entropy:
+            grad_log_std = grad_log_std - _per_sample(ent_coef)
     return SurrogateGradients(out, loss, grad_head, grad_value, grad_log_std)
 
 

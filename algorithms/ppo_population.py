@@ -50,8 +50,9 @@ from algorithms.ppo import (
     Rollout,
     RolloutSamples,
     SurrogateLosses,
+    SurrogateStep,
     annealed,
-    clipped_surrogate_losses,
+    autograd_step,
     compute_gae,
     deterministic_actions,
     learning_rewards,
@@ -61,6 +62,7 @@ from algorithms.ppo import (
     sample_actions,
     to_env_action,
     update_diagnostics,
+    written_out_step,
 )
 
 MEMBER_HYPERPARAMETERS = SCHEDULABLE_FIELDS
@@ -505,15 +507,11 @@ class PopulationPPO:
             epoch = samples if one_minibatch(batch, cfg.batch_size) else self._shuffled(samples, members)
             for start in range(0, batch, cfg.batch_size):
                 minibatch = epoch.select((slice(None), slice(start, start + cfg.batch_size)))
-                head, newvalue = self._forward(minibatch.obs)
-                newlogprob, entropy = self._log_prob_entropy(head, minibatch.actions)
-                out = clipped_surrogate_losses(
-                    newlogprob, minibatch.logprobs, minibatch.advantages, newvalue, minibatch.values,
-                    minibatch.returns, entropy, clip, cfg.clip_range_vf, cfg.normalize_advantage,
-                )  # fmt: skip
+                step = self._surrogate_step(minibatch, clip)
+                out = step.losses
                 if cfg.target_kl is not None:  # as SB3: a member past the KL limit ends its update here
                     active = active & ~(out.approx_kl > 1.5 * cfg.target_kl)
-                active = self._minibatch_step(out, active, members, diverged)
+                active = self._minibatch_step(step, active, members, diverged)
                 if not bool(active.any()):
                     break
                 stats += torch.where(active, out.stacked().detach(), 0.0)
@@ -532,9 +530,34 @@ class PopulationPPO:
             perm[k] = m.rng.permutation(batch)
         return samples.select((torch.arange(n_members)[:, None], torch.from_numpy(perm)))
 
+    def _surrogate_step(self, minibatch: RolloutSamples, clip: torch.Tensor) -> SurrogateStep:
+        """Every member's losses on its minibatch rows, and how to take their gradient: written out
+        where PPO's single agent writes it out (:func:`~algorithms.ppo.surrogate_step`), else autograd."""
+        cfg = self.config
+        if not (self.dist in ("categorical", "gaussian") and self.net.writes_out_backward):
+            head, newvalue = self._forward(minibatch.obs)
+            newlogprob, entropy = self._log_prob_entropy(head, minibatch.actions)
+            return autograd_step(
+                head, newvalue, newlogprob, entropy, minibatch, clip, cfg, self._vf_coef, self._ent_coef
+            )
+        # Member k's actor is stacked network 2k, its critic 2k + 1 (see __init__).
+        output, inputs = self.net.forward_keeping_inputs(minibatch.obs.repeat_interleave(2, dim=0))
+
+        def write_network_grads(grad_head: torch.Tensor, grad_value: torch.Tensor) -> None:
+            grad_output = torch.zeros_like(output)
+            grad_output[0::2, :, : self.head_dim] = grad_head
+            grad_output[1::2, :, 0] = grad_value
+            self.net.backward_written_out(inputs, grad_output)
+
+        head, newvalue = output[0::2, :, : self.head_dim], output[1::2, :, 0]
+        return written_out_step(
+            self.dist, head, newvalue, self.log_std, write_network_grads, minibatch, clip, cfg,
+            self._vf_coef, self._ent_coef,
+        )  # fmt: skip
+
     def _minibatch_step(
         self,
-        out: SurrogateLosses,
+        step: SurrogateStep,
         active: torch.Tensor,
         members: Mapping[int, Member],
         diverged: dict[int, NonFiniteLossError],
@@ -543,7 +566,7 @@ class PopulationPPO:
 
         An active member whose loss turned NaN or infinite is added to ``diverged`` and takes no step.
         """
-        loss = out.pg_loss + self._vf_coef * out.v_loss - self._ent_coef * out.entropy
+        out, loss = step.losses, step.loss
         finite = torch.isfinite(loss)
         for k in torch.nonzero(active & ~finite).flatten().tolist():
             one = SurrogateLosses(*(term[k] for term in out))
@@ -554,7 +577,7 @@ class PopulationPPO:
                 # The weights are strided views into the member-major buffer, by design; autograd
                 # accumulates into them in place and only notes that the layout is unusual.
                 warnings.filterwarnings("ignore", message="grad and param do not obey")
-                torch.where(active, loss, 0.0).sum().backward()
+                step.backward(active)
             self.optimizer.step(active)  # each member's gradient norm clipped to its own limit
         return active
 

@@ -189,7 +189,7 @@ def test_explored_values_are_what_the_batched_update_applies(monkeypatch: pytest
     range and coefficients at each minibatch step, and the learning rate and gradient clip at each Adam
     step; the iteration logs the same learning rate and clip range."""
     seen: dict[str, list[float]] = {name: [] for name in EXPLORED}
-    real_gae, real_losses = ppo_population.compute_gae, ppo_population.clipped_surrogate_losses
+    real_gae, real_losses = ppo_population.compute_gae, PopulationPPO._surrogate_step
     real_step, real_minibatch = MemberAdam.step, PopulationPPO._minibatch_step
 
     def gae(rewards: Any, values: Any, dones: Any, last: Any, gamma: Any, lam: Any) -> Any:
@@ -197,9 +197,9 @@ def test_explored_values_are_what_the_batched_update_applies(monkeypatch: pytest
         seen["gae_lambda"].append(float(lam[1, 0]))
         return real_gae(rewards, values, dones, last, gamma, lam)
 
-    def losses(*args: Any) -> Any:
-        seen["clip_range"].append(float(args[7][1, 0]))
-        return real_losses(*args)
+    def losses(self: PopulationPPO, minibatch: Any, clip: torch.Tensor) -> Any:
+        seen["clip_range"].append(float(clip[1, 0]))
+        return real_losses(self, minibatch, clip)
 
     def adam_step(self: MemberAdam, active: torch.Tensor) -> None:
         seen["learning_rate"].append(float(self.lr[1, 0]))
@@ -217,7 +217,7 @@ def test_explored_values_are_what_the_batched_update_applies(monkeypatch: pytest
         population.learn_iteration()
         population.set_hyperparameters(1, EXPLORED)
         monkeypatch.setattr(ppo_population, "compute_gae", gae)
-        monkeypatch.setattr(ppo_population, "clipped_surrogate_losses", losses)
+        monkeypatch.setattr(PopulationPPO, "_surrogate_step", losses)
         monkeypatch.setattr(MemberAdam, "step", adam_step)
         monkeypatch.setattr(PopulationPPO, "_minibatch_step", minibatch)
         state = population.learn_iteration().states[1]
