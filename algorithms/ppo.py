@@ -218,7 +218,7 @@ class ActorCritic(nn.Module):
     @property
     def writes_out_backward(self) -> bool:
         """Whether :func:`surrogate_step` can take this policy's gradient without autograd."""
-        return self.dist in ("categorical", "gaussian") and self.net.writes_out_backward
+        return writes_out_backward(self.dist, self.net)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(actor head output, V(s)) for a batch of observations."""
@@ -247,6 +247,12 @@ class ActorCritic(nn.Module):
     def deterministic(self, head: np.ndarray) -> np.ndarray:
         """The most likely action (categorical), the mean (Gaussian) or the mean in (0, 1) (Beta)."""
         return deterministic_actions(self.dist, head)
+
+
+def writes_out_backward(dist: str, net: StackedMLP) -> bool:
+    """Whether PPO's gradient is written out for a policy of ``dist`` on ``net`` (see :func:`surrogate_step`):
+    categorical or Gaussian actions, and a network whose backward is written out."""
+    return dist in ("categorical", "gaussian") and net.writes_out_backward
 
 
 def sample_actions(
@@ -661,23 +667,12 @@ def surrogate_gradients(
     the unclipped one's.
     """
     n = head.shape[-2]
-    actions, advantages = minibatch.actions, minibatch.advantages
-    if dist == "categorical":
-        log_p = torch.log_softmax(head, dim=-1)
-        p = log_p.exp()
-        index = actions.long().unsqueeze(-1)
-        newlogprob = log_p.gather(-1, index).squeeze(-1)
-        entropy = -(p * log_p).sum(-1)
-    else:  # gaussian, one log-std row per agent
-        row = log_std.unsqueeze(-2)
-        inv_std = torch.exp(-row)
-        z = (actions - head) * inv_std
-        newlogprob = (-0.5 * z.pow(2) - row - D.LOG_SQRT_2PI).sum(-1)
-        entropy = (0.5 + D.LOG_SQRT_2PI + row).sum(-1).expand(newlogprob.shape)
-    logratio = newlogprob - minibatch.logprobs
+    density = _log_density(dist, head, log_std, minibatch.actions)
+    logratio = density.log_prob - minibatch.logprobs
     ratio = logratio.exp()
     approx_kl = ((ratio - 1) - logratio).mean(-1)
     clipfrac = ((ratio - 1.0).abs() > clip).float().mean(-1)
+    advantages = minibatch.advantages
     if cfg.normalize_advantage and n > 1:
         advantages = (advantages - advantages.mean(-1, keepdim=True)) / (
             advantages.std(-1, keepdim=True) + 1e-8
@@ -691,31 +686,71 @@ def surrogate_gradients(
         value = minibatch.values + torch.clamp(value_step, -cfg.clip_range_vf, cfg.clip_range_vf)
     value_error = value - minibatch.returns
     v_loss = 0.5 * value_error.pow(2).mean(-1)
-    out = SurrogateLosses(pg_loss, v_loss, entropy.mean(-1), approx_kl, clipfrac)
-    loss = total_loss(out, vf_coef, ent_coef)
+    out = SurrogateLosses(pg_loss, v_loss, density.entropy.mean(-1), approx_kl, clipfrac)
 
     # d loss / d ratio: the unclipped surrogate's where it is the larger or the clip does not bind.
     inside = (ratio >= 1 - clip) & (ratio <= 1 + clip)
     grad_ratio = torch.where((pg_loss1 > pg_loss2) | inside, -advantages, 0.0) / n
-    grad_logprob = grad_ratio * ratio
     grad_value = value_error * (_per_sample(vf_coef) / n)
     if cfg.clip_range_vf is not None:
         grad_value = grad_value * (value_step.abs() <= cfg.clip_range_vf)
-    with_entropy = isinstance(ent_coef, torch.Tensor) or ent_coef > 0
+    grad_head, grad_log_std = _log_density_gradients(density, grad_ratio * ratio, ent_coef, n)
+    return SurrogateGradients(out, total_loss(out, vf_coef, ent_coef), grad_head, grad_value, grad_log_std)
+
+
+class _LogDensity(NamedTuple):
+    """log π(a|s) and the entropy per sample, with what their derivatives reuse."""
+
+    log_prob: torch.Tensor
+    entropy: torch.Tensor
+    log_p: torch.Tensor | None = None
+    """Categorical: log-probabilities of every action."""
+    index: torch.Tensor | None = None
+    """Categorical: the actions taken, as a gather index."""
+    z: torch.Tensor | None = None
+    """Gaussian: (a − mean) / σ."""
+    inv_std: torch.Tensor | None = None
+    """Gaussian: 1 / σ, one row per agent."""
+
+
+def _log_density(dist: str, head: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> _LogDensity:
+    """What :func:`algorithms.common.distributions.categorical_log_prob_entropy` and
+    ``gaussian_log_prob_entropy`` compute (one log-std row per agent), keeping the intermediates."""
     if dist == "categorical":
+        log_p = torch.log_softmax(head, dim=-1)
+        index = actions.long().unsqueeze(-1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        return _LogDensity(log_p.gather(-1, index).squeeze(-1), entropy, log_p=log_p, index=index)
+    row = log_std.unsqueeze(-2)
+    inv_std = torch.exp(-row)
+    z = (actions - head) * inv_std
+    log_prob = (-0.5 * z.pow(2) - row - D.LOG_SQRT_2PI).sum(-1)
+    entropy = (0.5 + D.LOG_SQRT_2PI + row).sum(-1).expand(log_prob.shape)
+    return _LogDensity(log_prob, entropy, z=z, inv_std=inv_std)
+
+
+def _log_density_gradients(
+    density: _LogDensity, grad_log_prob: torch.Tensor, ent_coef: Coefficient, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d loss / d head, d loss / d log-std) from d loss / d log π(a|s), plus the entropy term's share
+    (−``ent_coef`` · mean entropy over ``n`` samples) when its weight can be non-zero."""
+    with_entropy = isinstance(ent_coef, torch.Tensor) or ent_coef > 0
+    if density.log_p is not None:
         # log π(a) = z_a − logsumexp(z): d/dz = onehot(a) − p; the entropy's d/dz = −p (log p + H).
-        grad_head = -p * grad_logprob.unsqueeze(-1)
-        grad_head.scatter_add_(-1, index, grad_logprob.unsqueeze(-1))
+        p = density.log_p.exp()
+        grad_head = -p * grad_log_prob.unsqueeze(-1)
+        grad_head.scatter_add_(-1, density.index, grad_log_prob.unsqueeze(-1))
         if with_entropy:
-            grad_head += (_per_sample(_per_sample(ent_coef)) / n) * p * (log_p + entropy.unsqueeze(-1))
-        grad_log_std = torch.zeros_like(log_std)
-    else:
-        # d log N / d mean = z / σ, d log N / d log σ = z² − 1; the entropy's d/d log σ = 1 per dimension.
-        grad_head = grad_logprob.unsqueeze(-1) * z * inv_std
-        grad_log_std = (grad_logprob.unsqueeze(-1) * (z * z - 1)).sum(-2)
-        if with_entropy:
-            grad_log_std = grad_log_std - _per_sample(ent_coef)
-    return SurrogateGradients(out, loss, grad_head, grad_value, grad_log_std)
+            weight = _per_sample(_per_sample(ent_coef)) / n
+            grad_head += weight * p * (density.log_p + density.entropy.unsqueeze(-1))
+        return grad_head, torch.zeros(())
+    # d log N / d mean = z / σ, d log N / d log σ = z² − 1; the entropy's d/d log σ = 1 per dimension.
+    z = density.z
+    grad_head = grad_log_prob.unsqueeze(-1) * z * density.inv_std
+    grad_log_std = (grad_log_prob.unsqueeze(-1) * (z * z - 1)).sum(-2)
+    if with_entropy:
+        grad_log_std = grad_log_std - _per_sample(ent_coef)
+    return grad_head, grad_log_std
 
 
 LOSS_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")

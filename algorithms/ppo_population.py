@@ -62,6 +62,7 @@ from algorithms.ppo import (
     sample_actions,
     to_env_action,
     update_diagnostics,
+    writes_out_backward,
     written_out_step,
 )
 
@@ -534,7 +535,7 @@ class PopulationPPO:
         """Every member's losses on its minibatch rows, and how to take their gradient: written out
         where PPO's single agent writes it out (:func:`~algorithms.ppo.surrogate_step`), else autograd."""
         cfg = self.config
-        if not (self.dist in ("categorical", "gaussian") and self.net.writes_out_backward):
+        if not writes_out_backward(self.dist, self.net):
             head, newvalue = self._forward(minibatch.obs)
             newlogprob, entropy = self._log_prob_entropy(head, minibatch.actions)
             return autograd_step(
