@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +129,21 @@ def dueling_q_values(out: torch.Tensor) -> torch.Tensor:
     """
     value, advantage = out[..., :1], out[..., 1:]
     return value + advantage - advantage.mean(-1, keepdim=True)
+
+
+def dueling_q_gradient(grad_q: torch.Tensor) -> torch.Tensor:
+    """d loss / d ``[V | A]`` from d loss / d Q through :func:`dueling_q_values`: V gets the sum over the
+    actions, A_j its own share less the mean share."""
+    return torch.cat((grad_q.sum(-1, keepdim=True), grad_q - grad_q.mean(-1, keepdim=True)), dim=-1)
+
+
+def huber_td_gradient(
+    old_val: torch.Tensor, td_target: torch.Tensor, weights: torch.Tensor | None
+) -> torch.Tensor:
+    """d loss / d Q(s, a) of the mean (importance-weighted) Huber loss with δ = 1, per sample: the TD
+    error clamped to [−1, 1], over the batch size."""
+    grad = torch.clamp(old_val - td_target, -1.0, 1.0) / old_val.shape[0]
+    return grad if weights is None else grad * weights
 
 
 def dueling_q_values_numpy(out: np.ndarray) -> np.ndarray:
@@ -265,6 +280,25 @@ class QNetwork:
         """Q-values, shape (B, n_actions)."""
         out = self.net(obs, noise) if isinstance(self.net, NoisyMLP) else self.net(obs)[0]
         return dueling_q_values(out) if self.dueling else out
+
+    @property
+    def writes_out_backward(self) -> bool:
+        """Whether :meth:`q_with_backward` covers this network: plain layers, tanh or ReLU."""
+        return isinstance(self.net, StackedMLP) and self.net.writes_out_backward
+
+    def q_with_backward(self, obs: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], None]]:
+        """Q-values computed without autograd, and the call that back-propagates d loss / d Q (same
+        shape) into the weights' ``.grad``, written out: for DQN's small network and batch, recording
+        the graph costs more than the arithmetic (bench/results/throughput.md)."""
+        assert isinstance(self.net, StackedMLP)
+        out, inputs = self.net.forward_keeping_inputs(obs)
+        net = self.net
+
+        def backward(grad_q: torch.Tensor) -> None:
+            grad_out = dueling_q_gradient(grad_q) if self.dueling else grad_q
+            net.backward_written_out(inputs, grad_out.unsqueeze(0))
+
+        return (dueling_q_values(out[0]) if self.dueling else out[0]), backward
 
     def q_numpy(self, obs: np.ndarray, noise_rng: np.random.Generator | None = None) -> np.ndarray:
         """Q-values for acting, in numpy without autograd. A noisy net draws fresh noise from
@@ -415,11 +449,10 @@ class D3QN(OffPolicyAgent):
                 self.target_network.reset_noise(self.noise_generator)
 
             # Online Q on s (with gradient) and, for the double-Q argmax, on s' — one call.
-            if cfg.double_q:
-                q_both = self.q_network(torch.cat((b.observations, b.next_observations)))
-                q_all, next_q_online = q_both[:batch_size], q_both[batch_size:].detach()
-            else:
-                q_all, next_q_online = self.q_network(b.observations), None
+            online_obs = torch.cat((b.observations, b.next_observations)) if cfg.double_q else b.observations
+            q_online, backward = self._online_q(online_obs)
+            q_all = q_online[:batch_size]
+            next_q_online = q_online[batch_size:].detach() if cfg.double_q else None
 
             with torch.no_grad():
                 next_q_target = self.target_network(b.next_observations)
@@ -430,12 +463,27 @@ class D3QN(OffPolicyAgent):
             loss = elementwise.mean() if weights is None else (weights * elementwise).mean()
             if not bool(torch.isfinite(loss)):
                 raise NonFiniteLossError("td_loss", self.runner.num_steps)
-            loss.backward()
+            if backward is None:
+                loss.backward()
+            else:  # the same gradient, written out: only Q(s, a) of the first batch_size rows has one
+                grad_q = torch.zeros_like(q_online)
+                grad_q[:batch_size].scatter_(
+                    1, actions[:, None], huber_td_gradient(old_val, td_target, weights)[:, None]
+                )
+                backward(grad_q)
             self.optimizer.step()
             if self.sampler is not None:
                 self.sampler.update_priorities(indices, (old_val.detach() - td_target).numpy())
             self.n_updates += 1
             self._stats.append(torch.stack((loss.detach(), old_val.detach().mean())))
+
+    def _online_q(self, obs: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], None] | None]:
+        """Online Q-values of ``obs`` and the call that writes out their backward, or Q-values recorded
+        by autograd (and None) for a network whose backward is not written out (noisy layers, other
+        activations)."""
+        if self.q_network.writes_out_backward:
+            return self.q_network.q_with_backward(obs)
+        return self.q_network(obs), None
 
     def _pop_losses(self) -> dict[str, float]:
         losses = stats_to_dict(self._stats, self.loss_keys[:2])  # epsilon is no per-update stat

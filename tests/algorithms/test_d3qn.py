@@ -13,7 +13,7 @@ from algorithms.common.nstep import NStepAccumulator
 from algorithms.common.prioritized import PrioritizedSampler, SumTree
 from algorithms.common.replay import ReplayBuffer
 from algorithms.common.types import VecStep
-from algorithms.d3qn import NoisyLinear, dueling_q_values, td_targets
+from algorithms.d3qn import NoisyLinear, dueling_q_values, huber_td_gradient, td_targets
 from tests.helpers import record_curve, saved_and_loaded
 
 SMALL = dict(net_arch=(32, 32), batch_size=32, learning_starts=100, target_update_interval=100)
@@ -309,3 +309,52 @@ def test_n_step_returns_with_learning_starts_zero_wait_for_the_first_stored_wind
     with D3QN("CartPole-v1", config, seed=0) as agent:
         agent.learn(10)  # the first two steps complete no 3-step window yet: nothing to train on
         assert len(agent.runner.buffer) == 8 and agent.n_updates == 8
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(dueling=False, double_q=False),
+        dict(dueling=True, double_q=True, activation="tanh"),
+        dict(prioritized=True, n_step=3),
+    ],
+    ids=["plain", "dueling-double-tanh", "prioritized-nstep"],
+)
+def test_written_out_backward_trains_as_autograd_does(options: dict) -> None:
+    """The Q-network's gradient written out (no autograd graph) takes the steps autograd takes: after
+    hundreds of updates both agents hold the same weights, up to float rounding."""
+    config = D3QNConfig(**{**SMALL, "train_freq": 1, **options})
+    with D3QN("CartPole-v1", config, seed=2) as written, D3QN("CartPole-v1", config, seed=2) as reference:
+        net = reference.q_network.net
+        net.activation, net.act = "autograd", torch.tanh if config.activation == "tanh" else torch.relu
+        assert written.q_network.writes_out_backward and not reference.q_network.writes_out_backward
+        initial = written.q_flat.detach().clone()
+        written.learn(600)
+        reference.learn(600)
+        assert written.n_updates == reference.n_updates >= 400
+        np.testing.assert_allclose(written.q_flat.detach(), reference.q_flat.detach(), atol=1e-4)
+        assert (written.q_flat.detach() - initial).abs().max() > 1e-3  # it learned
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_written_out_td_gradient_equals_autograd(dueling: bool, weighted: bool) -> None:
+    """One minibatch's Huber TD loss: the written-out gradient is autograd's, with TD errors on both sides
+    of the Huber loss's kink and (prioritized replay) importance weights."""
+    g = torch.Generator().manual_seed(0)
+    obs, actions = torch.randn(32, 4, generator=g), torch.randint(0, 2, (32,), generator=g)
+    td_target = 3.0 * torch.randn(32, generator=g)
+    weights = torch.rand(32, generator=g) if weighted else None
+    with D3QN("CartPole-v1", D3QNConfig(**SMALL, dueling=dueling), seed=0) as agent:
+        old_val = agent.q_network(obs).gather(1, actions[:, None])[:, 0]
+        elementwise = torch.nn.functional.smooth_l1_loss(old_val, td_target, reduction="none")
+        (elementwise if weights is None else weights * elementwise).mean().backward()
+        expected = agent.q_flat.grad.clone()
+        assert ((old_val - td_target).abs() < 1).any() and ((old_val - td_target).abs() > 1).any()
+        agent.q_flat.grad.fill_(7.0)  # written out: replaced, not added to
+        q, backward = agent.q_network.q_with_backward(obs)
+        grad_q = torch.zeros_like(q)
+        written_old_val = q.gather(1, actions[:, None])[:, 0]
+        grad_q.scatter_(1, actions[:, None], huber_td_gradient(written_old_val, td_target, weights)[:, None])
+        backward(grad_q)
+        torch.testing.assert_close(agent.q_flat.grad, expected, rtol=1e-5, atol=1e-7)
