@@ -4,6 +4,10 @@ Reads top to bottom like the paper: the config, the actor-critic, generalised ad
 then the agent — collect a rollout with the current policy, compute advantages, and take several
 epochs of clipped-surrogate minibatch steps on it. Names follow CleanRL (``b_advantages``,
 ``clipfrac``, ``approx_kl``); default hyperparameters follow Stable-Baselines3.
+
+Section 5 defines the losses through autograd (:func:`clipped_surrogate_losses`) and then writes out
+their derivatives (:func:`surrogate_gradients`), which the update uses for categorical and Gaussian
+policies on tanh or ReLU networks: recording the graph costs more than a small network's arithmetic.
 """
 
 from __future__ import annotations
