@@ -448,7 +448,7 @@ class D3QN(OffPolicyAgent):
                 self.q_network.reset_noise(self.noise_generator)
                 self.target_network.reset_noise(self.noise_generator)
 
-            # Online Q on s (with gradient) and, for the double-Q argmax, on s' — one call.
+            # Online Q on s (its gradient taken below) and, for the double-Q argmax, on s' — one call.
             online_obs = torch.cat((b.observations, b.next_observations)) if cfg.double_q else b.observations
             q_online, backward = self._online_q(online_obs)
             q_all = q_online[:batch_size]

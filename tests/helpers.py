@@ -25,10 +25,12 @@ import numpy as np
 import optuna
 import pytest
 import sqlalchemy
+import torch
 from mlflow import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from algorithms import Agent, TrainState
+from algorithms.common.networks import StackedMLP
 from tuner.compose import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -444,3 +446,11 @@ def record_curve(agent: Agent, steps: int) -> list[tuple]:
 
     agent.learn(steps, callback)
     return curve
+
+
+def through_autograd(net: StackedMLP) -> None:
+    """Make ``net`` take the autograd path everywhere: the same activation under a name the written-out
+    backward does not cover, so a test can compare the two paths on otherwise identical agents."""
+    act = {"tanh": torch.tanh, "relu": torch.relu}[net.activation]
+    net.activation, net.act = f"{net.activation} (through autograd)", act
+    assert not net.writes_out_backward

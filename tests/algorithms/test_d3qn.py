@@ -14,7 +14,7 @@ from algorithms.common.prioritized import PrioritizedSampler, SumTree
 from algorithms.common.replay import ReplayBuffer
 from algorithms.common.types import VecStep
 from algorithms.d3qn import NoisyLinear, dueling_q_values, huber_td_gradient, td_targets
-from tests.helpers import record_curve, saved_and_loaded
+from tests.helpers import record_curve, saved_and_loaded, through_autograd
 
 SMALL = dict(net_arch=(32, 32), batch_size=32, learning_starts=100, target_update_interval=100)
 
@@ -325,8 +325,7 @@ def test_written_out_backward_trains_as_autograd_does(options: dict) -> None:
     hundreds of updates both agents hold the same weights, up to float rounding."""
     config = D3QNConfig(**{**SMALL, "train_freq": 1, **options})
     with D3QN("CartPole-v1", config, seed=2) as written, D3QN("CartPole-v1", config, seed=2) as reference:
-        net = reference.q_network.net
-        net.activation, net.act = "autograd", torch.tanh if config.activation == "tanh" else torch.relu
+        through_autograd(reference.q_network.net)
         assert written.q_network.writes_out_backward and not reference.q_network.writes_out_backward
         initial = written.q_flat.detach().clone()
         written.learn(600)

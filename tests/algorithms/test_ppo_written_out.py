@@ -11,6 +11,7 @@ import torch
 from algorithms import PPO, PPOConfig
 from algorithms.ppo import RolloutSamples, clipped_surrogate_losses, surrogate_step, total_loss
 from algorithms.ppo_population import PopulationPPO, member_configs
+from tests.helpers import through_autograd
 
 CASES = list(
     itertools.product(
@@ -88,8 +89,7 @@ def test_learning_with_written_out_gradient_follows_autograd(env_id: str) -> Non
     weights, up to float rounding."""
     cfg = PPOConfig(n_envs=2, n_steps=64, batch_size=32, n_epochs=3, net_arch=(32, 32))
     with PPO(env_id, cfg, seed=4) as written, PPO(env_id, cfg, seed=4) as reference:
-        reference.policy.net.activation = "tanh (autograd)"  # not a name the written-out path covers
-        reference.policy.net.act = torch.tanh
+        through_autograd(reference.policy.net)
         assert not reference.policy.writes_out_backward
         initial = written.flat_params.detach().clone()
         written.learn(256)
@@ -110,8 +110,7 @@ def test_population_with_written_out_gradient_follows_autograd(env_id: str) -> N
     for written in (True, False):
         with PopulationPPO(env_id, cfg, n_members=3) as population:
             if not written:
-                population.net.activation = "tanh (autograd)"  # not a name the written-out path covers
-                population.net.act = torch.tanh
+                through_autograd(population.net)
             assert population.net.writes_out_backward is written
             for slot, member_config in enumerate(configs):
                 population.start_member(slot, member_config, seed=slot, total_steps=512)
