@@ -486,7 +486,22 @@ class SurrogateLosses(NamedTuple):
         return next((k for k, v in named.items() if not bool(torch.isfinite(v).all())), "loss")
 
 
-def clipped_surrogate_losses(
+class SurrogateTerms(NamedTuple):
+    """:func:`surrogate_terms`' result: the losses, and the intermediates their derivatives reuse."""
+
+    losses: SurrogateLosses
+    ratio: torch.Tensor
+    advantages: torch.Tensor
+    """As the policy loss used them (standardised when configured)."""
+    pg_loss1: torch.Tensor
+    pg_loss2: torch.Tensor
+    value_error: torch.Tensor
+    """V (clipped when configured) minus the return, per sample."""
+    value_step: torch.Tensor | None
+    """V minus the rollout's value estimate, per sample, when the value is clipped; else None."""
+
+
+def surrogate_terms(
     newlogprob: torch.Tensor,
     oldlogprob: torch.Tensor,
     advantages: torch.Tensor,
@@ -497,8 +512,8 @@ def clipped_surrogate_losses(
     clip: float | torch.Tensor,
     clip_vf: float | None,
     normalize_advantage: bool,
-) -> SurrogateLosses:
-    """PPO's loss terms for one minibatch, shaped (..., batch) → (...).
+) -> SurrogateTerms:
+    """PPO's loss terms for one minibatch, shaped (..., batch) → (...), with their intermediates.
 
     Leading dimensions are independent agents (a population); ``clip`` is a number or a tensor that
     broadcasts against them, e.g. shape (K, 1). Advantages are standardised per agent.
@@ -520,10 +535,33 @@ def clipped_surrogate_losses(
     pg_loss = torch.max(pg_loss1, pg_loss2).mean(-1)
 
     # Value loss, optionally clipped around the rollout's value estimate.
+    value_step = None
     if clip_vf is not None:
-        newvalue = oldvalue + torch.clamp(newvalue - oldvalue, -clip_vf, clip_vf)
-    v_loss = 0.5 * (newvalue - returns).pow(2).mean(-1)
-    return SurrogateLosses(pg_loss, v_loss, entropy.mean(-1), approx_kl, clipfrac)
+        value_step = newvalue - oldvalue
+        newvalue = oldvalue + torch.clamp(value_step, -clip_vf, clip_vf)
+    value_error = newvalue - returns
+    v_loss = 0.5 * value_error.pow(2).mean(-1)
+    losses = SurrogateLosses(pg_loss, v_loss, entropy.mean(-1), approx_kl, clipfrac)
+    return SurrogateTerms(losses, ratio, advantages, pg_loss1, pg_loss2, value_error, value_step)
+
+
+def clipped_surrogate_losses(
+    newlogprob: torch.Tensor,
+    oldlogprob: torch.Tensor,
+    advantages: torch.Tensor,
+    newvalue: torch.Tensor,
+    oldvalue: torch.Tensor,
+    returns: torch.Tensor,
+    entropy: torch.Tensor,
+    clip: float | torch.Tensor,
+    clip_vf: float | None,
+    normalize_advantage: bool,
+) -> SurrogateLosses:
+    """PPO's loss terms for one minibatch, shaped (..., batch) → (...): :func:`surrogate_terms`' losses."""
+    return surrogate_terms(
+        newlogprob, oldlogprob, advantages, newvalue, oldvalue, returns, entropy, clip, clip_vf,
+        normalize_advantage,
+    ).losses  # fmt: skip
 
 
 Coefficient = float | torch.Tensor
@@ -548,7 +586,6 @@ class SurrogateStep(NamedTuple):
 
 
 def autograd_step(
-    head: torch.Tensor,
     newvalue: torch.Tensor,
     newlogprob: torch.Tensor,
     entropy: torch.Tensor,
@@ -616,9 +653,7 @@ def surrogate_step(
     if not policy.writes_out_backward:
         head, newvalue = policy(minibatch.obs)
         newlogprob, entropy = policy.log_prob_entropy(head, minibatch.actions)
-        return autograd_step(
-            head, newvalue, newlogprob, entropy, minibatch, clip, cfg, cfg.vf_coef, cfg.ent_coef
-        )
+        return autograd_step(newvalue, newlogprob, entropy, minibatch, clip, cfg, cfg.vf_coef, cfg.ent_coef)
     output, inputs = policy.net.forward_keeping_inputs(minibatch.obs)
 
     def write_network_grads(grad_head: torch.Tensor, grad_value: torch.Tensor) -> None:
@@ -672,69 +707,32 @@ def surrogate_gradients(
     """
     n = head.shape[-2]
     density = _log_density(dist, head, log_std, minibatch.actions)
-    logratio = density.log_prob - minibatch.logprobs
-    ratio = logratio.exp()
-    approx_kl = ((ratio - 1) - logratio).mean(-1)
-    clipfrac = ((ratio - 1.0).abs() > clip).float().mean(-1)
-    advantages = minibatch.advantages
-    if cfg.normalize_advantage and n > 1:
-        advantages = (advantages - advantages.mean(-1, keepdim=True)) / (
-            advantages.std(-1, keepdim=True) + 1e-8
-        )
-    pg_loss1 = -advantages * ratio
-    pg_loss2 = -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)
-    pg_loss = torch.max(pg_loss1, pg_loss2).mean(-1)
-    value = newvalue
-    if cfg.clip_range_vf is not None:
-        value_step = newvalue - minibatch.values
-        value = minibatch.values + torch.clamp(value_step, -cfg.clip_range_vf, cfg.clip_range_vf)
-    value_error = value - minibatch.returns
-    v_loss = 0.5 * value_error.pow(2).mean(-1)
-    out = SurrogateLosses(pg_loss, v_loss, density.entropy.mean(-1), approx_kl, clipfrac)
+    terms = surrogate_terms(
+        density.log_prob, minibatch.logprobs, minibatch.advantages, newvalue, minibatch.values,
+        minibatch.returns, density.entropy, clip, cfg.clip_range_vf, cfg.normalize_advantage,
+    )  # fmt: skip
+    ratio = terms.ratio
 
     # d loss / d ratio: the unclipped surrogate's where it is the larger or the clip does not bind.
     inside = (ratio >= 1 - clip) & (ratio <= 1 + clip)
-    grad_ratio = torch.where((pg_loss1 > pg_loss2) | inside, -advantages, 0.0) / n
-    grad_value = value_error * (_per_sample(vf_coef) / n)
-    if cfg.clip_range_vf is not None:
-        grad_value = grad_value * (value_step.abs() <= cfg.clip_range_vf)
+    grad_ratio = torch.where((terms.pg_loss1 > terms.pg_loss2) | inside, -terms.advantages, 0.0) / n
+    grad_value = terms.value_error * (_per_sample(vf_coef) / n)
+    if terms.value_step is not None:
+        grad_value = grad_value * (terms.value_step.abs() <= cfg.clip_range_vf)
     grad_head, grad_log_std = _log_density_gradients(density, grad_ratio * ratio, ent_coef, n)
+    out = terms.losses
     return SurrogateGradients(out, total_loss(out, vf_coef, ent_coef), grad_head, grad_value, grad_log_std)
 
 
-class _LogDensity(NamedTuple):
-    """log π(a|s) and the entropy per sample, with what their derivatives reuse."""
-
-    log_prob: torch.Tensor
-    entropy: torch.Tensor
-    log_p: torch.Tensor | None = None
-    """Categorical: log-probabilities of every action."""
-    index: torch.Tensor | None = None
-    """Categorical: the actions taken, as a gather index."""
-    z: torch.Tensor | None = None
-    """Gaussian: (a − mean) / σ."""
-    inv_std: torch.Tensor | None = None
-    """Gaussian: 1 / σ, one row per agent."""
-
-
-def _log_density(dist: str, head: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> _LogDensity:
-    """What :func:`algorithms.common.distributions.categorical_log_prob_entropy` and
-    ``gaussian_log_prob_entropy`` compute (one log-std row per agent), keeping the intermediates."""
+def _log_density(dist: str, head: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> D.LogDensity:
+    """log π(a|s) and the entropy with their intermediates; ``log_std`` is one row per agent."""
     if dist == "categorical":
-        log_p = torch.log_softmax(head, dim=-1)
-        index = actions.long().unsqueeze(-1)
-        entropy = -(log_p.exp() * log_p).sum(-1)
-        return _LogDensity(log_p.gather(-1, index).squeeze(-1), entropy, log_p=log_p, index=index)
-    row = log_std.unsqueeze(-2)
-    inv_std = torch.exp(-row)
-    z = (actions - head) * inv_std
-    log_prob = (-0.5 * z.pow(2) - row - D.LOG_SQRT_2PI).sum(-1)
-    entropy = (0.5 + D.LOG_SQRT_2PI + row).sum(-1).expand(log_prob.shape)
-    return _LogDensity(log_prob, entropy, z=z, inv_std=inv_std)
+        return D.categorical_log_density(head, actions)
+    return D.gaussian_log_density(head, log_std.unsqueeze(-2), actions)
 
 
 def _log_density_gradients(
-    density: _LogDensity, grad_log_prob: torch.Tensor, ent_coef: Coefficient, n: int
+    density: D.LogDensity, grad_log_prob: torch.Tensor, ent_coef: Coefficient, n: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(d loss / d head, d loss / d log-std) from d loss / d log π(a|s), plus the entropy term's share
     (−``ent_coef`` · mean entropy over ``n`` samples) when its weight can be non-zero."""

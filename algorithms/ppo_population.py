@@ -539,7 +539,7 @@ class PopulationPPO:
             head, newvalue = self._forward(minibatch.obs)
             newlogprob, entropy = self._log_prob_entropy(head, minibatch.actions)
             return autograd_step(
-                head, newvalue, newlogprob, entropy, minibatch, clip, cfg, self._vf_coef, self._ent_coef
+                newvalue, newlogprob, entropy, minibatch, clip, cfg, self._vf_coef, self._ent_coef
             )
         # Member k's actor is stacked network 2k, its critic 2k + 1 (see __init__).
         output, inputs = self.net.forward_keeping_inputs(minibatch.obs.repeat_interleave(2, dim=0))

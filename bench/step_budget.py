@@ -34,14 +34,11 @@ import torch
 from omegaconf import OmegaConf
 
 from algorithms import PPO, PPOConfig
-from algorithms.common.networks import configure_torch_cpu
+from algorithms.common.networks import WRITTEN_OUT_ACTIVATIONS, configure_torch_cpu
 from bench.common import script_parser
 from bench.kernels import per_call_seconds
 from bench.structure_ceiling import sb3_trial_seconds
 from tuner.compose import algorithm_config, compose_config
-
-WRITTEN_OUT_ACTIVATIONS = ("tanh", "relu")
-"""Hidden activations whose derivative :func:`network_step_without_autograd` writes out."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,36 +96,21 @@ def network_step(agent: PPO, obs: torch.Tensor) -> Callable[[], None]:
 
 
 def network_step_without_autograd(agent: PPO, obs: torch.Tensor) -> Callable[[], None]:
-    """The same arithmetic as :func:`network_step`, with the stacked MLP's backward written out, so no
-    autograd graph is built; the gradients go where autograd would put them."""
+    """The same arithmetic as :func:`network_step` with the backward written out
+    (:meth:`~algorithms.common.networks.StackedMLP.backward_written_out`), so no autograd graph is built;
+    the gradients go where autograd would put them."""
     net = agent.policy.net
-    if net.activation not in WRITTEN_OUT_ACTIVATIONS:
+    if not net.writes_out_backward:
         raise ValueError(f"the written-out backward covers {WRITTEN_OUT_ACTIVATIONS}, not {net.activation!r}")
-    weights, biases = list(net.weights), list(net.biases)
-    x = obs.expand(weights[0].shape[0], -1, -1)
     # d(loss)/d(output): 1 where the loss reads the output (the actor's head, the critic's one column);
     # the padding columns of the narrower head get no gradient, as through autograd.
-    out_grad = torch.zeros(len(net.out_dims), obs.shape[0], weights[-1].shape[2])
+    out_grad = torch.zeros(len(net.out_dims), obs.shape[0], net.weights[-1].shape[2])
     for member, width in enumerate(net.out_dims):
         out_grad[member, :, :width] = 1.0
 
-    @torch.no_grad()
     def step() -> None:
-        inputs, h = [], x
-        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
-            inputs.append(h)
-            h = torch.baddbmm(b, h, w)
-            if i < len(weights) - 1:
-                h = torch.tanh(h) if net.activation == "tanh" else torch.relu(h)
-        grad = out_grad
-        for i in reversed(range(len(weights))):
-            weights[i].grad.copy_(torch.bmm(inputs[i].transpose(1, 2), grad))
-            biases[i].grad.copy_(grad.sum(1, keepdim=True))
-            if i == 0:
-                break
-            grad = torch.bmm(grad, weights[i].transpose(1, 2))
-            a = inputs[i]
-            grad = grad * (1 - a * a) if net.activation == "tanh" else grad * (a > 0)
+        _, inputs = net.forward_keeping_inputs(obs)
+        net.backward_written_out(inputs, out_grad)
         agent.optimizer.step()
 
     return step

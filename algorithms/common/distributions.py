@@ -9,6 +9,7 @@ their argument checks and object creation dominate the cost for small batches.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -35,14 +36,35 @@ def categorical_from_uniform(logits: np.ndarray, uniform: np.ndarray) -> tuple[n
     return actions, log_probs
 
 
+class LogDensity(NamedTuple):
+    """log π(a|s) and the entropy per row, with the intermediates their derivatives reuse."""
+
+    log_prob: torch.Tensor
+    entropy: torch.Tensor
+    log_p: torch.Tensor | None = None
+    """Categorical: log-probabilities of every action."""
+    index: torch.Tensor | None = None
+    """Categorical: the actions taken, as a gather index."""
+    z: torch.Tensor | None = None
+    """Gaussian: (a − mean) / σ."""
+    inv_std: torch.Tensor | None = None
+    """Gaussian: 1 / σ."""
+
+
+def categorical_log_density(logits: torch.Tensor, actions: torch.Tensor) -> LogDensity:
+    """Log-probability of integer ``actions`` and the entropy of each row's distribution."""
+    log_p = F.log_softmax(logits, dim=-1)
+    index = actions.long().unsqueeze(-1)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    return LogDensity(log_p.gather(-1, index).squeeze(-1), entropy, log_p=log_p, index=index)
+
+
 def categorical_log_prob_entropy(
     logits: torch.Tensor, actions: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of integer ``actions`` and the entropy of each row's distribution."""
-    log_p = F.log_softmax(logits, dim=-1)
-    log_prob = log_p.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
-    entropy = -(log_p.exp() * log_p).sum(-1)
-    return log_prob, entropy
+    density = categorical_log_density(logits, actions)
+    return density.log_prob, density.entropy
 
 
 # --- diagonal Gaussian with state-independent log-std (Box actions) ---------------------------------
@@ -63,14 +85,22 @@ def gaussian_from_noise(
     return actions.astype(np.float32), log_prob
 
 
+def gaussian_log_density(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> LogDensity:
+    """Log-density of ``actions`` (summed over dimensions) and the entropy, per row (``log_std``
+    broadcasts against ``mean``)."""
+    inv_std = torch.exp(-log_std)
+    z = (actions - mean) * inv_std
+    log_prob = (-0.5 * z.pow(2) - log_std - LOG_SQRT_2PI).sum(-1)
+    entropy = (0.5 + LOG_SQRT_2PI + log_std).sum(-1).expand(log_prob.shape)
+    return LogDensity(log_prob, entropy, z=z, inv_std=inv_std)
+
+
 def gaussian_log_prob_entropy(
     mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-density of ``actions`` (summed over dimensions) and the entropy, per row."""
-    z = (actions - mean) * torch.exp(-log_std)
-    log_prob = (-0.5 * z.pow(2) - log_std - LOG_SQRT_2PI).sum(-1)
-    entropy = (0.5 + LOG_SQRT_2PI + log_std).sum(-1).expand(mean.shape[0])
-    return log_prob, entropy
+    density = gaussian_log_density(mean, log_std, actions)
+    return density.log_prob, density.entropy
 
 
 # --- Beta scaled to the action bounds (Box actions; Chou et al. 2017) -------------------------------

@@ -132,6 +132,11 @@ NARROW_HEAD_MAX_OUT = 8
 """Heads with at most this many outputs take the :class:`_NarrowHead` path when enabled."""
 
 
+WRITTEN_OUT_ACTIVATIONS = ("tanh", "relu")
+"""Hidden activations whose derivative :meth:`StackedMLP.backward_written_out` writes out (it follows
+from the activation's output)."""
+
+
 class _GradWritingLinear(torch.autograd.Function):
     """``torch.baddbmm(bias, h, weight)`` whose backward writes the weight and bias gradients straight
     into ``weight.grad`` and ``bias.grad``, replacing what they held, and hands autograd nothing for them.
@@ -279,7 +284,7 @@ class StackedMLP(nn.Module):
     def writes_out_backward(self) -> bool:
         """Whether :meth:`forward_keeping_inputs` and :meth:`backward_written_out` cover this network:
         tanh or ReLU hidden layers (their derivatives follow from their outputs), no narrow head."""
-        return self.activation in ("tanh", "relu") and not self._narrow_head
+        return self.activation in WRITTEN_OUT_ACTIVATIONS and not self._narrow_head
 
     @torch.no_grad()
     def forward_keeping_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
