@@ -42,12 +42,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 
 from bench.common import ROOT, script_parser
+
+SKIPPABLE = {"sequential", "zoo"}
+"""Studies ``--skip`` can leave out."""
 
 ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
 
@@ -170,8 +174,8 @@ def zoo_trial_counts(log_folder: Path) -> tuple[int, int] | None:
     return sum(map(trained, study.trials)), sum(map(failed, study.trials))
 
 
-def main() -> None:
-    """Run every study of the comparison and print the table."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, checked before any study starts: a bad value exits 2 with one line naming it."""
     parser = script_parser(__doc__)
     parser.add_argument("--trials", type=int, default=20, help="trials per study")
     parser.add_argument("--budget-steps", type=int, default=50000, help="env steps per trial")
@@ -202,15 +206,48 @@ def main() -> None:
         default="",
         help="comma-separated env configs: one multi-env study (tune.envs; needs --skip zoo)",
     )
-    parser.add_argument("--skip", default="", help="comma-separated: sequential, zoo")
+    parser.add_argument("--skip", default="", help="comma-separated studies to leave out: sequential, zoo")
     parser.add_argument(
         "--keep", type=Path, default=None, help="keep every study's logs and databases in this (new) folder"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for key in ("seeds", "population", "zoo_jobs", "zoo_threads", "workers"):
+        _int_list(parser, key, getattr(args, key))
+    unknown = set(filter(None, args.skip.split(","))) - SKIPPABLE
+    if unknown:
+        _bad_input(
+            parser, f"--skip={args.skip}: unknown {sorted(unknown)[0]!r}; choose from {sorted(SKIPPABLE)}"
+        )
+    if args.envs and "zoo" not in args.skip.split(","):
+        _bad_input(parser, f"--envs={args.envs}: rl-zoo3 cannot tune on several envs; add --skip zoo")
+    if args.keep is not None and args.keep.exists():
+        _bad_input(parser, f"--keep={args.keep}: the folder exists; name a new one (studies must not resume)")
+    return args
+
+
+def _int_list(parser: argparse.ArgumentParser, key: str, text: str) -> list[int]:
+    """A comma-separated list of integers (seeds ≥ 0, counts ≥ 1; only --population may be empty), or
+    a one-line error naming ``--key``."""
+    minimum = 0 if key == "seeds" else 1
+    try:
+        values = [int(item) for item in text.split(",") if item]
+    except ValueError:
+        values = [minimum - 1]
+    if (not values and key != "population") or any(value < minimum for value in values):
+        flag = f"--{key.replace('_', '-')}"
+        _bad_input(parser, f"{flag}={text}: expected comma-separated integers ≥ {minimum}")
+    return values
+
+
+def _bad_input(parser: argparse.ArgumentParser, message: str) -> None:
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+
+def main() -> None:
+    """Run every study of the comparison and print the table."""
+    args = parse_args()
     skip = set(filter(None, args.skip.split(",")))
     seeds = [int(seed) for seed in args.seeds.split(",")]
-    if args.envs and "zoo" not in skip:
-        parser.error("--envs tunes on several envs, which rl-zoo3 cannot: add --skip zoo")
     on = f"tune.envs=[{args.envs}], each" if args.envs else "CartPole-v1:"
     print(
         f"PPO {on} {args.trials} trials × {args.budget_steps} steps, TPE + median pruner, rl-zoo3's "
@@ -222,7 +259,7 @@ def main() -> None:
         if args.keep is None:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sweep_speed_")))
         else:
-            args.keep.mkdir(parents=True)  # a fresh folder: the studies must not resume old ones
+            args.keep.mkdir(parents=True)  # a new folder (parse_args checks): studies must not resume
             work = args.keep.resolve()
         print(f"studies in {work}", flush=True)
         for seed in seeds:

@@ -4,6 +4,8 @@ trials are counted."""
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -49,3 +51,29 @@ def test_rl_zoo3_trials_pruned_before_any_evaluation_count_as_failed(tmp_path: P
         pickle.dump(study, file)
     assert zoo_trial_counts(tmp_path) == (2, 2)
     assert zoo_trial_counts(tmp_path / "nothing") is None
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--keep", "{existing}"], "--keep="),
+        (["--skip", "zoo,sequentail"], "--skip=zoo,sequentail: unknown 'sequentail'; choose from"),
+        (["--seeds", "0,ten"], "--seeds=0,ten: expected comma-separated integers ≥ 0"),
+        (["--workers", "0"], "--workers=0: expected comma-separated integers ≥ 1"),
+        (["--envs", "cartpole,acrobot"], "--envs=cartpole,acrobot: rl-zoo3 cannot"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line_naming_them_before_any_study(
+    args: list[str], named: str, tmp_path: Path
+) -> None:
+    existing = tmp_path / "kept"
+    existing.mkdir()
+    (existing / "old.db").write_text("")
+    argv = [arg.format(existing=existing) for arg in args]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.sweep_speed", *argv], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""  # no study announced, none started
+    assert done.stderr.count("\n") == 1 and named in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept", "old.db"]  # nothing created
