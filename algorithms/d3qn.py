@@ -461,7 +461,7 @@ class D3QN(OffPolicyAgent):
             old_val = q_all.gather(1, actions[:, None])[:, 0]
             elementwise = F.smooth_l1_loss(old_val, td_target, reduction="none")  # Huber, δ = 1
             loss = elementwise.mean() if weights is None else (weights * elementwise).mean()
-            if not bool(torch.isfinite(loss)):
+            if not math.isfinite(loss.item()):
                 raise NonFiniteLossError("td_loss", self.runner.num_steps)
             if backward is None:
                 loss.backward()

@@ -13,6 +13,7 @@ policies on tanh or ReLU networks: recording the graph costs more than a small n
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -980,7 +981,7 @@ class PPO:
             out, loss, backward = surrogate_step(self.policy, minibatch, clip, cfg)
             if cfg.target_kl is not None and out.approx_kl > 1.5 * cfg.target_kl:
                 return False  # as SB3: skip this step and end the update
-            if not torch.isfinite(loss):
+            if not math.isfinite(loss.item()):
                 raise NonFiniteLossError(out.first_non_finite(), self.num_steps)
 
             backward()

@@ -16,7 +16,7 @@ import time
 
 from algorithms.common.env_backends import backends_covering
 from algorithms.common.envs import make_vec_env
-from bench.common import script_parser
+from bench.common import count, script_parser
 
 DEFAULT_ENVS = "CartPole-v1,Pendulum-v1,Acrobot-v1,MountainCarContinuous-v0,LunarLander-v3"
 
@@ -40,8 +40,10 @@ def main() -> None:
     parser = script_parser(__doc__)
     parser.add_argument("--envs", default=DEFAULT_ENVS, help="comma-separated env ids")
     parser.add_argument("--n-envs", default="8,64,128", help="comma-separated numbers of envs")
-    parser.add_argument("--steps", type=int, default=2000, help="step calls per measurement")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating repeats; the median is reported")
+    parser.add_argument("--steps", type=count, default=2000, help="step calls per measurement")
+    parser.add_argument(
+        "--repeats", type=count, default=3, help="alternating repeats; the median is reported"
+    )
     args = parser.parse_args()
     header = f"{'env id':<26} {'envs':>5} {'backend':<10} {'steps/s':>10} {'× gymnasium':>12}"
     print(header)

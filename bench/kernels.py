@@ -24,7 +24,7 @@ from algorithms import PPOConfig
 from algorithms.common.networks import configure_torch_cpu, make_twin_critic, narrow_linear
 from algorithms.common.optim import FlatAdam, flatten_parameters
 from algorithms.ppo import ActorCritic
-from bench.common import script_parser
+from bench.common import count, script_parser
 
 
 def per_call_seconds(fn: Callable[[], object], calls: int, rounds: int) -> float:
@@ -80,7 +80,7 @@ def adam_case(module: torch.nn.Module, rounds: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = script_parser(__doc__)
-    parser.add_argument("--rounds", type=int, default=7, help="timing rounds per case (the median is kept)")
+    parser.add_argument("--rounds", type=count, default=7, help="timing rounds per case (the median is kept)")
     args = parser.parse_args()
     configure_torch_cpu(1)
     ppo = ActorCritic(4, gym.spaces.Discrete(2), PPOConfig())

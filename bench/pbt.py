@@ -49,7 +49,7 @@ import yaml
 from algorithms import PPO, PPOConfig
 from algorithms.common.networks import configure_torch_cpu
 from algorithms.ppo_population import PopulationPPO
-from bench.common import ROOT, script_parser
+from bench.common import ROOT, count, script_parser
 from bench.scores import train_one
 from tuner.compose import algorithm_config, compose_config
 from tuner.pbt import Lineages, PBTSettings, member_specs, pbt_step, quantile_size
@@ -314,14 +314,14 @@ def compare(
 def main() -> None:
     """Parse arguments; print the decision cost, then the comparison."""
     parser = script_parser(__doc__)
-    parser.add_argument("--members", type=int, default=8, help="trials, or PBT members, per method")
+    parser.add_argument("--members", type=count, default=8, help="trials, or PBT members, per method")
     parser.add_argument("--envs", default="pendulum,acrobot", help=f"comma-separated, of {', '.join(CASES)}")
     parser.add_argument("--methods", default="pbt,tpe,tpe-population,random,ray-pbt")
-    parser.add_argument("--validate-seeds", type=int, default=5)
-    parser.add_argument("--budget", type=int, default=None, help="env steps per trial (default: the env's)")
+    parser.add_argument("--validate-seeds", type=count, default=5)
+    parser.add_argument("--budget", type=count, default=None, help="env steps per trial (default: the env's)")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (and Ray's)")
     parser.add_argument("--step-cost-only", action="store_true", help="only time one PBT decision")
-    parser.add_argument("--step-members", type=int, default=16, help="K for the decision's cost")
+    parser.add_argument("--step-members", type=count, default=16, help="K for the decision's cost")
     args = parser.parse_args()
     configure_torch_cpu(1)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

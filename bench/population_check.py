@@ -21,7 +21,7 @@ import numpy as np
 from algorithms import PPO
 from algorithms.common.networks import configure_torch_cpu
 from algorithms.ppo_population import PopulationPPO
-from bench.common import script_parser
+from bench.common import count, script_parser
 from tuner.compose import algorithm_config, compose_config
 from tuner.stats import bootstrap_ci, iqm
 
@@ -60,8 +60,10 @@ def main() -> None:
     """Train both groups and print the comparison."""
     parser = script_parser(__doc__)
     parser.add_argument("--preset", default="ppo_cartpole", help="a PPO experiment preset in conf/experiment")
-    parser.add_argument("--members", type=int, default=8, help="K: population size and number of single runs")
-    parser.add_argument("--budget-steps", type=int, default=25000, help="env steps per agent")
+    parser.add_argument(
+        "--members", type=count, default=8, help="K: population size and number of single runs"
+    )
+    parser.add_argument("--budget-steps", type=count, default=25000, help="env steps per agent")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides on the preset, e.g. algo.n_epochs=20")
     args = parser.parse_args()
     configure_torch_cpu(1)

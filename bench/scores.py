@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from algorithms.common.networks import configure_torch_cpu
-from bench.common import ROOT, script_parser
+from bench.common import ROOT, count, script_parser
 from tuner.compose import compose_config
 from tuner.stats import bootstrap_ci, iqm
 from tuner.train import RunSettings, build_agent, resolve_config
@@ -55,9 +55,9 @@ def train_one(overrides: list[str], seed: int) -> SeedResult:
 def main() -> None:
     """Parse arguments, run the seeds, print the table."""
     parser = script_parser(__doc__)
-    parser.add_argument("--seeds", type=int, default=5, help="number of seeds (1, 2, …)")
+    parser.add_argument("--seeds", type=count, default=5, help="number of seeds (1, 2, …)")
     parser.add_argument("--first-seed", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
+    parser.add_argument("--workers", type=count, default=2, help="parallel training processes")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=ppo_cartpole")
     args = parser.parse_intermixed_args()  # options may follow the Hydra overrides
     cfg = compose_config([*args.overrides, f"paths.root_dir={ROOT}"])

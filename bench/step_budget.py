@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 
 from algorithms import PPO, PPOConfig
 from algorithms.common.networks import WRITTEN_OUT_ACTIVATIONS, configure_torch_cpu
-from bench.common import script_parser
+from bench.common import count, script_parser
 from bench.kernels import per_call_seconds
 from bench.structure_ceiling import sb3_trial_seconds
 from tuner.compose import algorithm_config, compose_config
@@ -120,8 +120,8 @@ def main() -> None:
     """Time SB3, rltune at the preset's epochs and at one, and the networks alone; print the budget."""
     parser = script_parser(__doc__)
     parser.add_argument("--target", type=float, default=3.0, help="speed-up over SB3 to budget for")
-    parser.add_argument("--budget-steps", type=int, default=51_200, help="env steps per learn run")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating repeats (medians are kept)")
+    parser.add_argument("--budget-steps", type=count, default=51_200, help="env steps per learn run")
+    parser.add_argument("--repeats", type=count, default=3, help="alternating repeats (medians are kept)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (default: experiment=ppo_cartpole)")
     args = parser.parse_args()
     configure_torch_cpu(1)

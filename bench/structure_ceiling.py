@@ -38,7 +38,7 @@ from algorithms.common.envs import make_vec_env
 from algorithms.common.networks import configure_torch_cpu
 from algorithms.ppo import ActorCritic
 from algorithms.ppo_population import PopulationPPO
-from bench.common import script_parser
+from bench.common import count, script_parser
 from bench.throughput import sb3_kwargs
 from tuner.compose import algorithm_config, compose_config
 
@@ -152,8 +152,8 @@ def population_trial_seconds(env_id: str, config: PPOConfig, budget: int, member
 def main() -> None:
     """Measure the three implementations and the floor for one structure; print the comparison."""
     parser = script_parser(__doc__)
-    parser.add_argument("--members", type=int, default=8, help="K, the population size")
-    parser.add_argument("--budget-steps", type=int, default=50000, help="env steps per trial")
+    parser.add_argument("--members", type=count, default=8, help="K, the population size")
+    parser.add_argument("--budget-steps", type=count, default=50000, help="env steps per trial")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides on experiment=ppo_cartpole")
     args = parser.parse_args()
     configure_torch_cpu(1)

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import optuna
 
-from bench.common import ROOT, script_parser
+from bench.common import ROOT, count, script_parser
 
 SKIPPABLE = {"sequential", "zoo"}
 """Studies ``--skip`` can leave out."""
@@ -177,17 +177,17 @@ def zoo_trial_counts(log_folder: Path) -> tuple[int, int] | None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line, checked before any study starts: a bad value exits 2 with one line naming it."""
     parser = script_parser(__doc__)
-    parser.add_argument("--trials", type=int, default=20, help="trials per study")
-    parser.add_argument("--budget-steps", type=int, default=50000, help="env steps per trial")
+    parser.add_argument("--trials", type=count, default=20, help="trials per study")
+    parser.add_argument("--budget-steps", type=count, default=50000, help="env steps per trial")
     parser.add_argument("--population", default="8", help="comma-separated K values for population mode")
     parser.add_argument(
         "--population-trials",
-        type=int,
+        type=count,
         default=None,
         help="tune.population_trials for the population studies: trials a population takes before it "
         "retires and the next one samples a new structure (default: rltune's, 2·K)",
     )
-    parser.add_argument("--evaluations", type=int, default=1, help="evaluations per trial (pruning points)")
+    parser.add_argument("--evaluations", type=count, default=1, help="evaluations per trial (pruning points)")
     parser.add_argument("--zoo-threads", default="1", help="torch threads for rl-zoo3 runs (comma-separated)")
     parser.add_argument(
         "--zoo-jobs", default="1,2", help="rl-zoo3 --n-jobs values, each with every --zoo-threads value"
@@ -215,13 +215,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         _int_list(parser, key, getattr(args, key))
     unknown = set(filter(None, args.skip.split(","))) - SKIPPABLE
     if unknown:
-        _bad_input(
-            parser, f"--skip={args.skip}: unknown {sorted(unknown)[0]!r}; choose from {sorted(SKIPPABLE)}"
-        )
+        parser.error(f"--skip={args.skip}: unknown {sorted(unknown)[0]!r}; choose from {sorted(SKIPPABLE)}")
     if args.envs and "zoo" not in args.skip.split(","):
-        _bad_input(parser, f"--envs={args.envs}: rl-zoo3 cannot tune on several envs; add --skip zoo")
+        parser.error(f"--envs={args.envs}: rl-zoo3 cannot tune on several envs; add --skip zoo")
     if args.keep is not None and args.keep.exists():
-        _bad_input(parser, f"--keep={args.keep}: the folder exists; name a new one (studies must not resume)")
+        parser.error(f"--keep={args.keep}: the folder exists; name a new one (studies must not resume)")
     return args
 
 
@@ -235,12 +233,8 @@ def _int_list(parser: argparse.ArgumentParser, key: str, text: str) -> list[int]
         values = [minimum - 1]
     if (not values and key != "population") or any(value < minimum for value in values):
         flag = f"--{key.replace('_', '-')}"
-        _bad_input(parser, f"{flag}={text}: expected comma-separated integers ≥ {minimum}")
+        parser.error(f"{flag}={text}: expected comma-separated integers ≥ {minimum}")
     return values
-
-
-def _bad_input(parser: argparse.ArgumentParser, message: str) -> None:
-    parser.exit(2, f"{parser.prog}: error: {message}\n")
 
 
 def main() -> None:

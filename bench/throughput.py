@@ -18,6 +18,7 @@ backend that covers the env (gymnasium, vector, envpool: one row each); SB3 uses
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -28,9 +29,9 @@ from typing import Any
 import torch
 
 from algorithms import ALGORITHMS, PPOConfig, build_config, get_algorithm
-from algorithms.common.env_backends import backends_covering
+from algorithms.common.env_backends import BACKENDS, backends_covering
 from algorithms.common.networks import configure_torch_cpu
-from bench.common import ROOT, script_parser
+from bench.common import ROOT, count, script_parser
 
 
 @dataclass(frozen=True)
@@ -225,13 +226,17 @@ def main() -> None:
     """Run every case and print a table of env-steps/s and ratios."""
     parser = script_parser(__doc__)
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply each case's step budget")
-    parser.add_argument("--repeats", type=int, default=1, help="alternating repeats; the median is reported")
+    parser.add_argument(
+        "--repeats", type=count, default=1, help="alternating repeats; the median is reported"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--algos", default="", help="comma-separated algorithms to run (default: all), e.g. sac,td3"
     )
     parser.add_argument("--backends", default="", help="comma-separated env backends (default: all here)")
     args = parser.parse_args()
+    selected = _names(parser, "--algos", args.algos, sorted(ALGORITHMS))
+    wanted = _names(parser, "--backends", args.backends, [b for b in BACKENDS if b != "auto"])
     configure_torch_cpu(1)
     try:
         import stable_baselines3
@@ -245,17 +250,27 @@ def main() -> None:
     header = f"{'case':<32} {'backend':<9} {'steps':>8} {'rltune sps':>11} {'SB3 sps':>9} {'ratio':>6}"
     print(header)
     print("-" * len(header))
-    selected = {name.strip().lower() for name in args.algos.split(",") if name.strip()}
-    wanted = {name.strip().lower() for name in args.backends.split(",") if name.strip()}
     for case in cases():
         if selected and case.algo not in selected:
             continue
         print_case(case, max(1, int(case.steps * args.steps_scale)), args.repeats, args.seed, wanted)
 
 
+def _names(parser: argparse.ArgumentParser, flag: str, text: str, valid: list[str]) -> set[str]:
+    """The comma-separated names of ``text`` (empty: all), or exit 2 with one line naming the first
+    unknown one and the valid choices."""
+    names = {name.strip().lower() for name in text.split(",") if name.strip()}
+    unknown = sorted(names - set(valid))
+    if unknown:
+        parser.error(f"{flag}={text}: unknown {unknown[0]!r}; choose from {valid}")
+    return names
+
+
 def print_case(case: Case, steps: int, repeats: int, seed: int, wanted: set[str]) -> None:
     """Run ``case`` ``repeats`` times on each backend and SB3, alternating; print a row per backend."""
     names = [name for name in backends_covering(case.env_id) if not wanted or name in wanted]
+    if not names:  # none of the selected backends runs this env: nothing to compare SB3 with
+        return
     ours: dict[str, list[float]] = {name: [] for name in names}
     theirs = []
     for rep in range(repeats):

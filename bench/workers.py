@@ -20,7 +20,7 @@ import uuid
 
 import optuna
 
-from bench.common import ROOT, script_parser
+from bench.common import ROOT, count, script_parser
 
 POSTGRES = os.environ.get("RLTUNE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 STUDY = [
@@ -72,8 +72,8 @@ def main() -> None:
     """Run each storage with 1 and 2 workers and print the table."""
     parser = script_parser(__doc__)
     parser.add_argument("--storages", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
-    parser.add_argument("--trials", type=int, default=8, help="trials per study (same work each)")
-    parser.add_argument("--budget-steps", type=int, default=50000, help="env steps per trial")
+    parser.add_argument("--trials", type=count, default=8, help="trials per study (same work each)")
+    parser.add_argument("--budget-steps", type=count, default=50000, help="env steps per trial")
     args = parser.parse_args()
     print(
         f"study: {' '.join(STUDY)}, {args.trials} trials of {args.budget_steps} steps; {os.cpu_count()} CPUs"

@@ -46,3 +46,20 @@ def test_all_seeds_give_the_table_and_exit_normally(
     out = capsys.readouterr().out
     assert "IQM 30.0" in out
     assert "failed" not in out
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--seeds", "0"), ("--workers", "0"), ("--workers", "two")])
+def test_a_count_below_one_exits_2_with_one_line_before_any_seed_runs(
+    flag: str, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def must_not_train(overrides: list[str], seed: int) -> scores.SeedResult:
+        raise AssertionError("a seed started")
+
+    monkeypatch.setattr(scores, "train_one", must_not_train)
+    monkeypatch.setattr(sys, "argv", ["scores", "experiment=ppo_cartpole", flag, value])
+    with pytest.raises(SystemExit) as exit_info:
+        scores.main()
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"scores: error: argument {flag}: {value!r}: expected an integer ≥ 1\n"
