@@ -5,7 +5,7 @@ then the agent — collect a rollout with the current policy, compute advantages
 epochs of clipped-surrogate minibatch steps on it. Names follow CleanRL (``b_advantages``,
 ``clipfrac``, ``approx_kl``); default hyperparameters follow Stable-Baselines3.
 
-Section 5 defines the losses through autograd (:func:`clipped_surrogate_losses`) and then writes out
+Section 5 defines the losses (:func:`surrogate_terms`, differentiated by autograd) and then writes out
 their derivatives (:func:`surrogate_gradients`), which the update uses for categorical and Gaussian
 policies on tanh or ReLU networks: recording the graph costs more than a small network's arithmetic.
 """
@@ -546,25 +546,6 @@ def surrogate_terms(
     return SurrogateTerms(losses, ratio, advantages, pg_loss1, pg_loss2, value_error, value_step)
 
 
-def clipped_surrogate_losses(
-    newlogprob: torch.Tensor,
-    oldlogprob: torch.Tensor,
-    advantages: torch.Tensor,
-    newvalue: torch.Tensor,
-    oldvalue: torch.Tensor,
-    returns: torch.Tensor,
-    entropy: torch.Tensor,
-    clip: float | torch.Tensor,
-    clip_vf: float | None,
-    normalize_advantage: bool,
-) -> SurrogateLosses:
-    """PPO's loss terms for one minibatch, shaped (..., batch) → (...): :func:`surrogate_terms`' losses."""
-    return surrogate_terms(
-        newlogprob, oldlogprob, advantages, newvalue, oldvalue, returns, entropy, clip, clip_vf,
-        normalize_advantage,
-    ).losses  # fmt: skip
-
-
 Coefficient = float | torch.Tensor
 """A loss weight: one number, or one per agent (shape of the leading dimensions, e.g. (K,))."""
 
@@ -596,11 +577,11 @@ def autograd_step(
     vf_coef: Coefficient,
     ent_coef: Coefficient,
 ) -> SurrogateStep:
-    """:func:`clipped_surrogate_losses` on outputs computed with autograd; backward through the graph."""
-    out = clipped_surrogate_losses(
+    """:func:`surrogate_terms`' losses on outputs computed with autograd; backward through the graph."""
+    out = surrogate_terms(
         newlogprob, minibatch.logprobs, minibatch.advantages, newvalue, minibatch.values,
         minibatch.returns, entropy, clip, cfg.clip_range_vf, cfg.normalize_advantage,
-    )  # fmt: skip
+    ).losses  # fmt: skip
     loss = total_loss(out, vf_coef, ent_coef)
 
     def backward(mask: torch.Tensor | None = None) -> None:
@@ -697,10 +678,10 @@ def surrogate_gradients(
     vf_coef: Coefficient,
     ent_coef: Coefficient,
 ) -> SurrogateGradients:
-    """:func:`clipped_surrogate_losses` and :func:`total_loss` for a categorical or Gaussian policy,
+    """:func:`surrogate_terms`' losses and :func:`total_loss` for a categorical or Gaussian policy,
     with the loss's derivatives by the actor's head, the value and the log-std, written out.
 
-    Shapes as for :func:`clipped_surrogate_losses`: leading agent dimensions, then the batch; ``log_std``
+    Shapes as for :func:`surrogate_terms`: leading agent dimensions, then the batch; ``log_std``
     is (head,) or (K, head). Each derivative is the one autograd takes through the same expressions
     (tests compare them), with its conventions: a clamp passes the gradient on its bounds, and where
     the clipped and unclipped surrogates are equal the maximum splits it between them, which sums to

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from algorithms import PPO, PPOConfig, TrainState
-from algorithms.ppo import clipped_surrogate_losses
+from algorithms.ppo import surrogate_terms
 
 # Five samples: the ratio leaves [0.8, 1.2] in four of them, on both sides, with both signs of advantage.
 RATIOS = [1.5, 1.5, 0.5, 0.5, 1.1]
@@ -19,10 +19,10 @@ ADVANTAGES = [1.0, -1.0, 1.0, -1.0, 1.0]
 
 def _losses(newlogprob: torch.Tensor, clip_vf: float | None = None, normalize: bool = False):
     zeros = torch.zeros(5)
-    return clipped_surrogate_losses(
+    return surrogate_terms(
         newlogprob, zeros, torch.tensor(ADVANTAGES), torch.tensor([2.0, 0.0, 1.0, 1.0, 1.0]),
         torch.ones(5), torch.full((5,), 3.0), torch.full((5,), 0.7), 0.2, clip_vf, normalize,
-    )  # fmt: skip
+    ).losses  # fmt: skip
 
 
 def test_the_surrogate_is_the_pessimistic_bound_and_clipped_samples_give_no_gradient() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from algorithms import PPO, PPOConfig
-from algorithms.ppo import RolloutSamples, clipped_surrogate_losses, surrogate_step, total_loss
+from algorithms.ppo import RolloutSamples, surrogate_step, surrogate_terms, total_loss
 from algorithms.ppo_population import PopulationPPO, member_configs
 from tests.helpers import through_autograd
 
@@ -42,13 +42,13 @@ def minibatch(agent: PPO, n: int, seed: int) -> RolloutSamples:
 
 
 def autograd_gradient(agent: PPO, batch: RolloutSamples, clip: float, cfg: PPOConfig) -> tuple:
-    """The reference: the losses through autograd, as written in clipped_surrogate_losses."""
+    """The reference: the losses of surrogate_terms, differentiated by autograd."""
     head, newvalue = agent.policy(batch.obs)
     newlogprob, entropy = agent.policy.log_prob_entropy(head, batch.actions)
-    out = clipped_surrogate_losses(
+    out = surrogate_terms(
         newlogprob, batch.logprobs, batch.advantages, newvalue, batch.values, batch.returns, entropy,
         clip, cfg.clip_range_vf, cfg.normalize_advantage,
-    )  # fmt: skip
+    ).losses  # fmt: skip
     total_loss(out, cfg.vf_coef, cfg.ent_coef).backward()
     return out.stacked().detach(), agent.flat_params.grad.clone()
 
