@@ -175,7 +175,8 @@ def zoo_trial_counts(log_folder: Path) -> tuple[int, int] | None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line, checked before any study starts: a bad value exits 2 with one line naming it."""
+    """The command line, checked before any study starts: a bad value exits 2 with one line naming it.
+    The comma-separated counts come back as lists of integers and ``--skip`` as a set."""
     parser = script_parser(__doc__)
     parser.add_argument("--trials", type=count, default=20, help="trials per study")
     parser.add_argument("--budget-steps", type=count, default=50000, help="env steps per trial")
@@ -212,11 +213,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     for key in ("seeds", "population", "zoo_jobs", "zoo_threads", "workers"):
-        _int_list(parser, key, getattr(args, key))
-    unknown = set(filter(None, args.skip.split(","))) - SKIPPABLE
-    if unknown:
-        parser.error(f"--skip={args.skip}: unknown {sorted(unknown)[0]!r}; choose from {sorted(SKIPPABLE)}")
-    if args.envs and "zoo" not in args.skip.split(","):
+        setattr(args, key, _int_list(parser, key, getattr(args, key)))
+    skip = set(filter(None, args.skip.split(",")))
+    if skip - SKIPPABLE:
+        parser.error(
+            f"--skip={args.skip}: unknown {sorted(skip - SKIPPABLE)[0]!r}; choose from {sorted(SKIPPABLE)}"
+        )
+    args.skip = skip
+    if args.envs and "zoo" not in skip:
         parser.error(f"--envs={args.envs}: rl-zoo3 cannot tune on several envs; add --skip zoo")
     if args.keep is not None and args.keep.exists():
         parser.error(f"--keep={args.keep}: the folder exists; name a new one (studies must not resume)")
@@ -240,8 +244,6 @@ def _int_list(parser: argparse.ArgumentParser, key: str, text: str) -> list[int]
 def main() -> None:
     """Run every study of the comparison and print the table."""
     args = parse_args()
-    skip = set(filter(None, args.skip.split(",")))
-    seeds = [int(seed) for seed in args.seeds.split(",")]
     on = f"tune.envs=[{args.envs}], each" if args.envs else "CartPole-v1:"
     print(
         f"PPO {on} {args.trials} trials × {args.budget_steps} steps, TPE + median pruner, rl-zoo3's "
@@ -256,27 +258,26 @@ def main() -> None:
             args.keep.mkdir(parents=True)  # a new folder (parse_args checks): studies must not resume
             work = args.keep.resolve()
         print(f"studies in {work}", flush=True)
-        for seed in seeds:
+        for seed in args.seeds:
             print(f"sampler seed {seed}", flush=True)
-            results.extend(run_studies(args, work / f"seed{seed}", seed, skip))
-    if len(seeds) > 1:
+            results.extend(run_studies(args, work / f"seed{seed}", seed))
+    if len(args.seeds) > 1:
         print_summary(results)
 
 
-def run_studies(args: argparse.Namespace, work: Path, seed: int, skip: set[str]) -> list[Study]:
+def run_studies(args: argparse.Namespace, work: Path, seed: int) -> list[Study]:
     """Every study of the comparison with one sampler seed; the first one is the baseline of its rows."""
     results: list[Study] = []
     budget, n, evals = args.budget_steps, args.trials, args.evaluations
-    if "zoo" not in skip:
-        for jobs in map(int, args.zoo_jobs.split(",")):
-            for threads in map(int, args.zoo_threads.split(",")):
+    if "zoo" not in args.skip:
+        for jobs in args.zoo_jobs:
+            for threads in args.zoo_threads:
                 results.append(zoo_study(work, n, budget, evals, seed, threads, jobs))
                 _print_row(results[-1], results[0])
-    populations = [int(k) for k in args.population.split(",") if k]
-    for workers in map(int, args.workers.split(",")):
-        modes = [] if "sequential" in skip else [("sequential", 0)]
+    for workers in args.workers:
+        modes = [] if "sequential" in args.skip else [("sequential", 0)]
         retire = "" if args.population_trials is None else f" ({args.population_trials} trials each)"
-        modes += [(f"population K={k}{retire}", k) for k in populations]
+        modes += [(f"population K={k}{retire}", k) for k in args.population]
         for name, k in modes:
             label = f"rltune {name}, {workers} worker{'s' if workers > 1 else ''}"
             extra = [f"tune.n_workers={workers}", *([f"tune.envs=[{args.envs}]"] if args.envs else [])]
