@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -24,6 +22,7 @@ from algorithms.common.prioritized import PrioritizedSampler, SumTree
 from algorithms.common.replay import ReplayBuffer
 from algorithms.common.types import VecStep
 from algorithms.d3qn import NoisyLinear, dueling_q_values, huber_td_gradient, td_targets
+from tests.algorithms.toy_envs import register_toy_envs
 from tests.helpers import record_curve, saved_and_loaded, through_autograd
 
 SMALL = dict(net_arch=(32, 32), batch_size=32, learning_starts=100, target_update_interval=100)
@@ -369,26 +368,11 @@ def test_written_out_td_gradient_equals_autograd(dueling: bool, weighted: bool) 
         torch.testing.assert_close(agent.q_flat.grad, expected, rtol=1e-5, atol=1e-7)
 
 
-class NaNRewardDiscrete(gym.Env):
-    """Two actions, a constant observation and a NaN reward: the first TD loss is NaN."""
-
-    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
-    action_space = gym.spaces.Discrete(2)
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
-        super().reset(seed=seed)
-        return np.zeros(3, np.float32), {}
-
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
-        return np.zeros(3, np.float32), float("nan"), False, False, {}
-
-
 @pytest.mark.parametrize("noisy", [False, True], ids=["written-out", "autograd"])
 def test_a_non_finite_td_loss_raises_the_dedicated_error_at_the_first_update(noisy: bool) -> None:
-    if "rltune_test/NaNRewardDiscrete-v0" not in gym.registry:
-        gym.register("rltune_test/NaNRewardDiscrete-v0", entry_point=NaNRewardDiscrete, max_episode_steps=50)
+    register_toy_envs()
     config = D3QNConfig(learning_starts=100, train_freq=4, noisy=noisy)
-    with D3QN("rltune_test/NaNRewardDiscrete-v0", config, seed=0) as agent:
+    with D3QN("rltune_test/NaNReward-v0", config, seed=0) as agent:
         with pytest.raises(NonFiniteLossError, match="non-finite td_loss") as info:
             agent.learn(500)
         assert info.value.step == 100
