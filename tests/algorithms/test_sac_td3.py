@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -26,6 +25,7 @@ from algorithms import (
 from algorithms.common.networks import StackedMLP, twin_min_q
 from algorithms.common.off_policy import polyak_update, scale_action, unscale_action
 from algorithms.sac import squashed_gaussian
+from tests.algorithms.toy_envs import register_toy_envs
 from tests.helpers import record_curve, saved_and_loaded, score_after_learning
 
 SMALL = dict(net_arch=(32, 32), batch_size=64, learning_starts=100)
@@ -253,22 +253,9 @@ def test_discrete_actions_are_rejected_naming_the_space_and_the_alternatives(cls
         cls("CartPole-v1", config, seed=0)
 
 
-class NaNRewardBox(gym.Env):
-    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
-    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
-        super().reset(seed=seed)
-        return np.zeros(3, np.float32), {}
-
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
-        return np.zeros(3, np.float32), float("nan"), False, False, {}
-
-
 @pytest.mark.parametrize(("cls", "config"), AGENTS)
 def test_non_finite_loss_raises_the_dedicated_error(cls: type, config: Any) -> None:
-    if "rltune_test/NaNRewardBox-v0" not in gym.registry:
-        gym.register("rltune_test/NaNRewardBox-v0", entry_point=NaNRewardBox, max_episode_steps=50)
+    register_toy_envs()
     with cls("rltune_test/NaNRewardBox-v0", config, seed=0) as agent:
         with pytest.raises(NonFiniteLossError, match="non-finite critic_loss") as info:
             agent.learn(500)

@@ -46,6 +46,11 @@ def register_toy_envs() -> None:
         "rltune_test/NaNReward-v0": dict(
             action_space=gym.spaces.Discrete(2), observation_space=BOX_OBS, reward=float("nan")
         ),
+        "rltune_test/NaNRewardBox-v0": dict(
+            action_space=gym.spaces.Box(-1.0, 1.0, (1,), np.float32),
+            observation_space=BOX_OBS,
+            reward=float("nan"),
+        ),
     }
     for env_id, kwargs in specs.items():
         if env_id not in gym.registry:
