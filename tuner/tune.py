@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,7 @@ from tuner.study import (
     top_up_budget,
 )
 from tuner.sweep_finish import finish_sweep
-from tuner.tracking import RunRecorder, interrupts_raise, start_run
+from tuner.tracking import RunRecorder, RunSignals, interrupts_raise, start_run
 from tuner.trial_record import TrialOutcome
 from tuner.worker import INTERRUPTED_HINT, run_worker, work_and_report
 
@@ -144,8 +144,6 @@ def run_local_workers(prepared: Prepared, overrides: Sequence[str], progress: Sw
     log_dir.mkdir(parents=True, exist_ok=True)
 
     workers: list[subprocess.Popen[bytes]] = []
-    # A signal raises only in the sleep, never inside progress.refresh()'s read of the study: a read cut
-    # off there could keep a lock on the storage that the workers' last writes then wait for.
     with interrupts_raise() as signals:
         try:
             for index in range(settings.n_workers):
@@ -160,10 +158,7 @@ def run_local_workers(prepared: Prepared, overrides: Sequence[str], progress: Sw
                     )
                 )
             progress.console.print(f"{settings.n_workers} workers started; their logs: {log_dir}")
-            while any(worker.poll() is None for worker in workers):
-                with signals.allowed():
-                    time.sleep(2.0)
-                progress.refresh()
+            wait_for_workers(workers, signals, progress.refresh)
         finally:
             for worker in workers:  # on Ctrl-C: stop the workers; their trials go back to the queue
                 if worker.poll() is None:
@@ -171,6 +166,25 @@ def run_local_workers(prepared: Prepared, overrides: Sequence[str], progress: Sw
             for worker in workers:
                 worker.wait()
     _report_lost_workers(prepared, {i + 1: w.returncode for i, w in enumerate(workers)}, log_dir, progress)
+
+
+def wait_for_workers(
+    workers: Sequence[subprocess.Popen[bytes]],
+    signals: RunSignals,
+    refresh: Callable[[], None],
+    refresh_s: float = 2.0,
+) -> None:
+    """Wait until every worker process has exited, calling ``refresh`` every ``refresh_s`` seconds and
+    once at the end; returns the moment the last one exits. A signal raises only inside the waits, never
+    inside ``refresh``: a read of the study cut off there could keep a lock on the storage that the
+    workers' last writes then wait for."""
+    for worker in workers:
+        while worker.poll() is None:
+            with signals.allowed(), contextlib.suppress(subprocess.TimeoutExpired):
+                worker.wait(timeout=refresh_s)
+            if worker.poll() is None:
+                refresh()
+    refresh()
 
 
 def _report_lost_workers(

@@ -36,6 +36,10 @@ from tuner.trial_record import TrialOutcome, TrialSetup
 
 log = logging.getLogger(__name__)
 
+# Seconds between an idle worker's looks at the study while other workers run its last trials: short,
+# so that the worker, and the sweep waiting for it, end moments after the last trial does. (Stale trials
+# are still found by their heartbeat clock, tune.grace_period.)
+IDLE_POLL_S = 0.5
 INTERRUPTED_HINT = (
     "finished trials are kept and running ones go back to the queue; run the same command again to resume"
 )
@@ -157,7 +161,7 @@ def run_worker(
                     if _nothing_left(study, settings):
                         break
                     with signals.allowed():
-                        time.sleep(settings.heartbeat_interval)
+                        time.sleep(IDLE_POLL_S)
         except BaseException as exc:
             for trial in executor.abandon(exc):  # they must not stay RUNNING: back to the queue
                 fail_and_retry(storage, study, trial)

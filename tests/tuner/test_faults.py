@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from tests.helpers import (
     wait_for,
 )
 from tuner.compose import compose_config
+from tuner.prepare import prepare
 from tuner.study import (
     HEARTBEAT_LOST,
     INTERRUPTED,
@@ -55,6 +57,7 @@ from tuner.study import (
 )
 from tuner.sweep_report import trials_table
 from tuner.train import resolve_config
+from tuner.worker import run_worker
 
 SECRET = "s3cr3t-pw"
 UNREACHABLE = f"postgresql://alice:{SECRET}@127.0.0.1:1/rltune"  # nothing listens on port 1
@@ -321,6 +324,31 @@ def test_a_worker_started_before_its_sweep_waits_for_the_trials(tmp_path: Path) 
     n_done = int(rest.strip().splitlines()[-1].removeprefix("worker done: ").split()[0])
     assert n_done >= 1, rest  # it joined and worked (it used to exit at once with 0 trials)
     assert [t.state for t in counted(load(tmp_path))] == [TrialState.COMPLETE] * 6
+
+
+def test_a_worker_with_nothing_to_claim_ends_soon_after_the_last_trial(tmp_path: Path) -> None:
+    """While another worker runs the study's last trial, an idle worker ends within moments of that
+    trial ending, not a heartbeat interval later (it slept tune.heartbeat_interval, 10 s, between looks,
+    so a study of several workers ended up to 10 s after its last trial)."""
+    cfg = compose_config(
+        [f"paths.runs_dir={tmp_path}", "tune.heartbeat_interval=10", "tune.grace_period=30"], "tune"
+    )
+    prepared = prepare(cfg, create=True)
+    top_up_budget(prepared.study, 1)
+    last = claim_trial(prepared.study, prepared.storage)  # the other worker's last trial
+    assert last is not None
+    finish = threading.Timer(
+        1.0, prepared.storage.set_trial_state_values, (trial_id(last), TrialState.COMPLETE, [1.0])
+    )
+    started = time.monotonic()
+    finish.start()
+    try:
+        outcomes = run_worker(prepared.study, prepared.storage, prepared.setup, prepared.settings)
+    finally:
+        finish.cancel()
+    seconds = time.monotonic() - started
+    assert outcomes == [] and budget_status(prepared.study).running == 0
+    assert 1.0 <= seconds < 3.0, f"the idle worker ended {seconds:.1f} s after it started waiting"
 
 
 def test_two_sweep_commands_on_a_fresh_runs_directory_share_one_study_and_one_run(tmp_path: Path) -> None:

@@ -6,6 +6,9 @@ import csv
 import multiprocessing
 import shlex
 import signal
+import subprocess
+import sys
+import time
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,8 @@ from tests.helpers import (
 from tuner.provenance import source_commit
 from tuner.stats import compare
 from tuner.study import claim_trial
+from tuner.tracking import interrupts_raise
+from tuner.tune import wait_for_workers
 
 
 def test_study_resumes_up_to_the_new_budget_and_nests_runs(tmp_path: Path) -> None:
@@ -103,6 +108,28 @@ def test_two_workers_share_the_budget_exactly(tmp_path: Path) -> None:
     logs = list((tmp_path / "logs" / "ppo_cartpole").glob("worker-*.log"))
     worked = [p for p in logs if "trial " in p.read_text()]
     assert len(logs) == 2 and len(worked) == 2, "both workers must have run trials"
+
+
+def test_the_sweep_stops_waiting_for_its_workers_the_moment_the_last_one_ends() -> None:
+    """The sweep command refreshes its display every couple of seconds while workers run, but goes on to
+    its summary as soon as the last worker exits (it slept 2 s between looks)."""
+    workers = [
+        subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+        for seconds in (0.2, 1.0)
+    ]
+    n_refreshes = 0
+
+    def refresh() -> None:
+        nonlocal n_refreshes
+        n_refreshes += 1
+
+    started = time.monotonic()
+    with interrupts_raise() as signals:
+        wait_for_workers(workers, signals, refresh, refresh_s=2.0)
+    seconds = time.monotonic() - started
+    assert all(worker.returncode == 0 for worker in workers)
+    assert seconds < 1.6, f"returned {seconds:.2f} s after the workers started (the last ran 1 s)"
+    assert n_refreshes >= 1  # the display shows the end state
 
 
 def _claim_all(url: str, barrier: Any, claimed: Any) -> None:
