@@ -4,6 +4,10 @@
   (2, 256, 1), forward and backward.
 - ``FlatAdam`` (one flat buffer, ATen's fused Adam) against ``torch.optim.Adam`` with gradient-norm
   clipping, one step, on PPO's default 64×64 actor-critic and on SAC's 256×256 twin critic.
+- The written-out update's hidden tanh, in place through numpy (``StackedMLP.forward_keeping_inputs``),
+  against ``Tensor.tanh_``, and its derivative (``_times_derivative``) against the same product in
+  torch, on a (2, 256, 64) layer: PPO's default actor and critic at a minibatch of 256. Both sides of
+  these two include a copy of the input (~3 µs), so that every call sees the same numbers.
 
 One process, one torch thread, denormals flushed (as training runs). Each case is timed as the median of
 several rounds of many calls; prints the time per call of both and their ratio.
@@ -18,6 +22,7 @@ import time
 from collections.abc import Callable
 
 import gymnasium as gym
+import numpy as np
 import torch
 
 from algorithms import PPOConfig
@@ -78,6 +83,31 @@ def adam_case(module: torch.nn.Module, rounds: int) -> tuple[float, float]:
     return plain, per_call_seconds(flat_adam.step, 500, rounds)
 
 
+def tanh_case(rounds: int) -> tuple[float, float]:
+    """(``Tensor.tanh_``, numpy's tanh in place) seconds per call on a (2, 256, 64) hidden layer, each
+    call on a fresh copy of the same pre-activations (repeated tanh would shrink them towards zero)."""
+    source, layer = torch.randn(2, 256, 64), torch.empty(2, 256, 64)
+
+    def numpy_tanh() -> None:
+        np.tanh(layer.copy_(source).numpy(), out=layer.numpy())
+
+    plain = per_call_seconds(lambda: layer.copy_(source).tanh_(), 2000, rounds)
+    return plain, per_call_seconds(numpy_tanh, 2000, rounds)
+
+
+def tanh_derivative_case(rounds: int) -> tuple[float, float]:
+    """(torch's ``grad.mul_(1 - a * a)``, numpy's in-place product) seconds per call on a (2, 256, 64)
+    layer's gradient and tanh output ``a``, each call on a fresh copy of the same gradient."""
+    source, grad, output = torch.randn(2, 256, 64), torch.empty(2, 256, 64), torch.rand(2, 256, 64)
+
+    def numpy_derivative() -> None:
+        grad_array = grad.copy_(source).numpy()
+        grad_array *= 1 - output.numpy() * output.numpy()
+
+    plain = per_call_seconds(lambda: grad.copy_(source).mul_(1 - output * output), 2000, rounds)
+    return plain, per_call_seconds(numpy_derivative, 2000, rounds)
+
+
 def main() -> None:
     parser = script_parser(__doc__)
     parser.add_argument("--rounds", type=count, default=7, help="timing rounds per case (the median is kept)")
@@ -95,6 +125,12 @@ def main() -> None:
             "torch.optim.Adam",
             "FlatAdam",
             adam_case(make_twin_critic(3, 1, (256, 256), "relu"), args.rounds),
+        ),
+        "hidden tanh in place, (2,256,64)": ("Tensor.tanh_", "numpy tanh", tanh_case(args.rounds)),
+        "tanh derivative product, (2,256,64)": (
+            "torch mul_",
+            "numpy *=",
+            tanh_derivative_case(args.rounds),
         ),
     }
     print(f"{'case':45s} {'PyTorch call':>18s} {'µs':>9s} {'rltune':>14s} {'µs':>9s} {'ratio':>7s}")

@@ -296,7 +296,7 @@ class StackedMLP(nn.Module):
         for i, (weight, bias) in enumerate(self._layers):
             inputs.append(h)
             h = torch.baddbmm(bias, h, weight)
-            if i < last:  # in place, in numpy: this torch's CPU tanh is several times slower than numpy's
+            if i < last:  # in place through numpy, whose tanh is the faster (bench/results/kernels.md)
                 self._numpy_act(h.numpy())
         return h, tuple(inputs)
 
@@ -345,7 +345,7 @@ class StackedMLP(nn.Module):
 def _times_derivative(grad: np.ndarray, output: np.ndarray, activation: str) -> None:
     """Multiply ``grad``, in place, by the derivative of the hidden ``activation`` whose output is
     ``output``: 1 - a² for tanh, [a > 0] for ReLU. In numpy, whose calls cost less than torch's on a
-    small network's layers (bench/results/throughput.md)."""
+    small network's layers (bench/results/kernels.md)."""
     if activation == "relu":
         grad *= output > 0
     else:
