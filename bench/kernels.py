@@ -5,9 +5,9 @@
 - ``FlatAdam`` (one flat buffer, ATen's fused Adam) against ``torch.optim.Adam`` with gradient-norm
   clipping, one step, on PPO's default 64×64 actor-critic and on SAC's 256×256 twin critic.
 - The written-out update's hidden tanh, in place through numpy (``StackedMLP.forward_keeping_inputs``),
-  against ``Tensor.tanh_``, and its derivative (``_times_derivative``) against the same product in
-  torch, on a (2, 256, 64) layer: PPO's default actor and critic at a minibatch of 256. Both sides of
-  these two include a copy of the input (~3 µs), so that every call sees the same numbers.
+  against ``Tensor.tanh_``, and its derivative (``StackedMLP.backward_written_out``) against the same
+  product in torch, on a (2, 256, 64) layer: PPO's default actor and critic at a minibatch of 256. Both
+  sides of these two include a copy of the input (~3 µs), so that every call sees the same numbers.
 
 One process, one torch thread, denormals flushed (as training runs). Each case is timed as the median of
 several rounds of many calls; prints the time per call of both and their ratio.

@@ -132,7 +132,15 @@ NARROW_HEAD_MAX_OUT = 8
 """Heads with at most this many outputs take the :class:`_NarrowHead` path when enabled."""
 
 
-WRITTEN_OUT_ACTIVATIONS = ("tanh", "relu")
+# Multiply a gradient (numpy, in place) by a hidden activation's derivative, from the activation's
+# output a: 1 - a² for tanh, [a > 0] for ReLU. In numpy, whose calls cost less than torch's on a small
+# network's layers (bench/results/kernels.md).
+_TIMES_DERIVATIVE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "tanh": lambda grad, output: np.multiply(grad, 1 - output * output, out=grad),
+    "relu": lambda grad, output: np.multiply(grad, output > 0, out=grad),
+}
+
+WRITTEN_OUT_ACTIVATIONS = tuple(_TIMES_DERIVATIVE)
 """Hidden activations whose derivative :meth:`StackedMLP.backward_written_out` writes out (it follows
 from the activation's output)."""
 
@@ -315,7 +323,7 @@ class StackedMLP(nn.Module):
             if i == 0:
                 return
             grad = torch.bmm(grad, weight.transpose(1, 2))
-            _times_derivative(grad.numpy(), inputs[i].numpy(), self.activation)
+            _TIMES_DERIVATIVE[self.activation](grad.numpy(), inputs[i].numpy())
 
     @torch.no_grad()
     def load_members(
@@ -340,16 +348,6 @@ class StackedMLP(nn.Module):
             if i < last:
                 h = self.act(h)
         return h
-
-
-def _times_derivative(grad: np.ndarray, output: np.ndarray, activation: str) -> None:
-    """Multiply ``grad``, in place, by the derivative of the hidden ``activation`` whose output is
-    ``output``: 1 - a² for tanh, [a > 0] for ReLU. In numpy, whose calls cost less than torch's on a
-    small network's layers (bench/results/kernels.md)."""
-    if activation == "relu":
-        grad *= output > 0
-    else:
-        grad *= 1 - output * output
 
 
 def _member_init(fan_in: int, fan_out: int, gain: float, ortho: bool) -> torch.Tensor:
